@@ -1,0 +1,97 @@
+"""What every database backend can do to the databases of one service (a database server)."""
+
+from __future__ import annotations
+
+import abc
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from sqlalchemy import URL, Engine
+
+from ..errors import ServiceUnavailable
+from ..secret import mask
+
+
+@dataclass(frozen=True)
+class Service:
+    """A database server with its connection facts, shared by many apps.
+
+    ``url`` is a SQLAlchemy URL; for SQLite its database part is the folder that holds the
+    stores' files. ``str()`` and ``repr()`` never show the password.
+    """
+
+    name: str
+    url: URL
+    source: str = "catalog"
+    production: bool = False
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked, for output."""
+        return mask(self.url.render_as_string(hide_password=True))
+
+    def __repr__(self) -> str:
+        return f"Service({self.name!r}, {self.display_url!r}, source={self.source!r})"
+
+
+class Backend(abc.ABC):
+    """Create, drop, find, measure and lock the databases of one service."""
+
+    #: SQLAlchemy dialect name this backend serves.
+    dialect: str = ""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    @abc.abstractmethod
+    def database_url(self, name: str) -> URL:
+        """URL of database ``name`` on this service."""
+
+    @abc.abstractmethod
+    def exists(self, name: str) -> bool:
+        """Whether database ``name`` exists."""
+
+    @abc.abstractmethod
+    def create(self, name: str, *, spatial: bool = False) -> None:
+        """Create database ``name`` (UTF-8); with ``spatial``, enable the spatial extension."""
+
+    @abc.abstractmethod
+    def drop(self, name: str) -> None:
+        """Drop database ``name`` if it exists, ending other connections to it first."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Names of the databases on this service that start with ``prefix``, sorted."""
+
+    @abc.abstractmethod
+    def size(self, name: str) -> int | None:
+        """Size of database ``name`` in bytes, or ``None`` when it does not exist."""
+
+    @abc.abstractmethod
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        """An exclusive lock on ``name`` across processes, held while provisioning it."""
+
+    @abc.abstractmethod
+    def ping(self) -> str:
+        """Connect and return a one-line description of the server; raise if unreachable."""
+
+    def engine_options(self) -> dict[str, object]:
+        """Extra ``create_engine`` options for this dialect's store engines."""
+        return {}
+
+    def prepare_engine(self, engine: Engine) -> None:  # noqa: B027 - optional hook
+        """Hook to add event listeners to a new store engine."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the backend holds (maintenance connections)."""
+
+
+def unreachable(service: Service, exc: BaseException) -> ServiceUnavailable:
+    """The error for a service that cannot be reached, with every secret masked."""
+    reason = getattr(exc, "orig", None) or exc
+    text = " ".join(str(reason).split())
+    return ServiceUnavailable(
+        f"cannot connect to service {service.name!r} at {service.display_url}: "
+        f"{mask(text, service.url.password)}; check the server is running and the URL "
+        f"(storekeeper service test {service.name})"
+    )

@@ -1,0 +1,289 @@
+"""The catalog: storekeeper's own small database of services, assignments, stores made at run
+time, and the history of what was done to them.
+
+SQLite at ``./var/catalog.sqlite`` by default; PostgreSQL when ``STOREKEEPER_CATALOG`` says so.
+Its schema carries a version, so later releases can change it (see :mod:`.tables`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from ..errors import ConfigError, ServiceUnavailable
+from ..secret import mask, seal, unseal
+from . import tables as t
+
+__all__ = ["Catalog", "Event", "RuntimeStore"]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class RuntimeStore:
+    """A store made at run time with ``app.create_store``."""
+
+    app: str
+    name: str
+    service: str
+    server_setting: str | None
+    kind: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a store's history."""
+
+    at: dt.datetime
+    app: str
+    store: str
+    action: str
+    ok: bool
+    detail: str
+
+
+class Catalog:
+    """Reads and writes the catalog database; opens (and creates or upgrades) it lazily."""
+
+    def __init__(self, url: str, root: Path) -> None:
+        from sqlalchemy import make_url
+
+        self.url = make_url(url)
+        if self.url.get_backend_name() == "sqlite" and self.url.database not in (None, "", ":memory:"):
+            path = Path(self.url.database).expanduser()
+            if not path.is_absolute():
+                path = root / path
+            self.url = self.url.set(database=str(path))
+        elif self.url.get_backend_name() == "postgresql" and self.url.drivername in (
+            "postgresql",
+            "postgres",
+        ):
+            self.url = self.url.set(drivername="postgresql+psycopg")
+        self._engine: Engine | None = None
+
+    @property
+    def display_url(self) -> str:
+        """The catalog's URL with its password masked."""
+        return mask(self.url.render_as_string(hide_password=True))
+
+    @property
+    def engine(self) -> Engine:
+        """The catalog's engine; the schema is made or upgraded on first use."""
+        if self._engine is None:
+            options: dict[str, Any] = {}
+            if self.url.get_backend_name() == "sqlite":
+                if self.url.database:
+                    Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+                options["connect_args"] = {"timeout": 30}
+            engine = create_engine(self.url, **options)
+            try:
+                self._upgrade(engine)
+            except OperationalError as exc:
+                engine.dispose()
+                raise ServiceUnavailable(
+                    f"cannot open the catalog at {self.display_url}: "
+                    f"{mask(' '.join(str(exc.orig).split()), self.url.password)}; "
+                    "check STOREKEEPER_CATALOG or 'catalog' in storekeeper.toml"
+                ) from None
+            self._engine = engine
+        return self._engine
+
+    def _upgrade(self, engine: Engine) -> None:
+        with engine.begin() as conn:
+            if engine.dialect.name == "sqlite":
+                # Serialize concurrent first opens: BEGIN IMMEDIATE takes the write lock.
+                conn.exec_driver_sql("SELECT 1")
+            version = 0
+            if engine.dialect.has_table(conn, t.meta.name):
+                raw = conn.execute(
+                    select(t.meta.c.value).where(t.meta.c.key == "schema_version")
+                ).scalar()
+                version = int(raw or 0)
+            if version > t.SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the catalog at {self.display_url} has schema version {version}, newer "
+                    f"than this storekeeper understands ({t.SCHEMA_VERSION}); upgrade storekeeper"
+                )
+            if version == t.SCHEMA_VERSION:
+                return
+            while version < t.SCHEMA_VERSION:
+                t.STEPS[version](conn)
+                version += 1
+            conn.execute(delete(t.meta).where(t.meta.c.key == "schema_version"))
+            conn.execute(insert(t.meta).values(key="schema_version", value=str(version)))
+
+    def schema_version(self) -> int:
+        """The schema version of the catalog database."""
+        with self.engine.connect() as conn:
+            raw = conn.execute(
+                select(t.meta.c.value).where(t.meta.c.key == "schema_version")
+            ).scalar()
+        return int(raw or 0)
+
+    def close(self) -> None:
+        """Close the catalog's connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    # services -------------------------------------------------------------------------
+
+    def services(self) -> dict[str, str]:
+        """Every service in the catalog, name to URL (decrypted)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.services.c.name, t.services.c.url)).all()
+        return {name: unseal(url) for name, url in rows}
+
+    def add_service(self, name: str, url: str, *, replace: bool = False) -> bool:
+        """Add a service; with ``replace``, change its URL. Returns whether it existed."""
+        with self.engine.begin() as conn:
+            existed = conn.execute(
+                select(t.services.c.name).where(t.services.c.name == name)
+            ).first()
+            if existed and not replace:
+                return True
+            if existed:
+                conn.execute(
+                    update(t.services).where(t.services.c.name == name).values(url=seal(url))
+                )
+            else:
+                conn.execute(
+                    insert(t.services).values(name=name, url=seal(url), created_at=_now())
+                )
+        return bool(existed)
+
+    def remove_service(self, name: str) -> bool:
+        """Remove a service; returns whether it was there."""
+        with self.engine.begin() as conn:
+            return conn.execute(delete(t.services).where(t.services.c.name == name)).rowcount > 0
+
+    def raw_service_urls(self) -> list[str]:
+        """The stored (possibly encrypted) URL column, for checks that secrets are sealed."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(t.services.c.url)).scalars())
+
+    # assignments ----------------------------------------------------------------------
+
+    def assignments(self) -> dict[tuple[str, str], str]:
+        """Every assignment, ``(app, setting)`` to service name."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.assignments.c.app, t.assignments.c.setting, t.assignments.c.service)
+            ).all()
+        return {(app, setting): service for app, setting, service in rows}
+
+    def assign(self, app: str, setting: str, service: str) -> None:
+        """Plug ``service`` into ``app.setting`` (replacing an earlier assignment)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(t.assignments).where(
+                    (t.assignments.c.app == app) & (t.assignments.c.setting == setting)
+                )
+            )
+            conn.execute(
+                insert(t.assignments).values(
+                    app=app, setting=setting, service=service, assigned_at=_now()
+                )
+            )
+
+    def unassign(self, app: str, setting: str) -> bool:
+        """Remove the assignment of ``app.setting``; returns whether there was one."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(t.assignments).where(
+                    (t.assignments.c.app == app) & (t.assignments.c.setting == setting)
+                )
+            )
+            return result.rowcount > 0
+
+    def users_of(self, service: str) -> list[str]:
+        """``app.setting`` names assigned to ``service`` and run-time stores living on it."""
+        with self.engine.connect() as conn:
+            assigned = conn.execute(
+                select(t.assignments.c.app, t.assignments.c.setting).where(
+                    t.assignments.c.service == service
+                )
+            ).all()
+            made = conn.execute(
+                select(t.stores.c.app, t.stores.c.name).where(t.stores.c.service == service)
+            ).all()
+        return sorted({f"{a}.{s}" for a, s in [*assigned, *made]})
+
+    # stores made at run time ----------------------------------------------------------
+
+    def runtime_stores(self, app: str | None = None) -> list[RuntimeStore]:
+        """Stores made at run time, of one app or of all."""
+        query = select(t.stores).order_by(t.stores.c.app, t.stores.c.name)
+        if app is not None:
+            query = query.where(t.stores.c.app == app)
+        with self.engine.connect() as conn:
+            return [RuntimeStore(**row._mapping) for row in conn.execute(query)]
+
+    def add_runtime_store(
+        self, app: str, name: str, service: str, server_setting: str | None, kind: str | None
+    ) -> None:
+        """Record a store made at run time (replacing an older record of the same name)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(t.stores).where((t.stores.c.app == app) & (t.stores.c.name == name)))
+            try:
+                conn.execute(
+                    insert(t.stores).values(
+                        app=app,
+                        name=name,
+                        service=service,
+                        server_setting=server_setting,
+                        kind=kind,
+                        created_at=_now(),
+                    )
+                )
+            except IntegrityError:  # pragma: no cover - a concurrent create of the same name
+                pass
+
+    def remove_runtime_store(self, app: str, name: str) -> bool:
+        """Forget a store made at run time."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(t.stores).where((t.stores.c.app == app) & (t.stores.c.name == name))
+            )
+            return result.rowcount > 0
+
+    # history --------------------------------------------------------------------------
+
+    def record(self, app: str, store: str, action: str, ok: bool = True, detail: str = "") -> None:
+        """Add an entry to a store's history (details are masked)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(t.events).values(
+                    at=_now(), app=app, store=store, action=action, ok=ok, detail=mask(detail)
+                )
+            )
+
+    def history(self, app: str | None = None, store: str | None = None, limit: int = 100) -> list[Event]:
+        """The newest entries first."""
+        query = select(t.events).order_by(t.events.c.id.desc()).limit(limit)
+        if app is not None:
+            query = query.where(t.events.c.app == app)
+        if store is not None:
+            query = query.where(t.events.c.store == store)
+        with self.engine.connect() as conn:
+            return [
+                Event(r.at, r.app, r.store, r.action, r.ok, r.detail) for r in conn.execute(query)
+            ]
+
+    def last_events(self, action: str) -> dict[tuple[str, str], dt.datetime]:
+        """When ``action`` last succeeded for each ``(app, store)``."""
+        query = (
+            select(t.events.c.app, t.events.c.store, func.max(t.events.c.at))
+            .where((t.events.c.action == action) & t.events.c.ok)
+            .group_by(t.events.c.app, t.events.c.store)
+        )
+        with self.engine.connect() as conn:
+            return {(a, s): at for a, s, at in conn.execute(query)}

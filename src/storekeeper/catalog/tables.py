@@ -1,0 +1,77 @@
+"""The catalog's tables, and the steps that bring an older catalog's schema up to date."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+meta = Table(
+    "storekeeper_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+services = Table(
+    "storekeeper_services",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    # The URL, encrypted with STOREKEEPER_SECRET_KEY when it is set (see storekeeper.secret).
+    Column("url", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+assignments = Table(
+    "storekeeper_assignments",
+    metadata,
+    Column("app", String(63), primary_key=True),
+    Column("setting", String(63), primary_key=True),
+    Column("service", String(63), nullable=False),
+    Column("assigned_at", DateTime(timezone=True), nullable=False),
+)
+
+# Stores made at run time (app.create_store), so they are known to status, sessions and drops.
+stores = Table(
+    "storekeeper_stores",
+    metadata,
+    Column("app", String(63), primary_key=True),
+    Column("name", String(63), primary_key=True),
+    Column("service", String(63), nullable=False),
+    Column("server_setting", String(63)),
+    Column("kind", String(63)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# The history of what was done to stores: sync, create, drop (later migrate, backup).
+events = Table(
+    "storekeeper_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("app", String(63), nullable=False),
+    Column("store", String(63), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+)
+
+#: The schema version this code writes. Bump it and add a step to change the schema.
+SCHEMA_VERSION = 1
+
+#: STEPS[n] takes a catalog at version n to n + 1. Version 0 is an empty database.
+STEPS: dict[int, Callable[[Connection], None]] = {
+    0: lambda conn: metadata.create_all(conn),
+}

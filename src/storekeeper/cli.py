@@ -1,0 +1,429 @@
+"""The ``storekeeper`` command: parses arguments, calls the library, prints.
+
+Exit codes: 0 done, 1 failed while working, 2 bad input. Everything printed goes through
+:func:`storekeeper.secret.mask`. Heavy imports happen inside commands so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .errors import BadInput, StorekeeperError
+from .secret import mask
+
+if TYPE_CHECKING:
+    from .declare import App
+    from .provision import StoreResult
+    from .site import Site
+
+DEMO_APP = "gauges.stores:app"
+
+
+# output ---------------------------------------------------------------------------------
+
+
+def say(text: str = "", *, file: TextIO | None = None) -> None:
+    """Print ``text`` with every secret masked."""
+    print(mask(text), file=file or sys.stdout, flush=True)
+
+
+def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    """A plain text table."""
+    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def emit_json(data: object) -> None:
+    """Print ``data`` as JSON (secrets masked)."""
+    say(json.dumps(data, indent=2, default=str))
+
+
+def human_size(size: int | None) -> str | None:
+    """Bytes as a short human-readable size."""
+    if size is None:
+        return None
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return None  # pragma: no cover
+
+
+# context --------------------------------------------------------------------------------
+
+
+class Context:
+    """What every command needs: the site and the apps, loaded on first use."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._site: Site | None = None
+        self._apps: list[App] | None = None
+
+    @property
+    def site(self) -> Site:
+        if self._site is None:
+            from .site import Site
+
+            env = getattr(self.args, "env", None)
+            self._site = Site.load(getattr(self.args, "config", None), env=env or True)
+            Site.set_default(self._site)
+        return self._site
+
+    @property
+    def apps(self) -> list[App]:
+        if self._apps is None:
+            from .discover import load_apps
+
+            site = self.site
+            self._apps = load_apps(getattr(self.args, "app", None) or [], site.config.apps,
+                                   site.config.root)
+            for app in self._apps:
+                app.bind(site)
+        return self._apps
+
+    def select(self, names: Sequence[str]) -> list[App]:
+        from .discover import select
+
+        return select(self.apps, names)
+
+    def close(self) -> None:
+        if self._site is not None:
+            self._site.close()
+
+
+# commands -------------------------------------------------------------------------------
+
+
+def cmd_service_add(ctx: Context) -> int:
+    a = ctx.args
+    service = ctx.site.add_service(a.name, a.url, replace=a.replace)
+    verb = "updated" if a.replace else "added"
+    say(f"service {service.name!r} {verb}: {service.display_url}")
+    return 0
+
+
+def cmd_service_list(ctx: Context) -> int:
+    services = ctx.site.services()
+    if ctx.args.json:
+        emit_json(
+            [
+                {"name": s.name, "url": s.display_url, "dialect": s.url.get_backend_name(),
+                 "source": s.source}
+                for s in services.values()
+            ]
+        )
+        return 0
+    say(table([(s.name, s.url.get_backend_name(), s.display_url, s.source)
+               for s in services.values()], ["service", "dialect", "url", "source"]))
+    return 0
+
+
+def cmd_service_remove(ctx: Context) -> int:
+    ctx.site.remove_service(ctx.args.name, force=ctx.args.force)
+    say(f"service {ctx.args.name!r} removed")
+    return 0
+
+
+def cmd_service_test(ctx: Context) -> int:
+    site = ctx.site
+    service = site.service(ctx.args.name)
+    description = site.backend(service).ping()
+    say(f"ok: service {service.name!r} reached: {description}")
+    return 0
+
+
+def cmd_assign(ctx: Context) -> int:
+    from .naming import split_target
+
+    app_name, setting = split_target(ctx.args.target)
+    (app,) = ctx.select([app_name])
+    if setting not in app.setting_names():
+        from .errors import NotFound
+
+        raise NotFound(
+            f"app {app_name!r} has no store or server setting {setting!r}; it has: "
+            f"{', '.join(app.setting_names()) or 'none'}"
+        )
+    service = ctx.site.assign(app_name, setting, ctx.args.service)
+    say(f"{app_name}.{setting} -> {service.name} ({service.display_url})")
+    return 0
+
+
+def _confirm_refresh(apps: list[App], stores: list[str] | None, assume_yes: bool) -> None:
+    targets = [f"{a.name}.{s.name}" for a in apps for s in a.stores
+               if stores is None or s.name in stores]
+    if assume_yes:
+        return
+    if not sys.stdin.isatty():
+        raise BadInput(
+            f"--refresh drops and recreates {', '.join(targets)}; there is no terminal to "
+            "confirm on, so pass --yes"
+        )
+    answer = input(f"Drop and recreate {', '.join(targets)}? All their data is lost. [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise BadInput("refresh not confirmed; nothing was changed")
+
+
+def _describe(result: StoreResult) -> str:
+    parts = [result.action]
+    if result.tables_added:
+        parts.append(f"tables added: {', '.join(result.tables_added)}")
+    if result.initialized:
+        parts.append("initialized (first time)" if result.first_time else "initializer ran")
+    return ", ".join(parts)
+
+
+def cmd_sync(ctx: Context) -> int:
+    a = ctx.args
+    apps = ctx.select(a.apps)
+    stores = a.store or None
+    if stores:
+        for app in apps:
+            for name in stores:
+                app.store(name)
+    if a.refresh:
+        _confirm_refresh(apps, stores, a.yes)
+    total = sum(len(stores) if stores else len(app.stores) for app in apps)
+    done = 0
+
+    def progress(result: StoreResult) -> None:
+        nonlocal done
+        done += 1
+        say(f"[{done}/{total}] {result.app}.{result.store}: {_describe(result)}", file=sys.stderr)
+
+    from .provision import sync
+
+    report = sync(apps, stores=stores, refresh=a.refresh, first_time=a.first_time,
+                  progress=progress)
+    if a.json:
+        emit_json({"changed": report.changed, "stores": [r.as_dict() for r in report.results]})
+        return 0
+    if not report.results:
+        say("no stores to sync")
+    elif report.changed:
+        counts: dict[str, int] = {}
+        for r in report.results:
+            counts[r.action] = counts.get(r.action, 0) + 1
+        say("synced: " + ", ".join(f"{n} {action}" for action, n in counts.items()))
+    else:
+        say(f"no changes: all {len(report.results)} stores are up to date")
+    return 0
+
+
+def cmd_status(ctx: Context) -> int:
+    from .provision import status
+
+    rows = status(ctx.select(ctx.args.apps))
+    if ctx.args.json:
+        emit_json([r.as_dict() for r in rows])
+        return 0
+    print_status(rows)
+    return 0
+
+
+def print_status(rows: Sequence[Any]) -> None:
+    """The status table (also the end of ``storekeeper demo``)."""
+    if not rows:
+        say("no stores: no apps found (name them with --app MODULE:ATTR or in storekeeper.toml)")
+        return
+    say(table(
+        [(r.app, r.store, r.service or "unassigned", r.database,
+          "yes" if r.exists else ("no" if r.exists is False else "?"),
+          human_size(r.size), r.last_sync or "never") for r in rows],
+        ["app", "store", "service", "database", "exists", "size", "last sync"],
+    ))
+    for r in rows:
+        if r.problem:
+            say(f"  {r.app}.{r.store}: {r.problem}")
+
+
+def cmd_config_show(ctx: Context) -> int:
+    site = ctx.site
+    cfg = site.config
+    services = site.services()
+    assignments = site.assignments()
+    apps = ctx.apps
+    if ctx.args.json:
+        emit_json({
+            "file": str(cfg.file) if cfg.file else None,
+            "root": str(cfg.root),
+            "environment": cfg.env,
+            "catalog": {"url": site.catalog.display_url, "source": cfg.catalog.source},
+            "default_service": {"value": cfg.default_service.value,
+                                "source": cfg.default_service.source},
+            "services": {n: {"url": s.display_url, "source": s.source,
+                             "production": s.production} for n, s in services.items()},
+            "assignments": {f"{a}.{s}": {"service": v.value, "source": v.source}
+                            for (a, s), v in sorted(assignments.items())},
+            "apps": [a.name for a in apps],
+        })
+        return 0
+    say(f"config file      {cfg.file or 'none (built-in defaults)'}")
+    say(f"root             {cfg.root}")
+    say(f"environment      {cfg.env or 'none'}")
+    say(f"catalog          {site.catalog.display_url}   [{cfg.catalog.source}]")
+    default = cfg.default_service
+    say(f"default service  {default.value or '(none)'}   [{default.source}]")
+    say("services:")
+    for s in services.values():
+        flag = "  production" if s.production else ""
+        say(f"  {s.name}  {s.display_url}   [{s.source}]{flag}")
+    say("assignments:")
+    if not assignments:
+        say("  (none: stores use the default service)")
+    for (app, setting), v in sorted(assignments.items()):
+        say(f"  {app}.{setting} -> {v.value}   [{v.source}]")
+    say("apps:")
+    for app in apps:
+        say(f"  {app.name}: stores {', '.join(s.name for s in app.stores) or '-'}"
+            + (f"; servers {', '.join(app.list_servers())}" if app.servers else ""))
+    if not apps:
+        say("  (none found)")
+    return 0
+
+
+def cmd_demo(ctx: Context) -> int:
+    from .discover import import_app
+    from .provision import status, sync
+
+    try:
+        app = import_app(DEMO_APP, origin="demo app")
+    except BadInput:
+        raise BadInput(
+            "the demo app 'gauges' is not installed: run 'make demo' from a storekeeper "
+            "checkout, or pip install -e examples/gauges"
+        ) from None
+    site = ctx.site
+    app.bind(site)
+    say(f"storekeeper demo: app {app.name!r} on service(s) "
+        f"{', '.join(sorted({app.placement(s.name).service.name for s in app.stores}))}")
+    say(f"catalog: {site.catalog.display_url}")
+    report = sync([app], progress=lambda r: say(f"  {r.app}.{r.store}: {_describe(r)}"))
+    say("sync: changed" if report.changed else "sync: no changes, everything is up to date")
+    from gauges.model import list_gauges  # type: ignore[import-not-found]
+
+    say("")
+    say("stream gages:")
+    say(table([(g.id, g.latitude, g.longitude, g.value) for g in list_gauges(app)],
+              ["id", "latitude", "longitude", "value"]))
+    say("")
+    print_status(status([app]))
+    return 0
+
+
+# parser ---------------------------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--config", metavar="PATH", default=default,
+                        help="configuration file (default: nearest storekeeper.toml)")
+    parser.add_argument("--app", metavar="MODULE:ATTR", action="append", default=default,
+                        help="an app to use (repeatable); default: configured and installed apps")
+    parser.add_argument("--env", metavar="NAME", default=default,
+                        help="configuration overlay to use, like test or production "
+                             "(default: STOREKEEPER_ENV)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``storekeeper`` command."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="storekeeper",
+        description="An application's SQL databases, whole: declare, assign, sync, inspect.",
+        epilog="Exit codes: 0 done, 1 failed while working, 2 bad input.",
+    )
+    parser.add_argument("--version", action="version", version=f"storekeeper {__version__}")
+    _common(parser, None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    suppress = argparse.SUPPRESS
+
+    def command(name: str, func: Callable[[Context], int], help: str,
+                into: Any = sub) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = into.add_parser(name, help=help, description=help)
+        _common(p, suppress)
+        p.set_defaults(func=func)
+        return p
+
+    service = sub.add_parser("service", help="manage services (database servers)",
+                             description="Manage services: database servers with their "
+                                         "connection facts, shared by many apps.")
+    service_sub = service.add_subparsers(dest="service_command", metavar="ACTION", required=True)
+    p = command("add", cmd_service_add, "add a service to the catalog", service_sub)
+    p.add_argument("name", help="service name, like pg_main")
+    p.add_argument("url", help="postgresql+psycopg://user:password@host:5432 or sqlite:///folder")
+    p.add_argument("--replace", action="store_true", help="change the URL of an existing service")
+    p = command("list", cmd_service_list, "list services (passwords masked)", service_sub)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command("remove", cmd_service_remove, "remove a service from the catalog", service_sub)
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="remove even if assignments use it")
+    p = command("test", cmd_service_test, "connect to a service and report its version",
+                service_sub)
+    p.add_argument("name")
+
+    p = command("assign", cmd_assign, "plug a service into a store or server setting")
+    p.add_argument("target", metavar="APP.SETTING")
+    p.add_argument("service", metavar="SERVICE")
+
+    p = command("sync", cmd_sync,
+                "create missing stores, create their tables, run their initializers")
+    p.add_argument("apps", nargs="*", metavar="APP", help="apps to sync (default: all)")
+    p.add_argument("--store", action="append", metavar="STORE", help="only this store")
+    p.add_argument("--refresh", action="store_true", help="drop and recreate the stores")
+    p.add_argument("--first-time", action="store_true",
+                   help="run initializers with first_time=True even for existing stores")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask before --refresh")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("status", cmd_status, "every store: its service, whether it exists, size")
+    p.add_argument("apps", nargs="*", metavar="APP")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    config = sub.add_parser("config", help="show the effective configuration",
+                            description="Show the effective configuration.")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    p = command("show", cmd_config_show,
+                "the effective configuration and where each value came from", config_sub)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    command("demo", cmd_demo, "run the bundled stream gages app end to end")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = Context(args)
+    try:
+        code: int = args.func(ctx)
+        return code
+    except StorekeeperError as exc:
+        say(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        say("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("STOREKEEPER_DEBUG"):
+            import traceback
+
+            say(traceback.format_exc(), file=sys.stderr)
+        say(f"error: unexpected {type(exc).__name__}: {exc} (set STOREKEEPER_DEBUG=1 for the "
+            "traceback)", file=sys.stderr)
+        return 1
+    finally:
+        ctx.close()

@@ -1,0 +1,226 @@
+"""Loading the configuration, with one documented precedence (lowest first).
+
+1. built-in defaults: a SQLite service ``local`` in ``./var/stores/``, the catalog in
+   ``./var/catalog.sqlite``, ``default_service = "local"``;
+2. ``storekeeper.toml`` (or ``[tool.storekeeper]`` in ``pyproject.toml``);
+3. that file's overlay for the environment (``[env.test]``, ``[env.production]``), chosen by
+   ``STOREKEEPER_ENV`` (``test`` under pytest);
+4. the catalog (services and assignments made with the CLI) — merged by :mod:`storekeeper.site`;
+5. environment variables: ``STOREKEEPER_SERVICE_<NAME>`` (or ``..._FILE``),
+   ``STOREKEEPER_CATALOG``, ``STOREKEEPER_DEFAULT_SERVICE``.
+
+Every value remembers where it came from, so ``storekeeper config show`` can say so.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .naming import check_identifier, split_target
+
+CONFIG_FILE = "storekeeper.toml"
+BUILTIN = "built-in"
+ENV_PREFIX = "STOREKEEPER_SERVICE_"
+
+_TOP_KEYS = {"apps", "default_service", "catalog", "services", "assign", "env", "production"}
+
+
+@dataclass(frozen=True)
+class Sourced:
+    """A configuration value and where it came from (``built-in``, a file, an env var...)."""
+
+    value: str
+    source: str
+
+
+@dataclass
+class Config:
+    """The effective file-and-environment configuration of one project folder."""
+
+    root: Path
+    file: Path | None
+    env: str | None
+    apps: list[str] = field(default_factory=list)
+    default_service: Sourced = Sourced("local", BUILTIN)
+    catalog: Sourced = Sourced("sqlite:///var/catalog.sqlite", BUILTIN)
+    #: Services from the file and its overlay; the catalog's override these.
+    services: dict[str, Sourced] = field(default_factory=dict)
+    #: Services from ``STOREKEEPER_SERVICE_*``; these override the catalog's.
+    env_services: dict[str, Sourced] = field(default_factory=dict)
+    assignments: dict[tuple[str, str], Sourced] = field(default_factory=dict)
+    #: Services marked ``production = true``: test tooling refuses to touch them.
+    production_services: set[str] = field(default_factory=set)
+
+
+def current_env() -> str | None:
+    """The environment overlay in force: ``STOREKEEPER_ENV``, else ``test`` under pytest."""
+    value = os.environ.get("STOREKEEPER_ENV")
+    if value is not None:
+        return value or None
+    if "pytest" in sys.modules or "PYTEST_CURRENT_TEST" in os.environ:
+        return "test"
+    return None
+
+
+def find_config_file(start: Path) -> tuple[Path | None, dict[str, Any]]:
+    """Find ``storekeeper.toml`` or a ``pyproject.toml`` with ``[tool.storekeeper]``.
+
+    Looks in ``start`` and its parents; returns the file and its storekeeper table.
+    """
+    for folder in (start, *start.parents):
+        candidate = folder / CONFIG_FILE
+        if candidate.is_file():
+            return candidate, _read_toml(candidate)
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            table = _read_toml(pyproject).get("tool", {}).get("storekeeper")
+            if isinstance(table, dict):
+                return pyproject, table
+    return None, {}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+
+
+def load(
+    path: str | Path | None = None,
+    *,
+    env: str | None | bool = True,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Config:
+    """Load the configuration.
+
+    ``path`` names a config file (else ``STOREKEEPER_CONFIG``, else the nearest
+    ``storekeeper.toml`` / ``pyproject.toml`` from ``cwd`` up). ``env`` picks the overlay:
+    ``True`` means :func:`current_env`, ``None``/``False`` none, a string that one.
+    """
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    explicit = path or environ.get("STOREKEEPER_CONFIG")
+    if explicit:
+        file = Path(explicit).expanduser().absolute()
+        if not file.is_file():
+            raise ConfigError(f"configuration file {str(file)!r} does not exist")
+        data = _read_toml(file)
+        if file.name == "pyproject.toml":
+            data = data.get("tool", {}).get("storekeeper", {})
+    else:
+        file, data = find_config_file(cwd.absolute())
+    env_name = current_env() if env is True else (env or None)
+    config = Config(root=file.parent if file else cwd.absolute(), file=file, env=env_name)
+    if file is not None:
+        where = file.name if file.name == CONFIG_FILE else f"{file.name} [tool.storekeeper]"
+        _apply_table(config, data, where, top=True)
+        overlays = data.get("env", {})
+        if not isinstance(overlays, dict):
+            raise ConfigError(f"{where}: 'env' must be a table of tables like [env.test]")
+        if env_name and env_name in overlays:
+            _apply_table(config, overlays[env_name], f"{where} [env.{env_name}]", top=False)
+    _apply_environ(config, environ)
+    return config
+
+
+def _apply_table(config: Config, data: Any, where: str, *, top: bool) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table")
+    allowed = _TOP_KEYS if top else _TOP_KEYS - {"env", "apps"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys are {', '.join(sorted(allowed))}"
+        )
+    if "apps" in data:
+        apps = data["apps"]
+        if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
+            raise ConfigError(f"{where}: 'apps' must be a list of 'module:attribute' strings")
+        config.apps = list(apps)
+    if "default_service" in data:
+        value = data["default_service"]
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: 'default_service' must be a string")
+        if value:
+            check_identifier(value, "service")
+        config.default_service = Sourced(value, where)
+    if "catalog" in data:
+        if not isinstance(data["catalog"], str) or not data["catalog"]:
+            raise ConfigError(f"{where}: 'catalog' must be a database URL")
+        config.catalog = Sourced(data["catalog"], where)
+    services = data.get("services", {})
+    if not isinstance(services, dict):
+        raise ConfigError(f"{where}: 'services' must be a table of NAME = URL")
+    for name, spec in services.items():
+        check_identifier(name, "service")
+        config.services[name] = Sourced(_service_url(name, spec, where, config), where)
+    assign = data.get("assign", {})
+    if not isinstance(assign, dict):
+        raise ConfigError(f"{where}: 'assign' must be a table of \"APP.SETTING\" = SERVICE")
+    for target, service in assign.items():
+        if not isinstance(service, str):
+            raise ConfigError(f"{where}: assign.{target} must be a service name")
+        config.assignments[split_target(target)] = Sourced(
+            check_identifier(service, "service"), where
+        )
+
+
+def _service_url(name: str, spec: Any, where: str, config: Config) -> str:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - {"url", "url_file", "production"})
+        if unknown:
+            raise ConfigError(
+                f"{where}: services.{name}: unknown key(s) {', '.join(unknown)}; "
+                "use url, url_file, production"
+            )
+        if spec.get("production"):
+            config.production_services.add(name)
+        if isinstance(spec.get("url"), str):
+            return str(spec["url"])
+        if isinstance(spec.get("url_file"), str):
+            return _read_secret_file(Path(spec["url_file"]), f"{where}: services.{name}.url_file")
+    raise ConfigError(
+        f"{where}: services.{name} must be a URL string or a table with 'url' or 'url_file'"
+    )
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        return path.expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {str(path)!r}: {exc.strerror}") from None
+
+
+def _apply_environ(config: Config, environ: Mapping[str, str]) -> None:
+    for key, value in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX) or not value:
+            continue
+        rest = key[len(ENV_PREFIX) :]
+        if rest.endswith("_FILE"):
+            rest = rest[: -len("_FILE")]
+            value = _read_secret_file(Path(value), key)
+        name = rest.lower()
+        check_identifier(name, f"service (from environment variable {key})")
+        config.env_services[name] = Sourced(value, f"env {key}")
+    if environ.get("STOREKEEPER_CATALOG"):
+        config.catalog = Sourced(environ["STOREKEEPER_CATALOG"], "env STOREKEEPER_CATALOG")
+    if "STOREKEEPER_DEFAULT_SERVICE" in environ:
+        value = environ["STOREKEEPER_DEFAULT_SERVICE"]
+        if value:
+            check_identifier(value, "service (from STOREKEEPER_DEFAULT_SERVICE)")
+        config.default_service = Sourced(value, "env STOREKEEPER_DEFAULT_SERVICE")

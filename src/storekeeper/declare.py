@@ -1,0 +1,307 @@
+"""What apps write: :class:`App`, :class:`Store`, :class:`ServerSetting`, :class:`Kind`.
+
+This module is imported by ``import storekeeper`` and so stays light: SQLAlchemy and the rest
+are imported when an app first touches a database.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+from .errors import BadInput, InvalidName, NotFound
+from .naming import check_identifier, physical_name
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL, Engine, MetaData
+    from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+    from .provision import StoreInfo, SyncReport
+    from .site import Placement, Site
+
+#: ``initializer(engine, first_time)``: Tethys' contract for filling a store.
+Initializer = Callable[["Engine", bool], None]
+InitializerSpec = Union[Initializer, str, None]
+
+
+@dataclass(frozen=True)
+class Store:
+    """One database an app declares; its physical name is ``<app>_<store>``.
+
+    ``initializer`` is a callable or a ``"module:function"`` / ``"module.function"`` string,
+    called as ``initializer(engine, first_time)`` after the schema is in place.
+    """
+
+    name: str
+    description: str = ""
+    metadata: MetaData | None = None
+    initializer: InitializerSpec = None
+    required: bool = True
+    spatial: bool = False
+
+    def __post_init__(self) -> None:
+        check_identifier(self.name, "store")
+
+
+@dataclass(frozen=True)
+class ServerSetting:
+    """An app's socket for a whole database server, used to create stores at run time."""
+
+    name: str
+    description: str = ""
+    required: bool = False
+
+    def __post_init__(self) -> None:
+        check_identifier(self.name, "server setting")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A template for stores made at run time (a tenant's database)."""
+
+    name: str
+    metadata: MetaData | None = None
+    initializer: InitializerSpec = None
+    description: str = ""
+    spatial: bool = False
+
+    def __post_init__(self) -> None:
+        check_identifier(self.name, "kind")
+
+
+@dataclass(eq=False)
+class App:
+    """An application's stores, server settings and kinds, and the sessions on them.
+
+    ``App("my_first_app", stores=[Store("example_db", metadata=Base.metadata)])``
+    """
+
+    name: str
+    stores: Sequence[Store] = ()
+    servers: Sequence[ServerSetting] = ()
+    kinds: Sequence[Kind] = ()
+    description: str = ""
+    _site: Site | None = field(default=None, repr=False)
+    _makers: dict[str, sessionmaker[Session]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        check_identifier(self.name, "app")
+        self.stores = tuple(self.stores)
+        self.servers = tuple(self.servers)
+        self.kinds = tuple(self.kinds)
+        for group, items in (("store", self.stores), ("server setting", self.servers)):
+            _no_duplicates(self.name, group, [i.name for i in items])
+        _no_duplicates(self.name, "kind", [k.name for k in self.kinds])
+        both = {s.name for s in self.stores} & {s.name for s in self.servers}
+        if both:
+            raise InvalidName(
+                f"app {self.name!r}: {', '.join(sorted(both))} is both a store and a server "
+                "setting; settings share one namespace for assignments"
+            )
+        for store in self.stores:
+            physical_name(self.name, store.name)
+
+    # declarations ---------------------------------------------------------------------
+
+    def store(self, name: str) -> Store:
+        """The declared store called ``name``."""
+        for store in self.stores:
+            if store.name == name:
+                return store
+        raise NotFound(
+            f"app {self.name!r} declares no store {name!r}; its stores: "
+            f"{', '.join(s.name for s in self.stores) or 'none'}"
+        )
+
+    def server(self, name: str) -> ServerSetting:
+        """The declared server setting called ``name``."""
+        for server in self.servers:
+            if server.name == name:
+                return server
+        raise NotFound(
+            f"app {self.name!r} declares no server setting {name!r}; its server settings: "
+            f"{', '.join(s.name for s in self.servers) or 'none'}"
+        )
+
+    def kind(self, name: str) -> Kind:
+        """The declared kind called ``name``."""
+        for kind in self.kinds:
+            if kind.name == name:
+                return kind
+        raise NotFound(
+            f"app {self.name!r} declares no kind {name!r}; its kinds: "
+            f"{', '.join(k.name for k in self.kinds) or 'none'}"
+        )
+
+    def setting_names(self) -> list[str]:
+        """Names that can be assigned a service: stores and server settings."""
+        return [s.name for s in self.stores] + [s.name for s in self.servers]
+
+    # the site -------------------------------------------------------------------------
+
+    @property
+    def site(self) -> Site:
+        """The configuration and catalog this app uses (the process default until bound)."""
+        if self._site is None:
+            from .site import Site
+
+            self._site = Site.default()
+        return self._site
+
+    def bind(self, site: Site) -> App:
+        """Use ``site`` from now on (forgetting sessions made from the previous one)."""
+        with self._lock:
+            self._site = site
+            self._makers.clear()
+        return self
+
+    def placement(self, name: str) -> Placement:
+        """Where store ``name`` lives: service, database name and the assignment used."""
+        from .provision import place
+
+        return place(self, name)
+
+    # engines and sessions -------------------------------------------------------------
+
+    def url(self, name: str) -> URL:
+        """The SQLAlchemy URL of store ``name`` (its ``str()`` hides the password)."""
+        where = self.placement(name)
+        return self.site.backend(where.service).database_url(where.database)
+
+    def engine(self, name: str) -> Engine:
+        """The engine of store ``name``: one per store per process, made on first use."""
+        where = self.placement(name)
+        backend = self.site.backend(where.service)
+        return self.site.engine(backend.database_url(where.database), backend)
+
+    def sessionmaker(self, name: str) -> sessionmaker[Session]:
+        """A ``sessionmaker`` bound to store ``name`` (cached per store)."""
+        maker = self._makers.get(name)
+        if maker is None:
+            from sqlalchemy.orm import sessionmaker as make
+
+            maker = make(bind=self.engine(name), expire_on_commit=False)
+            self._makers[name] = maker
+        return maker
+
+    def session(self, name: str) -> _SessionScope:
+        """``with app.session("example_db") as s:`` commits on success, rolls back on error,
+        and always closes."""
+        maker = self._makers.get(name) or self.sessionmaker(name)
+        return _SessionScope(maker)
+
+    def scoped_session(self, name: str) -> scoped_session[Session]:
+        """A thread-local ``scoped_session`` for store ``name``; call ``.remove()`` when done."""
+        from sqlalchemy.orm import scoped_session as scoped
+
+        return scoped(self.sessionmaker(name))
+
+    def server_engine(self, setting: str) -> Engine:
+        """An engine on the maintenance database of the server behind ``setting``."""
+        from .provision import server_service
+
+        service = server_service(self, setting)
+        backend = self.site.backend(service)
+        if service.url.get_backend_name() == "postgresql":
+            from .backends.postgresql import MAINTENANCE_DATABASE
+
+            url = service.url.set(database=service.url.database or MAINTENANCE_DATABASE)
+        else:
+            url = service.url.set(database=None)
+        return self.site.engine(url, backend)
+
+    # provisioning ---------------------------------------------------------------------
+
+    def sync(
+        self,
+        stores: Iterable[str] | None = None,
+        *,
+        refresh: bool = False,
+        first_time: bool = False,
+        progress: Callable[[Any], None] | None = None,
+    ) -> SyncReport:
+        """Create missing stores, bring schemas up, run initializers (what ``storekeeper sync``
+        does); returns a report of what was done."""
+        from .provision import sync
+
+        return sync([self], stores=stores, refresh=refresh, first_time=first_time,
+                    progress=progress)
+
+    def create_store(
+        self,
+        name: str,
+        *,
+        server: str | None = None,
+        kind: str | None = None,
+        initializer: InitializerSpec = None,
+        spatial: bool | None = None,
+        refresh: bool = False,
+        first_time: bool = True,
+    ) -> StoreInfo:
+        """Make a store at run time on the server behind ``server`` (recorded in the catalog)."""
+        from .provision import create_store
+
+        return create_store(self, name, server=server, kind=kind, initializer=initializer,
+                            spatial=spatial, refresh=refresh, first_time=first_time)
+
+    def drop_store(self, name: str) -> bool:
+        """Drop store ``name``'s database (ending its connections); returns whether it existed."""
+        from .provision import drop_store
+
+        return drop_store(self, name)
+
+    def store_exists(self, name: str) -> bool:
+        """Whether store ``name``'s database exists."""
+        from .provision import store_exists
+
+        return store_exists(self, name)
+
+    def list_stores(self) -> list[str]:
+        """Declared stores and stores made at run time."""
+        names = [s.name for s in self.stores]
+        names += [r.name for r in self.site.catalog.runtime_stores(self.name) if r.name not in names]
+        return names
+
+    def list_servers(self) -> list[str]:
+        """The app's server settings."""
+        return [s.name for s in self.servers]
+
+    def forget(self, name: str) -> None:
+        """Drop cached session factories of store ``name`` (after a drop or reassignment)."""
+        with self._lock:
+            self._makers.pop(name, None)
+
+
+class _SessionScope:
+    """The context manager behind :meth:`App.session`: a plain class, because it sits on every
+    request's path and a generator-based one costs more."""
+
+    __slots__ = ("_maker", "_session")
+
+    def __init__(self, maker: sessionmaker[Session]) -> None:
+        self._maker = maker
+
+    def __enter__(self) -> Session:
+        self._session = self._maker()
+        return self._session
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        session = self._session
+        try:
+            if exc_type is None:
+                session.commit()
+            else:
+                session.rollback()
+        finally:
+            session.close()
+
+
+def _no_duplicates(app: str, what: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise BadInput(f"app {app!r} declares {what} {name!r} twice")
+        seen.add(name)

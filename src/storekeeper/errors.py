@@ -1,0 +1,47 @@
+"""The errors storekeeper raises: one base class and a few kinds a caller can act on.
+
+Every message names the offending value and says what to do next. The command line maps
+:class:`BadInput` to exit code 2 and every other :class:`StorekeeperError` to exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class StorekeeperError(Exception):
+    """Base class of every error storekeeper raises on purpose."""
+
+    exit_code = 1
+
+
+class BadInput(StorekeeperError):
+    """The caller gave something invalid; nothing was changed."""
+
+    exit_code = 2
+
+
+class InvalidName(BadInput):
+    """An app, store, setting or service name that storekeeper cannot use."""
+
+
+class ConfigError(BadInput):
+    """The configuration (file, environment, catalog) is invalid or incomplete."""
+
+
+class NotFound(BadInput):
+    """An app, store, setting, kind or service that does not exist."""
+
+
+class NotAssigned(ConfigError):
+    """A store or server setting that no service is plugged into."""
+
+
+class ServiceUnavailable(StorekeeperError):
+    """A database server could not be reached or refused the credentials."""
+
+
+class ProvisionError(StorekeeperError):
+    """Creating, dropping or initializing a store failed."""
+
+
+class InitializerError(ProvisionError):
+    """A store's initializer could not be imported or raised."""

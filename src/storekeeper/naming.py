@@ -1,0 +1,87 @@
+"""Identifiers and physical names, validated in one place.
+
+App, store, setting, kind and service names become parts of database names, file names and
+environment variable names, so they are kept to a portable shape: lower-case ASCII letters,
+digits and underscores, starting with a letter, and not an SQL reserved word.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidName
+
+#: PostgreSQL truncates identifiers longer than this many bytes (NAMEDATALEN - 1).
+MAX_DATABASE_NAME_BYTES = 63
+
+_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+# Reserved in PostgreSQL, SQLite or MySQL (and in the SQL standard); as names they would need
+# quoting in one dialect or another, which users of these tools never expect to do.
+RESERVED_WORDS = frozenset(
+    """
+    all analyse analyze and any array as asc asymmetric authorization between binary both case
+    cast check collate collation column concurrently constraint create cross current_catalog
+    current_date current_role current_schema current_time current_timestamp current_user
+    database default deferrable delete desc distinct do drop else end except exists false fetch
+    for foreign freeze from full grant group having ilike in index initially inner insert
+    intersect into is isnull join key lateral leading left like limit localtime localtimestamp
+    natural not notnull null offset on only or order outer overlaps placing primary references
+    returning right select session_user similar some symmetric system_user table tablesample
+    then to trailing transaction trigger true union unique update user using values variadic
+    verbose view when where window with
+    """.split()
+)
+
+
+def check_identifier(value: object, what: str) -> str:
+    """Return ``value`` if it is a valid name for ``what`` (``"app"``, ``"store"``...).
+
+    Raises :class:`InvalidName` with a message that shows the value and the rule.
+    """
+    if not isinstance(value, str):
+        raise InvalidName(f"{what} name must be a string, got {type(value).__name__} {value!r}")
+    if value == "":
+        raise InvalidName(f"{what} name is empty; use lower-case letters, digits and '_'")
+    if not _IDENTIFIER.match(value):
+        raise InvalidName(
+            f"invalid {what} name {value!r}: use lower-case ASCII letters, digits and '_', "
+            "starting with a letter (no spaces, quotes, dots, slashes or upper case)"
+        )
+    if value in RESERVED_WORDS:
+        raise InvalidName(
+            f"invalid {what} name {value!r}: it is an SQL reserved word; choose another, "
+            f"e.g. {value + '_db'!r}"
+        )
+    if len(value.encode()) > MAX_DATABASE_NAME_BYTES:
+        raise InvalidName(
+            f"invalid {what} name {value!r}: {len(value)} characters, at most "
+            f"{MAX_DATABASE_NAME_BYTES} allowed"
+        )
+    return value
+
+
+def physical_name(app: str, store: str) -> str:
+    """The database name of ``store`` of ``app``: ``<app>_<store>``, checked for length."""
+    check_identifier(app, "app")
+    check_identifier(store, "store")
+    name = f"{app}_{store}"
+    if len(name.encode()) > MAX_DATABASE_NAME_BYTES:
+        raise InvalidName(
+            f"database name {name!r} for store {app}.{store} is {len(name.encode())} bytes; "
+            f"PostgreSQL allows at most {MAX_DATABASE_NAME_BYTES}: shorten the store or app name"
+        )
+    return name
+
+
+def split_target(value: str) -> tuple[str, str]:
+    """Split ``"APP.SETTING"`` into its two checked parts."""
+    app, dot, setting = value.partition(".")
+    if not dot or not app or not setting:
+        raise InvalidName(f"expected APP.SETTING (like 'my_app.example_db'), got {value!r}")
+    return check_identifier(app, "app"), check_identifier(setting, "store or setting")
+
+
+def env_var_for_service(name: str) -> str:
+    """The environment variable that overrides the URL of service ``name``."""
+    return "STOREKEEPER_SERVICE_" + check_identifier(name, "service").upper()

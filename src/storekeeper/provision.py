@@ -1,0 +1,387 @@
+"""Provisioning: placing stores on services, ``sync``, and stores made at run time."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import inspect
+
+from .config import Sourced
+from .errors import (
+    BadInput,
+    InitializerError,
+    NotAssigned,
+    NotFound,
+    ProvisionError,
+    StorekeeperError,
+)
+from .naming import check_identifier, physical_name
+from .secret import mask
+from .site import Placement
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine, MetaData
+
+    from .backends import Service
+    from .declare import App, Initializer, InitializerSpec
+
+
+@dataclass
+class StoreResult:
+    """What ``sync`` or ``create_store`` did to one store."""
+
+    app: str
+    store: str
+    service: str | None
+    database: str | None
+    action: str
+    first_time: bool = False
+    initialized: bool = False
+    tables_added: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        """Whether the database or its schema changed."""
+        return self.action in ("created", "recreated") or bool(self.tables_added)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {**asdict(self), "changed": self.changed}
+
+
+# A store made at run time is described by the same record.
+StoreInfo = StoreResult
+
+
+@dataclass
+class SyncReport:
+    """Everything one ``sync`` did, store by store."""
+
+    results: list[StoreResult] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything changed (a second sync of the same code reports ``False``)."""
+        return any(r.changed for r in self.results)
+
+
+def resolve_initializer(spec: InitializerSpec, where: str) -> Initializer | None:
+    """Turn ``"module:function"`` or ``"module.function"`` into the function it names."""
+    if spec is None or callable(spec):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise InitializerError(f"initializer of {where} must be a callable or 'module:function'")
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        module_name, _, attr = spec.rpartition(".")
+    if not module_name or not attr:
+        raise InitializerError(
+            f"initializer {spec!r} of {where} is not 'module:function' or 'module.function'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise InitializerError(
+            f"initializer {spec!r} of {where} cannot be imported: {type(exc).__name__}: {exc}"
+        ) from None
+    func = getattr(module, attr, None)
+    if not callable(func):
+        raise InitializerError(
+            f"initializer {spec!r} of {where}: module {module_name!r} has no function {attr!r}"
+        )
+    return func  # type: ignore[no-any-return]
+
+
+def place(app: App, name: str) -> Placement:
+    """Where store ``name`` of ``app`` lives; raises :class:`NotAssigned` or :class:`NotFound`."""
+    site = app.site
+    check_identifier(name, "store")
+    declared = {s.name for s in app.stores}
+    if name in declared:
+        service = site.require_assignment(app.name, name)
+        chosen = site.assignment(app.name, name)
+        assert chosen is not None
+        return Placement(service, physical_name(app.name, name), chosen)
+    record = site.runtime_store(app.name, name)
+    if record is not None:
+        return Placement(
+            site.service(record.service),
+            physical_name(app.name, name),
+            Sourced(record.service, "made at run time"),
+        )
+    known = app.list_stores()
+    raise NotFound(
+        f"app {app.name!r} has no store {name!r}; its stores: {', '.join(known) or 'none'}"
+    )
+
+
+def server_service(app: App, setting: str) -> Service:
+    """The service plugged into server setting ``setting`` of ``app``."""
+    app.server(setting)
+    return app.site.require_assignment(app.name, setting, what="server setting")
+
+
+def _schema(engine: Engine, metadata: MetaData | None) -> list[str]:
+    """Create the tables of ``metadata`` that are missing; returns their names."""
+    if metadata is None or not metadata.tables:
+        return []
+    inspector = inspect(engine)
+    missing = [
+        t.fullname for t in metadata.sorted_tables if not inspector.has_table(t.name, t.schema)
+    ]
+    if missing:
+        metadata.create_all(engine)
+    return missing
+
+
+@dataclass
+class _Plan:
+    app: App
+    store: str
+    placement: Placement
+    metadata: MetaData | None
+    initializer: Initializer | None
+    initializer_name: str
+    spatial: bool
+
+
+def _provision(
+    plan: _Plan, *, refresh: bool, first_time: bool, runtime: tuple[str | None, str | None] | None
+) -> StoreResult:
+    """Create (or recreate) one store, bring its schema up and initialize it, under a lock."""
+    app, site = plan.app, plan.app.site
+    service, database = plan.placement.service, plan.placement.database
+    backend = site.backend(service)
+    url = backend.database_url(database)
+    started = time.perf_counter()
+    result = StoreResult(app.name, plan.store, service.name, database, "up to date")
+    with backend.lock(database):
+        existed = backend.exists(database)
+        if existed and refresh:
+            site.dispose_engine(url)
+            app.forget(plan.store)
+            backend.drop(database)
+            existed = False
+            result.action = "recreated"
+        if not existed:
+            backend.create(database, spatial=plan.spatial)
+            if result.action != "recreated":
+                result.action = "created"
+        step = "creating the tables"
+        try:
+            engine = site.engine(url, backend)
+            result.tables_added = _schema(engine, plan.metadata)
+            result.first_time = not existed or first_time
+            if plan.initializer is not None:
+                step = f"initializer {plan.initializer_name}"
+                plan.initializer(engine, result.first_time)
+                result.initialized = True
+            if runtime is not None:
+                step = "recording the store in the catalog"
+                site.add_runtime_store(app.name, plan.store, service.name, *runtime)
+        except Exception as exc:
+            if not existed:
+                # Leave nothing half-made: the next sync is a clean first time.
+                site.dispose_engine(url)
+                backend.drop(database)
+            reason = mask(f"{type(exc).__name__}: {exc}", service.url.password)
+            site.catalog.record(app.name, plan.store, "sync", ok=False, detail=reason)
+            undo = (
+                f"; database {database!r} made in this run was dropped again"
+                if not existed
+                else "; the existing database was left as it was"
+            )
+            error = InitializerError if step.startswith("initializer") else ProvisionError
+            raise error(f"store {app.name}.{plan.store}: {step} failed: {reason}{undo}") from exc
+    result.seconds = time.perf_counter() - started
+    detail = result.action + (f", tables added: {', '.join(result.tables_added)}"
+                              if result.tables_added else "")
+    site.catalog.record(app.name, plan.store, "sync", ok=True, detail=detail)
+    return result
+
+
+def _initializer_name(spec: InitializerSpec) -> str:
+    if isinstance(spec, str):
+        return repr(spec)
+    if spec is None:
+        return "none"
+    return repr(f"{getattr(spec, '__module__', '?')}:{getattr(spec, '__qualname__', spec)}")
+
+
+def sync(
+    apps: Sequence[App],
+    *,
+    stores: Iterable[str] | None = None,
+    refresh: bool = False,
+    first_time: bool = False,
+    progress: Callable[[StoreResult], None] | None = None,
+) -> SyncReport:
+    """For each declared store: create it if missing, create missing tables, run the initializer
+    (``first_time`` true only when created in this run, or when ``first_time`` is given).
+
+    Every store is checked first (names, assignments, initializers): bad input raises before
+    anything is changed. ``stores`` limits the run to those store names.
+    """
+    wanted = list(stores) if stores is not None else None
+    plans: list[_Plan | StoreResult] = []
+    for app in apps:
+        selected = [app.store(n) for n in wanted] if wanted is not None else list(app.stores)
+        for store in selected:
+            where = f"store {app.name}.{store.name}"
+            try:
+                placement = place(app, store.name)
+            except NotAssigned:
+                if store.required:
+                    raise
+                plans.append(StoreResult(app.name, store.name, None, None, "skipped: not assigned"))
+                continue
+            plans.append(
+                _Plan(
+                    app,
+                    store.name,
+                    placement,
+                    store.metadata,
+                    resolve_initializer(store.initializer, where),
+                    _initializer_name(store.initializer),
+                    store.spatial,
+                )
+            )
+    report = SyncReport()
+    for plan in plans:
+        if isinstance(plan, StoreResult):
+            result = plan
+        else:
+            result = _provision(plan, refresh=refresh, first_time=first_time, runtime=None)
+        report.results.append(result)
+        if progress is not None:
+            progress(result)
+    return report
+
+
+def create_store(
+    app: App,
+    name: str,
+    *,
+    server: str | None = None,
+    kind: str | None = None,
+    initializer: InitializerSpec = None,
+    spatial: bool | None = None,
+    refresh: bool = False,
+    first_time: bool = False,
+) -> StoreResult:
+    """Make store ``name`` at run time and record it in the catalog (see :meth:`App.create_store`).
+
+    The server is the one behind server setting ``server`` (or the app's only server setting,
+    or the default service when it declares none). ``kind`` gives metadata, initializer and
+    spatial; ``initializer``/``spatial`` override them. Existing stores are kept (and their
+    initializer run with ``first_time`` false) unless ``refresh``.
+    """
+    check_identifier(name, "store")
+    if name in {s.name for s in app.stores}:
+        raise BadInput(
+            f"{name!r} is a declared store of app {app.name!r}; use sync for it, or pick "
+            "another name for a store made at run time"
+        )
+    database = physical_name(app.name, name)
+    if server is None and len(app.servers) == 1:
+        server = app.servers[0].name
+    if server is not None:
+        service = server_service(app, server)
+    elif app.servers:
+        raise BadInput(
+            f"app {app.name!r} has several server settings; pass server= one of "
+            f"{', '.join(app.list_servers())}"
+        )
+    else:
+        service = app.site.require_assignment(app.name, name)
+    declared_kind = app.kind(kind) if kind is not None else None
+    where = f"store {app.name}.{name}"
+    spec = initializer if initializer is not None else (
+        declared_kind.initializer if declared_kind else None
+    )
+    plan = _Plan(
+        app,
+        name,
+        Placement(service, database, Sourced(service.name, "made at run time")),
+        declared_kind.metadata if declared_kind else None,
+        resolve_initializer(spec, where),
+        _initializer_name(spec),
+        spatial if spatial is not None else bool(declared_kind and declared_kind.spatial),
+    )
+    result = _provision(plan, refresh=refresh, first_time=first_time, runtime=(server, kind))
+    app.forget(name)
+    return result
+
+
+def drop_store(app: App, name: str) -> bool:
+    """Drop store ``name``'s database; a store made at run time is also forgotten."""
+    placement = place(app, name)
+    site = app.site
+    backend = site.backend(placement.service)
+    site.dispose_engine(backend.database_url(placement.database))
+    app.forget(name)
+    with backend.lock(placement.database):
+        existed = backend.exists(placement.database)
+        backend.drop(placement.database)
+    site.remove_runtime_store(app.name, name)
+    site.catalog.record(app.name, name, "drop", ok=True, detail="dropped" if existed else "absent")
+    return existed
+
+
+def store_exists(app: App, name: str) -> bool:
+    """Whether store ``name``'s database exists; ``False`` for a name the app does not know."""
+    try:
+        placement = place(app, name)
+    except NotFound:
+        return False
+    return app.site.backend(placement.service).exists(placement.database)
+
+
+@dataclass
+class StoreStatus:
+    """One row of ``storekeeper status``."""
+
+    app: str
+    store: str
+    origin: str
+    service: str | None
+    database: str | None
+    exists: bool | None
+    size: int | None
+    last_sync: str | None
+    problem: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def status(apps: Sequence[App]) -> list[StoreStatus]:
+    """Every store of ``apps``: where it lives, whether it exists, its size, its last sync."""
+    rows: list[StoreStatus] = []
+    if not apps:
+        return rows
+    site = apps[0].site
+    last = site.catalog.last_events("sync")
+    for app in apps:
+        declared = {s.name for s in app.stores}
+        for name in app.list_stores():
+            origin = "declared" if name in declared else "run time"
+            synced = last.get((app.name, name))
+            row = StoreStatus(app.name, name, origin, None, None, None, None,
+                              synced.strftime("%Y-%m-%d %H:%M:%S") if synced else None)
+            try:
+                placement = place(app, name)
+                row.service, row.database = placement.service.name, placement.database
+                backend = site.backend(placement.service)
+                row.size = backend.size(placement.database)
+                row.exists = row.size is not None
+            except StorekeeperError as exc:
+                row.problem = str(exc)
+            rows.append(row)
+    return rows

@@ -1,0 +1,279 @@
+"""A site: one deployment's configuration and catalog, which apps attach to.
+
+It answers "which service holds this store?" by merging, lowest first, the built-in ``local``
+service, the configuration file (and its environment overlay), the catalog, and environment
+variables; and it keeps one engine per database per process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from . import config as config_mod
+from .backends import Backend, Service, backend_for, parse_service_url
+from .catalog import Catalog, RuntimeStore
+from .config import BUILTIN, Config, Sourced
+from .errors import BadInput, NotAssigned, NotFound
+from .naming import check_identifier
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL, Engine
+
+LOCAL_SERVICE = "local"
+LOCAL_URL = "sqlite:///var/stores"
+
+_SITES: weakref.WeakSet[Site] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Connections opened by the parent must never be used by the child: give every engine a
+    # fresh pool without closing the parent's sockets (SQLAlchemy's documented recipe).
+    for site in list(_SITES):
+        site.forget_connections()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a store lives: its service, database name, and the assignment that chose it."""
+
+    service: Service
+    database: str
+    assignment: Sourced
+
+
+class Site:
+    """The configuration and catalog in force, and the engines made from them."""
+
+    _default: ClassVar[Site | None] = None
+    _default_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.catalog = Catalog(config.catalog.value, config.root)
+        self._backends: dict[tuple[str, str], Backend] = {}
+        self._engines: dict[str, Engine] = {}
+        self._engines_lock = threading.Lock()
+        self._services: dict[str, Service] | None = None
+        self._assignments: dict[tuple[str, str], Sourced] | None = None
+        self._runtime: dict[tuple[str, str], RuntimeStore] | None = None
+        _SITES.add(self)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, env: str | None | bool = True) -> Site:
+        """A site from the configuration file found from the working folder (or ``path``)."""
+        return cls(config_mod.load(path, env=env))
+
+    @classmethod
+    def default(cls) -> Site:
+        """The process-wide site that apps use until bound to another (loaded once)."""
+        with cls._default_lock:
+            if cls._default is None:
+                cls._default = cls.load()
+            return cls._default
+
+    @classmethod
+    def set_default(cls, site: Site | None) -> None:
+        """Replace the process-wide site (tests and the CLI use this)."""
+        with cls._default_lock:
+            cls._default = site
+
+    # services -------------------------------------------------------------------------
+
+    def services(self) -> dict[str, Service]:
+        """Every known service by name, after applying the precedence."""
+        if self._services is None:
+            merged: dict[str, Sourced] = {LOCAL_SERVICE: Sourced(LOCAL_URL, BUILTIN)}
+            merged.update(self.config.services)
+            merged.update({n: Sourced(u, "catalog") for n, u in self.catalog.services().items()})
+            merged.update(self.config.env_services)
+            self._services = {
+                name: Service(
+                    name,
+                    parse_service_url(src.value, self.config.root, what=f"URL of service {name!r}"),
+                    src.source,
+                    name in self.config.production_services,
+                )
+                for name, src in sorted(merged.items())
+            }
+        return self._services
+
+    def service(self, name: str) -> Service:
+        """The service called ``name``; :class:`NotFound` lists the known ones."""
+        check_identifier(name, "service")
+        services = self.services()
+        if name not in services:
+            known = ", ".join(services) or "none"
+            raise NotFound(
+                f"unknown service {name!r} (known: {known}); add it with: "
+                f"storekeeper service add {name} URL"
+            )
+        return services[name]
+
+    def backend(self, service: Service) -> Backend:
+        """The backend for ``service`` (one per service and URL)."""
+        key = (service.name, service.url.render_as_string(hide_password=False))
+        backend = self._backends.get(key)
+        if backend is None:
+            backend = self._backends[key] = backend_for(service)
+        return backend
+
+    def add_service(self, name: str, url: str, *, replace: bool = False) -> Service:
+        """Check and add a service to the catalog; returns it as it will be used."""
+        check_identifier(name, "service")
+        parsed = parse_service_url(url, self.config.root, what=f"URL of service {name!r}")
+        service = Service(name, parsed, "catalog")
+        backend_for(service)
+        if self.catalog.add_service(name, url.strip(), replace=replace):
+            if not replace:
+                raise BadInput(
+                    f"service {name!r} already exists; use --replace to change its URL, or "
+                    f"storekeeper service remove {name}"
+                )
+        self._services = None
+        return self.service(name)
+
+    def remove_service(self, name: str, *, force: bool = False) -> None:
+        """Remove a service from the catalog; refuses while assignments use it."""
+        check_identifier(name, "service")
+        users = self.catalog.users_of(name)
+        if users and not force:
+            raise BadInput(
+                f"service {name!r} is still used by {', '.join(users)}; assign those to another "
+                "service first, or pass --force"
+            )
+        if not self.catalog.remove_service(name):
+            source = self.services().get(name)
+            if source is not None:
+                raise BadInput(
+                    f"service {name!r} comes from {source.source}, not the catalog; "
+                    "remove it there"
+                )
+            self.service(name)
+        self._services = None
+
+    # assignments ----------------------------------------------------------------------
+
+    def assignments(self) -> dict[tuple[str, str], Sourced]:
+        """Every explicit assignment after the precedence (file, overlay, then catalog).
+
+        Read from the catalog once per site; changes made through this site are seen at once.
+        """
+        if self._assignments is None:
+            merged = dict(self.config.assignments)
+            merged.update(
+                {k: Sourced(v, "catalog") for k, v in self.catalog.assignments().items()}
+            )
+            self._assignments = merged
+        return self._assignments
+
+    def assign(self, app: str, setting: str, service: str) -> Service:
+        """Plug ``service`` into ``app.setting`` in the catalog (checked to exist)."""
+        check_identifier(app, "app")
+        check_identifier(setting, "store or setting")
+        found = self.service(service)
+        self.catalog.assign(app, setting, service)
+        self._assignments = None
+        return found
+
+    def runtime_store(self, app: str, name: str) -> RuntimeStore | None:
+        """The catalog's record of a store made at run time, if there is one."""
+        if self._runtime is None:
+            self._runtime = {(r.app, r.name): r for r in self.catalog.runtime_stores()}
+        record = self._runtime.get((app, name))
+        if record is None:
+            # Another process may have made it since this site read the catalog.
+            self._runtime = {(r.app, r.name): r for r in self.catalog.runtime_stores()}
+            record = self._runtime.get((app, name))
+        return record
+
+    def add_runtime_store(
+        self, app: str, name: str, service: str, server: str | None, kind: str | None
+    ) -> None:
+        """Record a store made at run time."""
+        self.catalog.add_runtime_store(app, name, service, server, kind)
+        self._runtime = None
+
+    def remove_runtime_store(self, app: str, name: str) -> bool:
+        """Forget a store made at run time."""
+        removed = self.catalog.remove_runtime_store(app, name)
+        self._runtime = None
+        return removed
+
+    def assignment(self, app: str, setting: str) -> Sourced | None:
+        """The service plugged into ``app.setting``, or the default service, or ``None``."""
+        explicit = self.assignments().get((app, setting))
+        if explicit is not None:
+            return explicit
+        default = self.config.default_service
+        if default.value:
+            return Sourced(default.value, f"default_service ({default.source})")
+        return None
+
+    def require_assignment(self, app: str, setting: str, what: str = "store") -> Service:
+        """The service of ``app.setting``; :class:`NotAssigned` says how to assign one."""
+        chosen = self.assignment(app, setting)
+        if chosen is None:
+            names = ", ".join(self.services()) or "NAME"
+            raise NotAssigned(
+                f"{what} {app}.{setting} is not assigned to a service and there is no default "
+                f"service; run: storekeeper assign {app}.{setting} SERVICE (services: {names})"
+            )
+        return self.service(chosen.value)
+
+    # engines --------------------------------------------------------------------------
+
+    def engine(self, url: URL, backend: Backend, **options: Any) -> Engine:
+        """The one engine of this process for database ``url`` (made on first use)."""
+        key = url.render_as_string(hide_password=False)
+        engine = self._engines.get(key)
+        if engine is not None:
+            return engine
+        with self._engines_lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                from sqlalchemy import create_engine
+
+                engine = create_engine(url, **{**backend.engine_options(), **options})
+                backend.prepare_engine(engine)
+                self._engines[key] = engine
+        return engine
+
+    def dispose_engine(self, url: URL) -> None:
+        """Close and forget the engine of database ``url`` (before it is dropped)."""
+        engine = self._engines.pop(url.render_as_string(hide_password=False), None)
+        if engine is not None:
+            engine.dispose()
+
+    def forget_connections(self) -> None:
+        """After a fork: new pools for every engine, without touching the parent's sockets."""
+        for engine in list(self._engines.values()):
+            engine.dispose(close=False)
+        for backend in self._backends.values():
+            admin = getattr(backend, "_admin", None)
+            if admin is not None:
+                admin.dispose(close=False)
+        if self.catalog._engine is not None:
+            self.catalog._engine.dispose(close=False)
+
+    def close(self) -> None:
+        """Close every connection this site holds."""
+        for engine in self._engines.values():
+            engine.dispose()
+        self._engines.clear()
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+        self.catalog.close()
+
+    def engines(self) -> Iterable[Engine]:
+        """The engines made so far (for pool checks and monitoring)."""
+        return list(self._engines.values())
