@@ -7,6 +7,7 @@ Exit codes: 0 done, 1 failed while working, 2 bad input. Everything printed goes
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -87,8 +88,9 @@ class Context:
             from .discover import load_apps
 
             site = self.site
-            self._apps = load_apps(getattr(self.args, "app", None) or [], site.config.apps,
-                                   site.config.root)
+            self._apps = load_apps(
+                getattr(self.args, "app", None) or [], site.config.apps, site.config.root
+            )
             for app in self._apps:
                 app.bind(site)
         return self._apps
@@ -119,14 +121,25 @@ def cmd_service_list(ctx: Context) -> int:
     if ctx.args.json:
         emit_json(
             [
-                {"name": s.name, "url": s.display_url, "dialect": s.url.get_backend_name(),
-                 "source": s.source}
+                {
+                    "name": s.name,
+                    "url": s.display_url,
+                    "dialect": s.url.get_backend_name(),
+                    "source": s.source,
+                }
                 for s in services.values()
             ]
         )
         return 0
-    say(table([(s.name, s.url.get_backend_name(), s.display_url, s.source)
-               for s in services.values()], ["service", "dialect", "url", "source"]))
+    say(
+        table(
+            [
+                (s.name, s.url.get_backend_name(), s.display_url, s.source)
+                for s in services.values()
+            ],
+            ["service", "dialect", "url", "source"],
+        )
+    )
     return 0
 
 
@@ -162,8 +175,9 @@ def cmd_assign(ctx: Context) -> int:
 
 
 def _confirm_refresh(apps: list[App], stores: list[str] | None, assume_yes: bool) -> None:
-    targets = [f"{a.name}.{s.name}" for a in apps for s in a.stores
-               if stores is None or s.name in stores]
+    targets = [
+        f"{a.name}.{s.name}" for a in apps for s in a.stores if stores is None or s.name in stores
+    ]
     if assume_yes:
         return
     if not sys.stdin.isatty():
@@ -205,8 +219,9 @@ def cmd_sync(ctx: Context) -> int:
 
     from .provision import sync
 
-    report = sync(apps, stores=stores, refresh=a.refresh, first_time=a.first_time,
-                  progress=progress)
+    report = sync(
+        apps, stores=stores, refresh=a.refresh, first_time=a.first_time, progress=progress
+    )
     if a.json:
         emit_json({"changed": report.changed, "stores": [r.as_dict() for r in report.results]})
         return 0
@@ -238,12 +253,23 @@ def print_status(rows: Sequence[Any]) -> None:
     if not rows:
         say("no stores: no apps found (name them with --app MODULE:ATTR or in storekeeper.toml)")
         return
-    say(table(
-        [(r.app, r.store, r.service or "unassigned", r.database,
-          "yes" if r.exists else ("no" if r.exists is False else "?"),
-          human_size(r.size), r.last_sync or "never") for r in rows],
-        ["app", "store", "service", "database", "exists", "size", "last sync"],
-    ))
+    say(
+        table(
+            [
+                (
+                    r.app,
+                    r.store,
+                    r.service or "unassigned",
+                    r.database,
+                    "yes" if r.exists else ("no" if r.exists is False else "?"),
+                    human_size(r.size),
+                    r.last_sync or "never",
+                )
+                for r in rows
+            ],
+            ["app", "store", "service", "database", "exists", "size", "last sync"],
+        )
+    )
     for r in rows:
         if r.problem:
             say(f"  {r.app}.{r.store}: {r.problem}")
@@ -256,19 +282,27 @@ def cmd_config_show(ctx: Context) -> int:
     assignments = site.assignments()
     apps = ctx.apps
     if ctx.args.json:
-        emit_json({
-            "file": str(cfg.file) if cfg.file else None,
-            "root": str(cfg.root),
-            "environment": cfg.env,
-            "catalog": {"url": site.catalog.display_url, "source": cfg.catalog.source},
-            "default_service": {"value": cfg.default_service.value,
-                                "source": cfg.default_service.source},
-            "services": {n: {"url": s.display_url, "source": s.source,
-                             "production": s.production} for n, s in services.items()},
-            "assignments": {f"{a}.{s}": {"service": v.value, "source": v.source}
-                            for (a, s), v in sorted(assignments.items())},
-            "apps": [a.name for a in apps],
-        })
+        emit_json(
+            {
+                "file": str(cfg.file) if cfg.file else None,
+                "root": str(cfg.root),
+                "environment": cfg.env,
+                "catalog": {"url": site.catalog.display_url, "source": cfg.catalog.source},
+                "default_service": {
+                    "value": cfg.default_service.value,
+                    "source": cfg.default_service.source,
+                },
+                "services": {
+                    n: {"url": s.display_url, "source": s.source, "production": s.production}
+                    for n, s in services.items()
+                },
+                "assignments": {
+                    f"{a}.{s}": {"service": v.value, "source": v.source}
+                    for (a, s), v in sorted(assignments.items())
+                },
+                "apps": [a.name for a in apps],
+            }
+        )
         return 0
     say(f"config file      {cfg.file or 'none (built-in defaults)'}")
     say(f"root             {cfg.root}")
@@ -286,9 +320,11 @@ def cmd_config_show(ctx: Context) -> int:
     for (app, setting), v in sorted(assignments.items()):
         say(f"  {app}.{setting} -> {v.value}   [{v.source}]")
     say("apps:")
-    for app in apps:
-        say(f"  {app.name}: stores {', '.join(s.name for s in app.stores) or '-'}"
-            + (f"; servers {', '.join(app.list_servers())}" if app.servers else ""))
+    for each in apps:
+        say(
+            f"  {each.name}: stores {', '.join(s.name for s in each.stores) or '-'}"
+            + (f"; servers {', '.join(each.list_servers())}" if each.servers else "")
+        )
     if not apps:
         say("  (none found)")
     return 0
@@ -307,17 +343,23 @@ def cmd_demo(ctx: Context) -> int:
         ) from None
     site = ctx.site
     app.bind(site)
-    say(f"storekeeper demo: app {app.name!r} on service(s) "
-        f"{', '.join(sorted({app.placement(s.name).service.name for s in app.stores}))}")
+    say(
+        f"storekeeper demo: app {app.name!r} on service(s) "
+        f"{', '.join(sorted({app.placement(s.name).service.name for s in app.stores}))}"
+    )
     say(f"catalog: {site.catalog.display_url}")
     report = sync([app], progress=lambda r: say(f"  {r.app}.{r.store}: {_describe(r)}"))
     say("sync: changed" if report.changed else "sync: no changes, everything is up to date")
-    from gauges.model import list_gauges  # type: ignore[import-not-found]
-
+    # The example ships its own query; the demo only prints what it returns.
+    list_gauges = importlib.import_module("gauges.model").list_gauges
     say("")
     say("stream gages:")
-    say(table([(g.id, g.latitude, g.longitude, g.value) for g in list_gauges(app)],
-              ["id", "latitude", "longitude", "value"]))
+    say(
+        table(
+            [(g.id, g.latitude, g.longitude, g.value) for g in list_gauges(app)],
+            ["id", "latitude", "longitude", "value"],
+        )
+    )
     say("")
     print_status(status([app]))
     return 0
@@ -327,13 +369,25 @@ def cmd_demo(ctx: Context) -> int:
 
 
 def _common(parser: argparse.ArgumentParser, default: Any) -> None:
-    parser.add_argument("--config", metavar="PATH", default=default,
-                        help="configuration file (default: nearest storekeeper.toml)")
-    parser.add_argument("--app", metavar="MODULE:ATTR", action="append", default=default,
-                        help="an app to use (repeatable); default: configured and installed apps")
-    parser.add_argument("--env", metavar="NAME", default=default,
-                        help="configuration overlay to use, like test or production "
-                             "(default: STOREKEEPER_ENV)")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default,
+        help="configuration file (default: nearest storekeeper.toml)",
+    )
+    parser.add_argument(
+        "--app",
+        metavar="MODULE:ATTR",
+        action="append",
+        default=default,
+        help="an app to use (repeatable); default: configured and installed apps",
+    )
+    parser.add_argument(
+        "--env",
+        metavar="NAME",
+        default=default,
+        help="configuration overlay to use, like test or production (default: STOREKEEPER_ENV)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,16 +404,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     suppress = argparse.SUPPRESS
 
-    def command(name: str, func: Callable[[Context], int], help: str,
-                into: Any = sub) -> argparse.ArgumentParser:
+    def command(
+        name: str, func: Callable[[Context], int], help: str, into: Any = sub
+    ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = into.add_parser(name, help=help, description=help)
         _common(p, suppress)
         p.set_defaults(func=func)
         return p
 
-    service = sub.add_parser("service", help="manage services (database servers)",
-                             description="Manage services: database servers with their "
-                                         "connection facts, shared by many apps.")
+    service = sub.add_parser(
+        "service",
+        help="manage services (database servers)",
+        description="Manage services: database servers with their "
+        "connection facts, shared by many apps.",
+    )
     service_sub = service.add_subparsers(dest="service_command", metavar="ACTION", required=True)
     p = command("add", cmd_service_add, "add a service to the catalog", service_sub)
     p.add_argument("name", help="service name, like pg_main")
@@ -370,21 +428,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("remove", cmd_service_remove, "remove a service from the catalog", service_sub)
     p.add_argument("name")
     p.add_argument("--force", action="store_true", help="remove even if assignments use it")
-    p = command("test", cmd_service_test, "connect to a service and report its version",
-                service_sub)
+    p = command(
+        "test", cmd_service_test, "connect to a service and report its version", service_sub
+    )
     p.add_argument("name")
 
     p = command("assign", cmd_assign, "plug a service into a store or server setting")
     p.add_argument("target", metavar="APP.SETTING")
     p.add_argument("service", metavar="SERVICE")
 
-    p = command("sync", cmd_sync,
-                "create missing stores, create their tables, run their initializers")
+    p = command(
+        "sync", cmd_sync, "create missing stores, create their tables, run their initializers"
+    )
     p.add_argument("apps", nargs="*", metavar="APP", help="apps to sync (default: all)")
     p.add_argument("--store", action="append", metavar="STORE", help="only this store")
     p.add_argument("--refresh", action="store_true", help="drop and recreate the stores")
-    p.add_argument("--first-time", action="store_true",
-                   help="run initializers with first_time=True even for existing stores")
+    p.add_argument(
+        "--first-time",
+        action="store_true",
+        help="run initializers with first_time=True even for existing stores",
+    )
     p.add_argument("--yes", "-y", action="store_true", help="do not ask before --refresh")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -392,11 +455,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("apps", nargs="*", metavar="APP")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    config = sub.add_parser("config", help="show the effective configuration",
-                            description="Show the effective configuration.")
+    config = sub.add_parser(
+        "config",
+        help="show the effective configuration",
+        description="Show the effective configuration.",
+    )
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    p = command("show", cmd_config_show,
-                "the effective configuration and where each value came from", config_sub)
+    p = command(
+        "show",
+        cmd_config_show,
+        "the effective configuration and where each value came from",
+        config_sub,
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     command("demo", cmd_demo, "run the bundled stream gages app end to end")
@@ -422,8 +492,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             say(traceback.format_exc(), file=sys.stderr)
-        say(f"error: unexpected {type(exc).__name__}: {exc} (set STOREKEEPER_DEBUG=1 for the "
-            "traceback)", file=sys.stderr)
+        say(
+            f"error: unexpected {type(exc).__name__}: {exc} (set STOREKEEPER_DEBUG=1 for the "
+            "traceback)",
+            file=sys.stderr,
+        )
         return 1
     finally:
         ctx.close()

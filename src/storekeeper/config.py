@@ -99,7 +99,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def load(
     path: str | Path | None = None,
     *,
-    env: str | None | bool = True,
+    env: str | bool | None = True,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Config:
@@ -112,6 +112,7 @@ def load(
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
     explicit = path or environ.get("STOREKEEPER_CONFIG")
+    file: Path | None
     if explicit:
         file = Path(explicit).expanduser().absolute()
         if not file.is_file():
@@ -193,7 +194,9 @@ def _service_url(name: str, spec: Any, where: str, config: Config) -> str:
         if isinstance(spec.get("url"), str):
             return str(spec["url"])
         if isinstance(spec.get("url_file"), str):
-            return _read_secret_file(Path(spec["url_file"]), f"{where}: services.{name}.url_file")
+            # Like every path in the file, a relative url_file is relative to its folder.
+            path = config.root / Path(spec["url_file"]).expanduser()
+            return _read_secret_file(path, f"{where}: services.{name}.url_file")
     raise ConfigError(
         f"{where}: services.{name} must be a URL string or a table with 'url' or 'url_file'"
     )

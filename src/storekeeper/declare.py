@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadInput, InvalidName, NotFound
 from .naming import check_identifier, physical_name
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 #: ``initializer(engine, first_time)``: Tethys' contract for filling a store.
 Initializer = Callable[["Engine", bool], None]
-InitializerSpec = Union[Initializer, str, None]
+InitializerSpec = Initializer | str | None
 
 
 @dataclass(frozen=True)
@@ -227,8 +227,9 @@ class App:
         does); returns a report of what was done."""
         from .provision import sync
 
-        return sync([self], stores=stores, refresh=refresh, first_time=first_time,
-                    progress=progress)
+        return sync(
+            [self], stores=stores, refresh=refresh, first_time=first_time, progress=progress
+        )
 
     def create_store(
         self,
@@ -244,8 +245,16 @@ class App:
         """Make a store at run time on the server behind ``server`` (recorded in the catalog)."""
         from .provision import create_store
 
-        return create_store(self, name, server=server, kind=kind, initializer=initializer,
-                            spatial=spatial, refresh=refresh, first_time=first_time)
+        return create_store(
+            self,
+            name,
+            server=server,
+            kind=kind,
+            initializer=initializer,
+            spatial=spatial,
+            refresh=refresh,
+            first_time=first_time,
+        )
 
     def drop_store(self, name: str) -> bool:
         """Drop store ``name``'s database (ending its connections); returns whether it existed."""
@@ -262,7 +271,9 @@ class App:
     def list_stores(self) -> list[str]:
         """Declared stores and stores made at run time."""
         names = [s.name for s in self.stores]
-        names += [r.name for r in self.site.catalog.runtime_stores(self.name) if r.name not in names]
+        names += [
+            r.name for r in self.site.catalog.runtime_stores(self.name) if r.name not in names
+        ]
         return names
 
     def list_servers(self) -> list[str]:

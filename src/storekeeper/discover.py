@@ -38,7 +38,11 @@ def installed_apps() -> list[App]:
     """Apps that installed packages announce in the ``storekeeper.apps`` entry point group."""
     found = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found.append(import_app(ep.value, origin=f"entry point {ep.name!r} ({ep.dist.name if ep.dist else '?'})"))
+        found.append(
+            import_app(
+                ep.value, origin=f"entry point {ep.name!r} ({ep.dist.name if ep.dist else '?'})"
+            )
+        )
     return found
 
 

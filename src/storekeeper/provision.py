@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 
     from .backends import Service
     from .declare import App, Initializer, InitializerSpec
+
+
+log = logging.getLogger("storekeeper")
 
 
 @dataclass
@@ -196,12 +200,15 @@ def _provision(
                 if not existed
                 else "; the existing database was left as it was"
             )
+            log.error("%s.%s: %s failed: %s%s", app.name, plan.store, step, reason, undo)
             error = InitializerError if step.startswith("initializer") else ProvisionError
             raise error(f"store {app.name}.{plan.store}: {step} failed: {reason}{undo}") from exc
     result.seconds = time.perf_counter() - started
-    detail = result.action + (f", tables added: {', '.join(result.tables_added)}"
-                              if result.tables_added else "")
+    detail = result.action + (
+        f", tables added: {', '.join(result.tables_added)}" if result.tables_added else ""
+    )
     site.catalog.record(app.name, plan.store, "sync", ok=True, detail=detail)
+    log.info("%s.%s on service %s: %s", app.name, plan.store, service.name, detail)
     return result
 
 
@@ -301,8 +308,10 @@ def create_store(
         service = app.site.require_assignment(app.name, name)
     declared_kind = app.kind(kind) if kind is not None else None
     where = f"store {app.name}.{name}"
-    spec = initializer if initializer is not None else (
-        declared_kind.initializer if declared_kind else None
+    spec = (
+        initializer
+        if initializer is not None
+        else (declared_kind.initializer if declared_kind else None)
     )
     plan = _Plan(
         app,
@@ -330,6 +339,7 @@ def drop_store(app: App, name: str) -> bool:
         backend.drop(placement.database)
     site.remove_runtime_store(app.name, name)
     site.catalog.record(app.name, name, "drop", ok=True, detail="dropped" if existed else "absent")
+    log.info("%s.%s on service %s: dropped", app.name, name, placement.service.name)
     return existed
 
 
@@ -373,8 +383,16 @@ def status(apps: Sequence[App]) -> list[StoreStatus]:
         for name in app.list_stores():
             origin = "declared" if name in declared else "run time"
             synced = last.get((app.name, name))
-            row = StoreStatus(app.name, name, origin, None, None, None, None,
-                              synced.strftime("%Y-%m-%d %H:%M:%S") if synced else None)
+            row = StoreStatus(
+                app.name,
+                name,
+                origin,
+                None,
+                None,
+                None,
+                None,
+                synced.strftime("%Y-%m-%d %H:%M:%S") if synced else None,
+            )
             try:
                 placement = place(app, name)
                 row.service, row.database = placement.service.name, placement.database

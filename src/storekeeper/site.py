@@ -68,7 +68,7 @@ class Site:
         _SITES.add(self)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, *, env: str | None | bool = True) -> Site:
+    def load(cls, path: str | Path | None = None, *, env: str | bool | None = True) -> Site:
         """A site from the configuration file found from the working folder (or ``path``)."""
         return cls(config_mod.load(path, env=env))
 
@@ -132,12 +132,11 @@ class Site:
         parsed = parse_service_url(url, self.config.root, what=f"URL of service {name!r}")
         service = Service(name, parsed, "catalog")
         backend_for(service)
-        if self.catalog.add_service(name, url.strip(), replace=replace):
-            if not replace:
-                raise BadInput(
-                    f"service {name!r} already exists; use --replace to change its URL, or "
-                    f"storekeeper service remove {name}"
-                )
+        if self.catalog.add_service(name, url.strip(), replace=replace) and not replace:
+            raise BadInput(
+                f"service {name!r} already exists; use --replace to change its URL, or "
+                f"storekeeper service remove {name}"
+            )
         self._services = None
         return self.service(name)
 
@@ -154,8 +153,7 @@ class Site:
             source = self.services().get(name)
             if source is not None:
                 raise BadInput(
-                    f"service {name!r} comes from {source.source}, not the catalog; "
-                    "remove it there"
+                    f"service {name!r} comes from {source.source}, not the catalog; remove it there"
                 )
             self.service(name)
         self._services = None
@@ -169,9 +167,7 @@ class Site:
         """
         if self._assignments is None:
             merged = dict(self.config.assignments)
-            merged.update(
-                {k: Sourced(v, "catalog") for k, v in self.catalog.assignments().items()}
-            )
+            merged.update({k: Sourced(v, "catalog") for k, v in self.catalog.assignments().items()})
             self._assignments = merged
         return self._assignments
 

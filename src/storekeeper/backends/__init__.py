@@ -26,7 +26,9 @@ def parse_service_url(text: str, root: Path, *, what: str = "service URL") -> UR
     try:
         url = make_url(text.strip())
     except ArgumentError:
-        raise BadInput(f"{what} {mask(text)!r} is not a database URL; expected {SUPPORTED}") from None
+        raise BadInput(
+            f"{what} {mask(text)!r} is not a database URL; expected {SUPPORTED}"
+        ) from None
     backend = url.get_backend_name()
     if backend == "postgres":
         url = url.set(drivername="postgresql+psycopg")
@@ -49,7 +51,9 @@ def parse_service_url(text: str, root: Path, *, what: str = "service URL") -> UR
             path = root / path
         url = url.set(drivername="sqlite", database=str(path))
     else:
-        raise BadInput(f"{what} {mask(text)!r}: database {backend!r} is not supported; use {SUPPORTED}")
+        raise BadInput(
+            f"{what} {mask(text)!r}: database {backend!r} is not supported; use {SUPPORTED}"
+        )
     return url
 
 

@@ -157,4 +157,3 @@ class PostgresBackend(Backend):
         if self._admin is not None:
             self._admin.dispose()
             self._admin = None
-

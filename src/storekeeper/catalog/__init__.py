@@ -7,12 +7,13 @@ Its schema carries a version, so later releases can change it (see :mod:`.tables
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, func, insert, select, update
+from sqlalchemy import Engine, create_engine, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..errors import ConfigError, ServiceUnavailable
@@ -20,6 +21,10 @@ from ..secret import mask, seal, unseal
 from . import tables as t
 
 __all__ = ["Catalog", "Event", "RuntimeStore"]
+
+
+# Advisory lock key held while a PostgreSQL catalog's schema is made or upgraded.
+_CATALOG_LOCK = 0x73746F72656B6565  # "storekee"
 
 
 def _now() -> dt.datetime:
@@ -57,7 +62,11 @@ class Catalog:
         from sqlalchemy import make_url
 
         self.url = make_url(url)
-        if self.url.get_backend_name() == "sqlite" and self.url.database not in (None, "", ":memory:"):
+        if self.url.get_backend_name() == "sqlite" and self.url.database not in (
+            None,
+            "",
+            ":memory:",
+        ):
             path = Path(self.url.database).expanduser()
             if not path.is_absolute():
                 path = root / path
@@ -97,10 +106,20 @@ class Catalog:
         return self._engine
 
     def _upgrade(self, engine: Engine) -> None:
+        # Several processes may open a new catalog at once (two `sync` runs): the schema is
+        # made or upgraded by one of them at a time.
+        if engine.dialect.name == "sqlite" and self.url.database not in (None, "", ":memory:"):
+            from filelock import FileLock
+
+            with FileLock(f"{self.url.database}.lock"):
+                self._upgrade_locked(engine)
+        else:
+            self._upgrade_locked(engine)
+
+    def _upgrade_locked(self, engine: Engine) -> None:
         with engine.begin() as conn:
-            if engine.dialect.name == "sqlite":
-                # Serialize concurrent first opens: BEGIN IMMEDIATE takes the write lock.
-                conn.exec_driver_sql("SELECT 1")
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CATALOG_LOCK})
             version = 0
             if engine.dialect.has_table(conn, t.meta.name):
                 raw = conn.execute(
@@ -155,9 +174,7 @@ class Catalog:
                     update(t.services).where(t.services.c.name == name).values(url=seal(url))
                 )
             else:
-                conn.execute(
-                    insert(t.services).values(name=name, url=seal(url), created_at=_now())
-                )
+                conn.execute(insert(t.services).values(name=name, url=seal(url), created_at=_now()))
         return bool(existed)
 
     def remove_service(self, name: str) -> bool:
@@ -232,8 +249,11 @@ class Catalog:
     ) -> None:
         """Record a store made at run time (replacing an older record of the same name)."""
         with self.engine.begin() as conn:
-            conn.execute(delete(t.stores).where((t.stores.c.app == app) & (t.stores.c.name == name)))
-            try:
+            conn.execute(
+                delete(t.stores).where((t.stores.c.app == app) & (t.stores.c.name == name))
+            )
+            # A concurrent create of the same name may have recorded it first.
+            with contextlib.suppress(IntegrityError):
                 conn.execute(
                     insert(t.stores).values(
                         app=app,
@@ -244,8 +264,6 @@ class Catalog:
                         created_at=_now(),
                     )
                 )
-            except IntegrityError:  # pragma: no cover - a concurrent create of the same name
-                pass
 
     def remove_runtime_store(self, app: str, name: str) -> bool:
         """Forget a store made at run time."""
@@ -266,7 +284,9 @@ class Catalog:
                 )
             )
 
-    def history(self, app: str | None = None, store: str | None = None, limit: int = 100) -> list[Event]:
+    def history(
+        self, app: str | None = None, store: str | None = None, limit: int = 100
+    ) -> list[Event]:
         """The newest entries first."""
         query = select(t.events).order_by(t.events.c.id.desc()).limit(limit)
         if app is not None:
