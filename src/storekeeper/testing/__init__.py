@@ -1,0 +1,1 @@
+"""Testing with stores: the throwaway PostgreSQL server (the pytest plugin comes later)."""
