@@ -1,0 +1,57 @@
+# The two commands of the README's Quick start: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint typecheck pytest bench postgres-binaries clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Runtime install: the package and the example app.
+$(VENV)/.demo-installed: pyproject.toml examples/gauges/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -e . -e examples/gauges
+	touch $@
+
+# Test install: the same plus the test tools.
+$(VENV)/.test-installed: pyproject.toml examples/gauges/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]" -e examples/gauges
+	touch $@ $(VENV)/.demo-installed
+
+## Run the stream gages example end to end on the embedded SQLite default.
+demo: $(VENV)/.demo-installed
+	$(BIN)/storekeeper demo
+
+## Lint, type-check and run the whole suite against real PostgreSQL and SQLite.
+## With no STOREKEEPER_TEST_POSTGRES_URL, the suite starts a throwaway PostgreSQL cluster.
+test: $(VENV)/.test-installed postgres-binaries lint typecheck pytest
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/mypy
+
+pytest: $(VENV)/.test-installed
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# A fresh Debian machine may lack PostgreSQL's server binaries: install them when we can.
+postgres-binaries:
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	   || [ -n "$$STOREKEEPER_TEST_POSTGRES_URL" ]; then :; \
+	 elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	   echo "installing PostgreSQL server binaries (apt-get install postgresql)"; \
+	   DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	 else \
+	   echo "PostgreSQL server binaries (initdb) not found: install PostgreSQL, or set" \
+	        "STOREKEEPER_TEST_POSTGRES_URL to a server the tests may use" >&2; exit 2; \
+	 fi
+
+## Benchmarks (see bench/); QUICK=1 for the short runs.
+bench: $(VENV)/.test-installed
+	$(BIN)/python bench/sessions.py $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The stream gages example app (Tethys' Persistent Stores tutorial) on storekeeper."""

@@ -1,0 +1,166 @@
+"""The catalog: a versioned schema, secrets sealed at rest, SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import make_url
+
+from conftest import write_app, write_config
+from storekeeper.catalog import tables
+from storekeeper.cli import main
+from storekeeper.errors import ConfigError
+from storekeeper.site import Site
+
+PG_URL_WITH_SECRET = "postgresql+psycopg://app:s3cretpw@db.example:5432"
+
+
+def test_a_new_catalog_records_schema_version_1(project: Path) -> None:
+    site = Site.load()
+    try:
+        assert tables.SCHEMA_VERSION == 1
+        assert site.catalog.schema_version() == 1
+    finally:
+        site.close()
+    with sqlite3.connect(project / "var" / "catalog.sqlite") as conn:
+        rows = conn.execute("SELECT key, value FROM storekeeper_meta").fetchall()
+    assert rows == [("schema_version", "1")]
+
+
+def test_a_catalog_newer_than_the_code_says_to_upgrade_storekeeper(project: Path) -> None:
+    site = Site.load()
+    site.add_service("main", "sqlite:///stores")
+    site.close()
+    with sqlite3.connect(project / "var" / "catalog.sqlite") as conn:
+        conn.execute("UPDATE storekeeper_meta SET value = '2' WHERE key = 'schema_version'")
+
+    site = Site.load()
+    try:
+        with pytest.raises(ConfigError, match="upgrade storekeeper") as info:
+            site.services()
+        assert "schema version 2" in str(info.value)
+    finally:
+        site.close()
+    # Nothing was changed by the refusal.
+    with sqlite3.connect(project / "var" / "catalog.sqlite") as conn:
+        assert conn.execute("SELECT value FROM storekeeper_meta").fetchall() == [("2",)]
+
+
+def test_with_a_secret_key_urls_are_encrypted_at_rest(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STOREKEEPER_SECRET_KEY", "correct horse battery staple")
+    site = Site.load()
+    try:
+        site.add_service("pg", PG_URL_WITH_SECRET)
+        raw = site.catalog.raw_service_urls()
+        assert len(raw) == 1
+        assert "s3cretpw" not in raw[0]
+        assert "db.example" not in raw[0]
+    finally:
+        site.close()
+
+    site = Site.load()
+    try:
+        assert site.service("pg").url.password == "s3cretpw"
+        assert site.service("pg").url.host == "db.example"
+    finally:
+        site.close()
+
+
+def test_without_a_secret_key_urls_are_stored_as_given(project: Path) -> None:
+    site = Site.load()
+    try:
+        site.add_service("pg", PG_URL_WITH_SECRET)
+        assert site.catalog.raw_service_urls() == [PG_URL_WITH_SECRET]
+    finally:
+        site.close()
+
+
+def test_a_different_secret_key_is_a_config_error(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STOREKEEPER_SECRET_KEY", "the first key")
+    site = Site.load()
+    site.add_service("pg", PG_URL_WITH_SECRET)
+    site.close()
+
+    monkeypatch.setenv("STOREKEEPER_SECRET_KEY", "another key")
+    site = Site.load()
+    try:
+        with pytest.raises(ConfigError, match="does not decrypt") as info:
+            site.services()
+        assert "s3cretpw" not in str(info.value)
+    finally:
+        site.close()
+
+
+def test_an_unset_key_with_an_encrypted_catalog_says_to_set_it(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STOREKEEPER_SECRET_KEY", "the first key")
+    site = Site.load()
+    site.add_service("pg", PG_URL_WITH_SECRET)
+    site.close()
+
+    monkeypatch.delenv("STOREKEEPER_SECRET_KEY")
+    site = Site.load()
+    try:
+        with pytest.raises(ConfigError, match="STOREKEEPER_SECRET_KEY is not set; set it"):
+            site.services()
+    finally:
+        site.close()
+
+
+def _conninfo(url: str, database: str) -> str:
+    """A libpq URL for psycopg from a SQLAlchemy URL."""
+    return (
+        make_url(url)
+        .set(drivername="postgresql", database=database)
+        .render_as_string(hide_password=False)
+    )
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_a_postgresql_catalog_from_storekeeper_catalog_works(
+    project: Path,
+    postgres_url: str,
+    app_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Named after the app so the app_name fixture drops it after the test.
+    catalog_db = f"{app_name}_catalog"
+    with psycopg.connect(_conninfo(postgres_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{catalog_db}"')
+    catalog_url = make_url(postgres_url).set(database=catalog_db)
+    monkeypatch.setenv("STOREKEEPER_CATALOG", catalog_url.render_as_string(hide_password=False))
+    spec = write_app(project, app_name)
+    write_config(project, f'default_service = ""\napps = ["{spec}"]\n')
+
+    assert main(["service", "add", "pg", postgres_url]) == 0
+    assert main(["assign", f"{app_name}.main_db", "pg"]) == 0
+    assert main(["sync", app_name]) == 0
+    assert main(["config", "show", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "env STOREKEEPER_CATALOG" in out
+
+    with psycopg.connect(_conninfo(postgres_url, catalog_db)) as conn:
+        assert conn.execute("SELECT name FROM storekeeper_services").fetchall() == [("pg",)]
+        assert conn.execute(
+            "SELECT app, setting, service FROM storekeeper_assignments"
+        ).fetchall() == [(app_name, "main_db", "pg")]
+        assert conn.execute(
+            "SELECT value FROM storekeeper_meta WHERE key = 'schema_version'"
+        ).fetchall() == [("1",)]
+        synced = conn.execute(
+            "SELECT ok FROM storekeeper_events WHERE app = %s AND action = 'sync'", (app_name,)
+        ).fetchall()
+        assert synced == [(True,)]
+    with psycopg.connect(_conninfo(postgres_url, f"{app_name}_main_db")) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (2,)
+    # And nothing went to the SQLite catalog of the built-in default.
+    assert not (project / "var" / "catalog.sqlite").exists()
