@@ -72,6 +72,20 @@ class Backend(abc.ABC):
         """An exclusive lock on ``name`` across processes, held while provisioning it."""
 
     @abc.abstractmethod
+    def clone(self, template: str, name: str) -> None:
+        """Create database ``name`` as a copy of database ``template`` (which nobody may be
+        connected to); raises :class:`ProvisionError` when ``name`` exists."""
+
+    @abc.abstractmethod
+    def seal_template(self, name: str) -> None:
+        """Make database ``name`` ready to be cloned many times: statistics fresh, nothing
+        left for background maintenance to visit, and no new connections accepted."""
+
+    @abc.abstractmethod
+    def unseal_template(self, name: str) -> None:
+        """Accept connections to a sealed template again (to migrate it further)."""
+
+    @abc.abstractmethod
     def ping(self) -> str:
         """Connect and return a one-line description of the server; raise if unreachable."""
 

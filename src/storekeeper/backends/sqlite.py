@@ -72,6 +72,43 @@ class SqliteBackend(Backend):
         finally:
             conn.close()
 
+    def clone(self, template: str, name: str) -> None:
+        source, target = self.path(template), self.path(name)
+        if not source.is_file():
+            raise ProvisionError(
+                f"cannot create {name!r} from template {template!r}: the template does not exist "
+                f"in service {self.service.name!r}"
+            )
+        if target.exists():
+            raise ProvisionError(
+                f"cannot create {name!r} from template {template!r}: it already exists in "
+                f"service {self.service.name!r}"
+            )
+        # The online backup API copies a consistent snapshot even if the template is in use;
+        # the copy is written beside the target and renamed, so no half-made store is seen.
+        partial = target.with_name(f".{target.name}.partial")
+        partial.unlink(missing_ok=True)
+        src, dst = sqlite3.connect(source), sqlite3.connect(partial)
+        try:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode=WAL")
+        finally:
+            dst.close()
+            src.close()
+        partial.replace(target)
+
+    def seal_template(self, name: str) -> None:
+        # Fold the WAL into the main file so a clone copies one file, with fresh statistics.
+        conn = sqlite3.connect(self.path(name))
+        try:
+            conn.execute("ANALYZE")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+    def unseal_template(self, name: str) -> None:
+        """Nothing to do: SQLite has no connection limit to lift."""
+
     def drop(self, name: str) -> None:
         path = self.path(name)
         for suffix in ("", "-wal", "-shm", "-journal"):

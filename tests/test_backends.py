@@ -1,0 +1,73 @@
+"""Backends against real servers: templates sealed and cloned, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+from storekeeper import ProvisionError
+from storekeeper.backends import Backend
+from storekeeper.site import Site
+
+
+def rows(backend: Backend, database: str) -> list[str]:
+    engine = create_engine(backend.database_url(database), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text("SELECT name FROM items ORDER BY name")).scalars())
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def backend(site: Site) -> Backend:
+    return site.backend(site.service("main"))
+
+
+def test_a_sealed_template_is_cloned_with_its_data(backend: Backend, app_name: str) -> None:
+    template, first, second = (f"{app_name}_{n}" for n in ("tpl", "one", "two"))
+    backend.create(template)
+    engine = create_engine(backend.database_url(template), poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE items (name VARCHAR(20))"))
+        conn.execute(text("INSERT INTO items VALUES ('a'), ('b')"))
+    engine.dispose()
+
+    backend.seal_template(template)
+    backend.clone(template, first)
+    backend.clone(template, second)
+
+    assert rows(backend, first) == rows(backend, second) == ["a", "b"]
+    # The clones are separate databases.
+    engine = create_engine(backend.database_url(first), poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM items"))
+    engine.dispose()
+    assert rows(backend, first) == []
+    assert rows(backend, second) == ["a", "b"]
+
+    with pytest.raises(ProvisionError, match=f"{second}.*template {template!r}"):
+        backend.clone(template, second)
+    with pytest.raises(ProvisionError, match="template"):
+        backend.clone(f"{app_name}_missing", f"{app_name}_three")
+    assert not backend.exists(f"{app_name}_three")
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_a_sealed_postgres_template_refuses_connections(backend: Backend, app_name: str) -> None:
+    template = f"{app_name}_tpl"
+    backend.create(template)
+    backend.seal_template(template)
+    engine = create_engine(backend.database_url(template), poolclass=NullPool)
+    with pytest.raises(OperationalError, match="not currently accepting connections"):
+        engine.connect()
+    backend.unseal_template(template)
+    with engine.connect() as conn:
+        # A connection held open on the template: cloning it fails with a clear reason.
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+        with pytest.raises(ProvisionError, match="being accessed by other users"):
+            backend.clone(template, f"{app_name}_one")
+    engine.dispose()
+    assert not backend.exists(f"{app_name}_one")
