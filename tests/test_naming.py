@@ -8,6 +8,7 @@ from storekeeper.errors import InvalidName
 from storekeeper.naming import (
     check_identifier,
     env_var_for_service,
+    format_database_name,
     physical_name,
     split_target,
 )
@@ -71,3 +72,13 @@ def test_split_target_needs_app_dot_setting() -> None:
 
 def test_service_env_var_is_upper_case() -> None:
     assert env_var_for_service("pg_main") == "STOREKEEPER_SERVICE_PG_MAIN"
+
+
+def test_database_name_format_is_applied_and_checked() -> None:
+    assert format_database_name("test_{name}", "app_db") == "test_app_db"
+    assert format_database_name("test_{name}_gw1", "app_db") == "test_app_db_gw1"
+    for bad in ("test_", "{other}", "Test_{name}", "x {name}", "{name}{0}"):
+        with pytest.raises(InvalidName, match="database name format"):
+            format_database_name(bad, "app_db")
+    with pytest.raises(InvalidName, match="at most 63"):
+        format_database_name("test_{name}", "a" * 60)

@@ -74,6 +74,32 @@ def physical_name(app: str, store: str) -> str:
     return name
 
 
+def format_database_name(template: str, name: str) -> str:
+    """Apply a site's database name format (``"{name}"``, ``"test_{name}"``) to ``name``.
+
+    Sites for tests place every store under another name on the same servers; the result is
+    checked like any database name.
+    """
+    try:
+        result = template.format(name=name)
+    except (KeyError, IndexError, ValueError):
+        raise InvalidName(
+            f"database name format {template!r} must contain '{{name}}' and nothing else in "
+            "braces, like 'test_{name}'"
+        ) from None
+    if "{name}" not in template or not _IDENTIFIER.match(result):
+        raise InvalidName(
+            f"database name format {template!r} gives {result!r} for {name!r}: use lower-case "
+            "letters, digits and '_' around '{name}'"
+        )
+    if len(result.encode()) > MAX_DATABASE_NAME_BYTES:
+        raise InvalidName(
+            f"database name {result!r} is {len(result.encode())} bytes; PostgreSQL allows at "
+            f"most {MAX_DATABASE_NAME_BYTES}: shorten the store or app name"
+        )
+    return result
+
+
 def split_target(value: str) -> tuple[str, str]:
     """Split ``"APP.SETTING"`` into its two checked parts."""
     app, dot, setting = value.partition(".")

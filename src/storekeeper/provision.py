@@ -110,12 +110,12 @@ def place(app: App, name: str) -> Placement:
         service = site.require_assignment(app.name, name)
         chosen = site.assignment(app.name, name)
         assert chosen is not None
-        return Placement(service, physical_name(app.name, name), chosen)
+        return Placement(service, site.database_name(physical_name(app.name, name)), chosen)
     record = site.runtime_store(app.name, name)
     if record is not None:
         return Placement(
             site.service(record.service),
-            physical_name(app.name, name),
+            site.database_name(physical_name(app.name, name)),
             Sourced(record.service, "made at run time"),
         )
     known = app.list_stores()
@@ -294,7 +294,7 @@ def create_store(
             f"{name!r} is a declared store of app {app.name!r}; use sync for it, or pick "
             "another name for a store made at run time"
         )
-    database = physical_name(app.name, name)
+    database = app.site.database_name(physical_name(app.name, name))
     if server is None and len(app.servers) == 1:
         server = app.servers[0].name
     if server is not None:

@@ -20,7 +20,7 @@ from .backends import Backend, Service, backend_for, parse_service_url
 from .catalog import Catalog, RuntimeStore
 from .config import BUILTIN, Config, Sourced
 from .errors import BadInput, NotAssigned, NotFound
-from .naming import check_identifier
+from .naming import check_identifier, format_database_name
 
 if TYPE_CHECKING:
     from sqlalchemy import URL, Engine
@@ -56,8 +56,11 @@ class Site:
     _default: ClassVar[Site | None] = None
     _default_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, database_format: str = "{name}") -> None:
         self.config = config
+        #: How a store's physical name becomes its database name here (``"test_{name}"``
+        #: for the test plugin's sites); checked on use.
+        self.database_format = database_format
         self.catalog = Catalog(config.catalog.value, config.root)
         self._backends: dict[tuple[str, str], Backend] = {}
         self._engines: dict[str, Engine] = {}
@@ -85,6 +88,12 @@ class Site:
         """Replace the process-wide site (tests and the CLI use this)."""
         with cls._default_lock:
             cls._default = site
+
+    def database_name(self, physical: str) -> str:
+        """The database that holds the store whose physical name is ``physical`` on this site."""
+        if self.database_format == "{name}":
+            return physical
+        return format_database_name(self.database_format, physical)
 
     # services -------------------------------------------------------------------------
 
