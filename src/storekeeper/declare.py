@@ -200,17 +200,12 @@ class App:
         return scoped(self.sessionmaker(name))
 
     def server_engine(self, setting: str) -> Engine:
-        """An engine on the maintenance database of the server behind ``setting``."""
+        """An engine on the server behind ``setting``: its maintenance database on PostgreSQL,
+        an in-memory database on SQLite (whose "server" is a folder of files)."""
         from .provision import server_service
 
-        service = server_service(self, setting)
-        backend = self.site.backend(service)
-        if service.url.get_backend_name() == "postgresql":
-            from .backends.postgresql import MAINTENANCE_DATABASE
-
-            url = service.url.set(database=service.url.database or MAINTENANCE_DATABASE)
-        else:
-            url = service.url.set(database=None)
+        backend = self.site.backend(server_service(self, setting))
+        url = backend.server_url()
         return self.site.engine(url, backend)
 
     # provisioning ---------------------------------------------------------------------

@@ -48,6 +48,10 @@ class Backend(abc.ABC):
         """URL of database ``name`` on this service."""
 
     @abc.abstractmethod
+    def server_url(self) -> URL:
+        """URL of the server itself, outside any store (PostgreSQL: the maintenance database)."""
+
+    @abc.abstractmethod
     def exists(self, name: str) -> bool:
         """Whether database ``name`` exists."""
 

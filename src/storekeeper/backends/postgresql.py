@@ -43,9 +43,12 @@ class PostgresBackend(Backend):
     def admin(self) -> Engine:
         """An autocommit engine on the maintenance database (``postgres``)."""
         if self._admin is None:
-            url = self.service.url.set(database=self.service.url.database or MAINTENANCE_DATABASE)
             self._admin = create_engine(
-                url, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=4, pool_pre_ping=True
+                self.server_url(),
+                isolation_level="AUTOCOMMIT",
+                pool_size=1,
+                max_overflow=4,
+                pool_pre_ping=True,
             )
         return self._admin
 
@@ -77,6 +80,9 @@ class PostgresBackend(Backend):
 
     def database_url(self, name: str) -> URL:
         return self.service.url.set(database=name)
+
+    def server_url(self) -> URL:
+        return self.service.url.set(database=self.service.url.database or MAINTENANCE_DATABASE)
 
     def exists(self, name: str) -> bool:
         return bool(self._scalar("SELECT 1 FROM pg_database WHERE datname = :n", n=name))

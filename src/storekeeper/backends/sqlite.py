@@ -44,6 +44,11 @@ class SqliteBackend(Backend):
     def database_url(self, name: str) -> URL:
         return self.service.url.set(database=str(self.path(name)))
 
+    def server_url(self) -> URL:
+        from sqlalchemy import make_url
+
+        return make_url("sqlite://")
+
     def exists(self, name: str) -> bool:
         return self.path(name).is_file()
 

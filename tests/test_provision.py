@@ -1,0 +1,238 @@
+"""Provisioning from code: stores made at run time, initializer faults, spatial stores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, String, func, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from storekeeper import (
+    App,
+    BadInput,
+    InitializerError,
+    InvalidName,
+    Kind,
+    NotAssigned,
+    NotFound,
+    ProvisionError,
+    ServerSetting,
+    Store,
+)
+from storekeeper.config import Sourced
+from storekeeper.site import Site
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(Base):
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(String(50))
+
+
+CALLS: list[tuple[str, bool]] = []
+
+
+def init_tenant(engine: Engine, first_time: bool) -> None:
+    CALLS.append((engine.url.database or "", first_time))
+    if first_time:
+        with Session(engine) as session:
+            session.add(Note(text="welcome"))
+            session.commit()
+
+
+def broken_init(engine: Engine, first_time: bool) -> None:
+    raise RuntimeError("the river is dry")
+
+
+def make_app(name: str, site: Site, **store: object) -> App:
+    app = App(
+        name,
+        stores=[Store("main_db", metadata=Base.metadata, **store)],  # type: ignore[arg-type]
+        servers=[ServerSetting("tenants")],
+        kinds=[Kind("tenant", metadata=Base.metadata, initializer=init_tenant)],
+    )
+    return app.bind(site)
+
+
+@pytest.fixture
+def app(site: Site, app_name: str) -> Iterator[App]:
+    CALLS.clear()
+    site.assign(app_name, "tenants", "main")
+    yield make_app(app_name, site)
+
+
+def notes(app: App, store: str) -> list[str]:
+    with app.session(store) as session:
+        return list(session.scalars(select(Note.text).order_by(Note.id)))
+
+
+def test_a_store_made_at_run_time_is_recorded_listed_used_and_dropped(app: App, site: Site) -> None:
+    made = app.create_store("acme", kind="tenant")
+    assert (made.action, made.first_time, made.initialized) == ("created", True, True)
+    assert made.tables_added == ["notes"]
+    assert app.store_exists("acme")
+    assert app.list_stores() == ["main_db", "acme"]
+    assert app.list_servers() == ["tenants"]
+    assert notes(app, "acme") == ["welcome"]
+    (record,) = site.catalog.runtime_stores(app.name)
+    assert (record.name, record.service, record.server_setting, record.kind) == (
+        "acme",
+        "main",
+        "tenants",
+        "tenant",
+    )
+
+    # Another process (here: another site on the same catalog) knows the store.
+    other = Site(site.config)
+    try:
+        twin = make_app(app.name, other)
+        assert twin.list_stores() == ["main_db", "acme"]
+        assert notes(twin, "acme") == ["welcome"]
+    finally:
+        other.close()
+
+    # Made again: kept as it is, its initializer told it is not the first time.
+    again = app.create_store("acme", kind="tenant", first_time=False)
+    assert (again.action, again.first_time) == ("up to date", False)
+    assert CALLS[-1][1] is False
+    assert notes(app, "acme") == ["welcome"]
+
+    assert app.drop_store("acme") is True
+    assert not app.store_exists("acme")
+    assert app.list_stores() == ["main_db"]
+    assert site.catalog.runtime_stores(app.name) == []
+    with pytest.raises(NotFound, match="has no store 'acme'"):
+        app.drop_store("acme")
+    assert [e.action for e in site.catalog.history(app.name, "acme")][:2] == ["drop", "sync"]
+
+
+def test_refresh_recreates_a_run_time_store_empty_and_first_time(app: App) -> None:
+    app.create_store("acme", kind="tenant")
+    with app.session("acme") as session:
+        session.add(Note(text="later"))
+    assert notes(app, "acme") == ["welcome", "later"]
+    again = app.create_store("acme", kind="tenant", refresh=True)
+    assert (again.action, again.first_time) == ("recreated", True)
+    assert notes(app, "acme") == ["welcome"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"name": "../x"}, InvalidName, "invalid store name '../x'"),
+        ({"name": "/etc/x"}, InvalidName, "invalid store name '/etc/x'"),
+        ({"name": "Acme"}, InvalidName, "invalid store name 'Acme'"),
+        ({"name": "select"}, InvalidName, "reserved word"),
+        ({"name": "main_db"}, BadInput, "'main_db' is a declared store"),
+        ({"name": "acme", "kind": "nope"}, NotFound, "declares no kind 'nope'; its kinds: tenant"),
+        ({"name": "acme", "server": "nope"}, NotFound, "no server setting 'nope'"),
+    ],
+)
+def test_bad_run_time_stores_are_refused_and_nothing_is_made(
+    app: App, site: Site, kwargs: dict[str, str], error: type[Exception], message: str
+) -> None:
+    before = site.backend(site.service("main")).list(prefix=app.name)
+    with pytest.raises(error, match=message):
+        app.create_store(**kwargs)  # type: ignore[arg-type]
+    assert site.backend(site.service("main")).list(prefix=app.name) == before
+    assert site.catalog.runtime_stores(app.name) == []
+
+
+def test_an_unassigned_server_setting_names_the_assign_command(site: Site, app_name: str) -> None:
+    site.config.default_service = Sourced("", "production settings")
+    app = make_app(app_name, site)
+    with pytest.raises(NotAssigned, match=f"storekeeper assign {app_name}.tenants SERVICE"):
+        app.create_store("acme")
+    with pytest.raises(NotAssigned, match=f"storekeeper assign {app_name}.tenants SERVICE"):
+        app.server_engine("tenants")
+
+
+def test_a_failing_initializer_of_a_run_time_store_leaves_nothing(app: App, site: Site) -> None:
+    with pytest.raises(InitializerError, match=r"the river is dry.*dropped again"):
+        app.create_store("acme", initializer=broken_init)
+    assert not app.store_exists("acme")
+    assert site.catalog.runtime_stores(app.name) == []
+    # The next try is a clean first time.
+    made = app.create_store("acme", kind="tenant")
+    assert (made.action, made.first_time) == ("created", True)
+
+
+@pytest.mark.parametrize(
+    ("initializer", "message"),
+    [
+        ("no_such_module_here:init", "cannot be imported: ModuleNotFoundError"),
+        ("tests_missing.module.function", "cannot be imported"),
+        (f"{__name__}:no_such_function", "has no function 'no_such_function'"),
+        ("just_a_word", "is not 'module:function'"),
+    ],
+)
+def test_an_initializer_that_does_not_import_is_refused_before_anything_is_made(
+    site: Site, app_name: str, initializer: str, message: str
+) -> None:
+    app = make_app(app_name, site, initializer=initializer)
+    with pytest.raises(InitializerError, match=message):
+        app.sync()
+    assert not app.store_exists("main_db")
+
+
+def test_a_failing_initializer_leaves_an_existing_store_as_it_was(
+    site: Site, app_name: str
+) -> None:
+    app = make_app(app_name, site)
+    app.sync()
+    with app.session("main_db") as session:
+        session.add(Note(text="keep me"))
+    failing = make_app(app_name, site, initializer=broken_init)
+    with pytest.raises(InitializerError, match="existing database was left as it was"):
+        failing.sync()
+    assert notes(app, "main_db") == ["keep me"]
+
+
+def test_a_string_initializer_is_imported_and_called(site: Site, app_name: str) -> None:
+    CALLS.clear()
+    app = make_app(app_name, site, initializer=f"{__name__}:init_tenant")
+    report = app.sync()
+    assert report.changed
+    assert [(app.engine("main_db").url.database, True)] == CALLS
+    assert notes(app, "main_db") == ["welcome"]
+    assert not app.sync().changed
+    assert CALLS[-1][1] is False
+
+
+def test_a_spatial_store_needs_postgis(site: Site, app_name: str, dialect: str) -> None:
+    app = make_app(app_name, site, spatial=True)
+    backend = site.backend(site.service("main"))
+    if dialect == "sqlite":
+        with pytest.raises(ProvisionError, match="is spatial, but service 'main' is SQLite"):
+            app.sync()
+        assert not app.store_exists("main_db")
+        return
+    with backend.admin.connect() as conn:
+        available = conn.execute(
+            text("SELECT count(*) FROM pg_available_extensions WHERE name = 'postgis'")
+        ).scalar_one()
+    if available:
+        app.sync()
+        with app.engine("main_db").connect() as conn:
+            assert "postgis" in conn.execute(text("SELECT extname FROM pg_extension")).scalars()
+    else:
+        with pytest.raises(ProvisionError, match="PostGIS is not installed on service 'main'"):
+            app.sync()
+        assert not app.store_exists("main_db")
+
+
+def test_sync_reports_per_store_progress(site: Site, app_name: str) -> None:
+    app = App(
+        app_name,
+        stores=[Store(f"s{i}", metadata=Base.metadata) for i in range(3)],
+    ).bind(site)
+    seen: list[str] = []
+    app.sync(progress=lambda r: seen.append(f"{r.store}:{r.action}"))
+    assert seen == ["s0:created", "s1:created", "s2:created"]
+    with app.session("s2") as session:
+        assert session.scalar(select(func.count()).select_from(Note)) == 0
