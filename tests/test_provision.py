@@ -18,6 +18,7 @@ from storekeeper import (
     NotFound,
     ProvisionError,
     ServerSetting,
+    ServiceUnavailable,
     Store,
 )
 from storekeeper.config import Sourced
@@ -236,3 +237,35 @@ def test_sync_reports_per_store_progress(site: Site, app_name: str) -> None:
     assert seen == ["s0:created", "s1:created", "s2:created"]
     with app.session("s2") as session:
         assert session.scalar(select(func.count()).select_from(Note)) == 0
+
+
+def leaky_init(engine: Engine, first_time: bool) -> None:
+    raise RuntimeError(f"cannot use {engine.url.render_as_string(hide_password=False)}")
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_passwords_stay_out_of_errors_logs_and_history(
+    site: Site, app_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    password = site.service("main").url.password
+    assert password
+    app = make_app(app_name, site, initializer=leaky_init)
+    with pytest.raises(InitializerError) as failed:
+        app.sync()
+    assert "cannot use postgresql+psycopg://" in str(failed.value)
+
+    url = site.service("main").url
+    site.config.services["down"] = Sourced(
+        url.set(port=1).render_as_string(hide_password=False), "test"
+    )
+    site._services = None
+    site.assign(app_name, "main_db", "down")
+    with pytest.raises(ServiceUnavailable) as down:
+        make_app(app_name, site).sync()
+    assert "cannot connect to service 'down'" in str(down.value)
+
+    history = " ".join(e.detail for e in site.catalog.history(app_name))
+    assert "cannot use" in history
+    for shown in (str(failed.value), str(down.value), caplog.text, history):
+        assert str(password) not in shown
