@@ -35,9 +35,12 @@ def test_a_sealed_template_is_cloned_with_its_data(backend: Backend, app_name: s
         conn.execute(text("INSERT INTO items VALUES ('a'), ('b')"))
     engine.dispose()
 
-    backend.seal_template(template)
+    assert backend.template_mark(template) is None
+    backend.seal_template(template, mark="built from 'abc'")
+    assert backend.template_mark(template) == "built from 'abc'"
     backend.clone(template, first)
     backend.clone(template, second)
+    assert backend.template_mark(first) is None
 
     assert rows(backend, first) == rows(backend, second) == ["a", "b"]
     # The clones are separate databases.
@@ -53,6 +56,12 @@ def test_a_sealed_template_is_cloned_with_its_data(backend: Backend, app_name: s
     with pytest.raises(ProvisionError, match="template"):
         backend.clone(f"{app_name}_missing", f"{app_name}_three")
     assert not backend.exists(f"{app_name}_three")
+
+    backend.unseal_template(template)
+    assert backend.template_mark(template) is None
+    backend.seal_template(template, mark="again")
+    backend.drop(template)
+    assert backend.template_mark(template) is None
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])

@@ -81,9 +81,17 @@ class Backend(abc.ABC):
         connected to); raises :class:`ProvisionError` when ``name`` exists."""
 
     @abc.abstractmethod
-    def seal_template(self, name: str) -> None:
+    def seal_template(self, name: str, mark: str = "") -> None:
         """Make database ``name`` ready to be cloned many times: statistics fresh, nothing
-        left for background maintenance to visit, and no new connections accepted."""
+        left for background maintenance to visit, and no new connections accepted.
+
+        ``mark`` (a fingerprint of what the template was built from) is kept with it and
+        read back by :meth:`template_mark`, so a later run can tell whether it is current.
+        """
+
+    @abc.abstractmethod
+    def template_mark(self, name: str) -> str | None:
+        """The mark given to :meth:`seal_template` of database ``name``, if it is sealed."""
 
     @abc.abstractmethod
     def unseal_template(self, name: str) -> None:

@@ -16,6 +16,7 @@ from ..secret import mask
 from .base import Backend, Service, unreachable
 
 MAINTENANCE_DATABASE = "postgres"
+_MARK = "storekeeper template: "
 
 
 def quote(name: str) -> str:
@@ -131,7 +132,7 @@ class PostgresBackend(Backend):
             f"creating database {name!r} from template {template!r}",
         )
 
-    def seal_template(self, name: str) -> None:
+    def seal_template(self, name: str, mark: str = "") -> None:
         # A template that autovacuum still has to visit stalls every clone (the clone waits for
         # the worker to leave); a connection left open on it makes clones fail with "source
         # database is being accessed by other users". So: vacuum now, then refuse connections.
@@ -149,8 +150,24 @@ class PostgresBackend(Backend):
             f"ALTER DATABASE {quote(name)} WITH ALLOW_CONNECTIONS false",
             f"sealing template {name!r}",
         )
+        # The comment lives in the shared catalog, readable without connecting to the
+        # template, and is not copied to clones.
+        with self._connection() as conn:
+            comment = conn.exec_driver_sql("SELECT quote_literal(%s)", (_MARK + mark,)).scalar()
+            conn.exec_driver_sql(f"COMMENT ON DATABASE {quote(name)} IS {comment}")
+
+    def template_mark(self, name: str) -> str | None:
+        comment = self._scalar(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+            "WHERE datname = :n AND NOT datallowconn",
+            n=name,
+        )
+        if not isinstance(comment, str) or not comment.startswith(_MARK):
+            return None
+        return comment[len(_MARK) :]
 
     def unseal_template(self, name: str) -> None:
+        self._run(f"COMMENT ON DATABASE {quote(name)} IS NULL", f"unsealing template {name!r}")
         self._run(
             f"ALTER DATABASE {quote(name)} WITH ALLOW_CONNECTIONS true",
             f"unsealing template {name!r}",

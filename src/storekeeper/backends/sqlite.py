@@ -102,7 +102,11 @@ class SqliteBackend(Backend):
             src.close()
         partial.replace(target)
 
-    def seal_template(self, name: str) -> None:
+    def _mark_file(self, name: str) -> Path:
+        path = self.path(name)
+        return path.with_name(f".{path.name}.template")
+
+    def seal_template(self, name: str, mark: str = "") -> None:
         # Fold the WAL into the main file so a clone copies one file, with fresh statistics.
         conn = sqlite3.connect(self.path(name))
         try:
@@ -110,14 +114,23 @@ class SqliteBackend(Backend):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
+        self._mark_file(name).write_text(mark)
+
+    def template_mark(self, name: str) -> str | None:
+        mark = self._mark_file(name)
+        if not mark.is_file() or not self.path(name).is_file():
+            return None
+        return mark.read_text()
 
     def unseal_template(self, name: str) -> None:
-        """Nothing to do: SQLite has no connection limit to lift."""
+        # SQLite has no connection limit to lift; only the mark goes.
+        self._mark_file(name).unlink(missing_ok=True)
 
     def drop(self, name: str) -> None:
         path = self.path(name)
         for suffix in ("", "-wal", "-shm", "-journal"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
+        self._mark_file(name).unlink(missing_ok=True)
 
     def list(self, prefix: str = "") -> list[str]:
         if not self.folder.is_dir():
