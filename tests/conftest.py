@@ -22,6 +22,8 @@ from storekeeper.site import Site
 if TYPE_CHECKING:
     from storekeeper.testing.server import PostgresServer
 
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "storekeeper"]
 

@@ -7,7 +7,8 @@ are imported when an app first touches a database.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from .errors import BadInput, InvalidName, NotFound
 from .naming import check_identifier, physical_name
 
 if TYPE_CHECKING:
-    from sqlalchemy import URL, Engine, MetaData
+    from sqlalchemy import URL, Connection, Engine, MetaData
     from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
     from .provision import StoreInfo, SyncReport
@@ -151,8 +152,9 @@ class App:
             self._site = Site.default()
         return self._site
 
-    def bind(self, site: Site) -> App:
-        """Use ``site`` from now on (forgetting sessions made from the previous one)."""
+    def bind(self, site: Site | None) -> App:
+        """Use ``site`` from now on (forgetting sessions made from the previous one); ``None``
+        goes back to the process-wide default site."""
         with self._lock:
             self._site = site
             self._makers.clear()
@@ -198,6 +200,27 @@ class App:
         from sqlalchemy.orm import scoped_session as scoped
 
         return scoped(self.sessionmaker(name))
+
+    @contextmanager
+    def sessions_joining(self, name: str, connection: Connection) -> Iterator[None]:
+        """While inside, sessions of store ``name`` (``session``, ``sessionmaker`` and scoped
+        sessions made meanwhile) join ``connection``'s transaction through savepoints, so their
+        commits stay inside it: how a test rolls back everything the code under test did."""
+        from sqlalchemy.orm import sessionmaker as make
+
+        joined = make(bind=connection, join_transaction_mode="create_savepoint")
+        with self._lock:
+            previous = self._makers.get(name)
+            self._makers[name] = joined
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._makers.get(name) is joined:
+                    if previous is None:
+                        self._makers.pop(name, None)
+                    else:
+                        self._makers[name] = previous
 
     def server_engine(self, setting: str) -> Engine:
         """An engine on the server behind ``setting``: its maintenance database on PostgreSQL,

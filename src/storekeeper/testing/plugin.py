@@ -1,0 +1,334 @@
+"""storekeeper's pytest plugin: each test a clean, migrated database for the price of a
+savepoint.
+
+Loaded automatically (entry point ``pytest11``) and idle until a test asks for one of its
+fixtures: ``storekeeper_app``, ``storekeeper_apps``, ``store_engine``, ``dbsession``. Then the
+run builds every store's ``test_`` template once, clones it per worker, and binds the apps to
+the clones, so code under test that calls ``app.session(...)`` uses the test databases.
+
+Where the test databases live (``--storekeeper-server`` or ini ``storekeeper_server``):
+``sqlite`` (files under ``.pytest_cache``), ``postgresql`` (a throwaway cluster this run
+starts), a database URL (a server the tests may create databases on), or ``config`` (the
+services of the ``[env.test]`` overlay). The default is ``config`` when the configuration has
+an ``[env.test]`` overlay, else ``sqlite``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+    from sqlalchemy.orm import Session
+
+    from ..config import Config
+    from ..declare import App
+    from .janitor import Janitor, TestStore
+
+SERVER_CHOICES = "sqlite, postgresql, config or a database URL"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("storekeeper", "storekeeper: test databases")
+    group.addoption(
+        "--storekeeper-server",
+        metavar="WHERE",
+        help=f"where test databases live: {SERVER_CHOICES} (default: config when storekeeper."
+        "toml has [env.test], else sqlite)",
+    )
+    group.addoption(
+        "--storekeeper-keepdb",
+        action="store_true",
+        help="reuse the test templates while migrations, models and initializers are unchanged",
+    )
+    group.addoption(
+        "--storekeeper-app",
+        action="append",
+        metavar="MODULE:ATTR",
+        help="an app to test (repeatable); default: configured and installed apps",
+    )
+    parser.addini("storekeeper_server", f"where test databases live: {SERVER_CHOICES}")
+    parser.addini("storekeeper_apps", "apps to test, as MODULE:ATTR lines", type="linelist")
+    parser.addini("storekeeper_store", "the store dbsession uses by default, as APP.STORE")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "storekeeper(store): the store ('app.store') that dbsession and storekeeper_app use",
+    )
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller chose the run's id and server
+    config.stash[_RUN] = uuid.uuid4().hex[:12]
+    if _server_option(config) == "postgresql":
+        from .server import PostgresServer
+
+        server = PostgresServer().start()
+        config.add_cleanup(server.stop)
+        config.stash[_SERVER_URL] = server.url
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: every worker shares the controller's run id and throwaway server."""
+    node.workerinput["storekeeper_run"] = node.config.stash[_RUN]
+    node.workerinput["storekeeper_server_url"] = node.config.stash.get(_SERVER_URL, "")
+
+
+_RUN = pytest.StashKey[str]()
+_SERVER_URL = pytest.StashKey[str]()
+
+
+def _server_option(config: pytest.Config) -> str:
+    value = config.getoption("storekeeper_server") or config.getini("storekeeper_server")
+    return str(value or "").strip()
+
+
+def _worker(config: pytest.Config) -> tuple[str, str, str]:
+    """This process's worker name, the run's id and the throwaway server's URL (if any)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return (
+            str(workerinput["workerid"]),
+            str(workerinput["storekeeper_run"]),
+            str(workerinput["storekeeper_server_url"]),
+        )
+    return "main", config.stash[_RUN], config.stash.get(_SERVER_URL, "")
+
+
+def _state_folder(config: pytest.Config) -> Path:
+    """Where SQLite test stores and the test catalogs live: shared by a run's workers and kept
+    between runs (for ``--storekeeper-keepdb``)."""
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("storekeeper"))
+    import hashlib
+
+    key = hashlib.sha256(str(config.rootpath).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"storekeeper-tests-{key}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def config_for_tests(config: pytest.Config, worker: str, server_url: str) -> Config:
+    """The configuration the tests run with: the ``test`` overlay, a catalog of their own, and
+    every store on one server unless the mode is ``config``."""
+    from .. import config as config_mod
+    from ..config import Sourced
+
+    loaded = config_mod.load(env="test", cwd=config.invocation_params.dir)
+    folder = _state_folder(config)
+    loaded.catalog = Sourced(f"sqlite:///{folder}/catalog-{worker}.sqlite", "pytest plugin")
+    mode = _server_option(config)
+    if not mode:
+        has_overlay = loaded.file is not None and _has_test_overlay(loaded.file)
+        mode = "config" if has_overlay else "sqlite"
+    if mode == "config":
+        return loaded
+    if mode == "sqlite":
+        url = f"sqlite:///{folder}/stores"
+    elif mode == "postgresql":
+        url = server_url
+    elif "://" in mode:
+        url = mode
+    else:
+        raise pytest.UsageError(f"--storekeeper-server {mode!r} is not one of {SERVER_CHOICES}")
+    source = f"pytest plugin ({mode.split('://')[0]})"
+    loaded.services = {}
+    loaded.env_services = {"test": Sourced(url, source)}
+    loaded.assignments = {}
+    loaded.default_service = Sourced("test", source)
+    loaded.production_services = set()
+    return loaded
+
+
+def _has_test_overlay(file: Path) -> bool:
+    import tomllib
+
+    data = tomllib.loads(file.read_text())
+    if file.name == "pyproject.toml":
+        data = data.get("tool", {}).get("storekeeper", {})
+    return isinstance(data.get("env"), dict) and "test" in data["env"]
+
+
+def _apps(config: pytest.Config, loaded: Config) -> list[App]:
+    from ..discover import load_apps
+
+    specs = config.getoption("storekeeper_app") or config.getini("storekeeper_apps") or []
+    return load_apps(list(specs), loaded.apps, loaded.root)
+
+
+class Stores:
+    """The run's test stores on this worker, with one connection per store held for the
+    whole run, in which each test's transaction begins and is rolled back."""
+
+    def __init__(self, janitor: Janitor, stores: list[TestStore], default: str) -> None:
+        self.janitor = janitor
+        self.stores = {s.target: s for s in stores}
+        self.default = default
+        self._connections: dict[str, Connection] = {}
+        self._engines: dict[str, Engine] = {}
+
+    def choose(self, request: pytest.FixtureRequest) -> TestStore:
+        """The store a test asked for (marker), else the ini default, else the only one."""
+        marker = request.node.get_closest_marker("storekeeper")
+        wanted = (marker.args[0] if marker and marker.args else None) or self.default
+        if not wanted:
+            if len(self.stores) == 1:
+                return next(iter(self.stores.values()))
+            raise pytest.UsageError(
+                "several stores are under test ("
+                + ", ".join(self.stores)
+                + "): choose one with @pytest.mark.storekeeper('app.store') or the ini option "
+                "storekeeper_store"
+            )
+        return self.get(str(wanted))
+
+    def get(self, target: str) -> TestStore:
+        """The test store named ``app.store``."""
+        if target not in self.stores:
+            raise pytest.UsageError(
+                f"no test store {target!r}; the stores under test are: "
+                + (", ".join(self.stores) or "none (no apps found)")
+            )
+        return self.stores[target]
+
+    def connection(self, ready: TestStore) -> Connection:
+        """This worker's connection to ``ready``'s database (made again if a test broke it)."""
+        conn = self._connections.get(ready.target)
+        if conn is not None and (conn.closed or conn.invalidated):
+            conn.close()
+            conn = None
+        if conn is None:
+            conn = self._engine(ready).connect()
+            self._connections[ready.target] = conn
+        return conn
+
+    def _engine(self, ready: TestStore) -> Engine:
+        engine = self._engines.get(ready.target)
+        if engine is None:
+            engine = ready.app.engine(ready.store)
+            if engine.dialect.name == "sqlite":
+                engine = _sqlite_savepoint_engine(engine)
+            self._engines[ready.target] = engine
+        return engine
+
+    def session(self, ready: TestStore) -> Iterator[Session]:
+        """A session in a transaction that is rolled back after the test; the test may commit
+        (a savepoint is released), and sessions the app opens meanwhile join it."""
+        from sqlalchemy.orm import Session
+
+        conn = self.connection(ready)
+        outer = conn.begin()
+        session = Session(bind=conn, join_transaction_mode="create_savepoint")
+        try:
+            with ready.app.sessions_joining(ready.store, conn):
+                yield session
+        finally:
+            try:
+                # Rolling back the outer transaction first ends the savepoints with it.
+                if outer.is_active:
+                    outer.rollback()
+                session.close()
+            except Exception:
+                # The test broke the connection (closed or killed it): the next test gets a
+                # new one; nothing it did was committed.
+                self._connections.pop(ready.target, None)
+                conn.invalidate()
+
+    def close(self) -> None:
+        """Close the held connections and the engines made for them."""
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
+        for target, engine in self._engines.items():
+            ready = self.stores[target]
+            if engine is not ready.app.engine(ready.store):
+                engine.dispose()
+        self._engines.clear()
+
+
+def _sqlite_savepoint_engine(engine: Engine) -> Engine:
+    """An engine on the same SQLite file whose transactions SQLAlchemy controls itself, so
+    SAVEPOINT works inside them (pysqlite's own transaction handling defeats it)."""
+    from sqlalchemy import create_engine, event
+
+    test_engine = create_engine(engine.url, connect_args={"timeout": 30})
+
+    @event.listens_for(test_engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
+    @event.listens_for(test_engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return test_engine
+
+
+@pytest.fixture(scope="session")
+def _storekeeper_stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
+    from ..errors import StorekeeperError
+    from .janitor import Janitor
+
+    config = request.config
+    worker, run_id, server_url = _worker(config)
+    try:
+        loaded = config_for_tests(config, worker, server_url)
+        janitor = Janitor(
+            _apps(config, loaded),
+            loaded,
+            worker=worker,
+            run_id=run_id,
+            keepdb=bool(config.getoption("storekeeper_keepdb")),
+        )
+        prepared = janitor.prepare()
+    except StorekeeperError as exc:
+        # One clear error for the run, not the same one for every test.
+        pytest.exit(f"storekeeper: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+    stores = Stores(janitor, prepared, str(config.getini("storekeeper_store") or ""))
+    try:
+        yield stores
+    finally:
+        stores.close()
+        janitor.finish()
+
+
+@pytest.fixture
+def storekeeper_apps(_storekeeper_stores: Stores) -> list[App]:
+    """The apps under test, bound to this worker's test databases."""
+    return list(_storekeeper_stores.janitor.apps)
+
+
+@pytest.fixture
+def storekeeper_app(_storekeeper_stores: Stores, request: pytest.FixtureRequest) -> App:
+    """The app under test (the one of the chosen store), bound to the test databases."""
+    apps = _storekeeper_stores.janitor.apps
+    if len(apps) == 1:
+        return apps[0]
+    return _storekeeper_stores.choose(request).app
+
+
+@pytest.fixture
+def store_engine(_storekeeper_stores: Stores) -> Any:
+    """``store_engine("app.store")``: the engine of a test store (committed data only)."""
+
+    def engine(target: str) -> Engine:
+        ready = _storekeeper_stores.get(target)
+        return ready.app.engine(ready.store)
+
+    return engine
+
+
+@pytest.fixture
+def dbsession(_storekeeper_stores: Stores, request: pytest.FixtureRequest) -> Iterator[Session]:
+    """A session on the chosen test store; everything the test does, commits included, is
+    rolled back after it."""
+    yield from _storekeeper_stores.session(_storekeeper_stores.choose(request))

@@ -1,0 +1,306 @@
+"""The pytest plugin, through real inner test runs (pytester, in subprocesses) against real
+PostgreSQL and SQLite: isolation per test, a database per xdist worker, keepdb, and safety."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.pool import NullPool
+
+from conftest import APP_MODULE
+from storekeeper.errors import ConfigError
+from storekeeper.testing.janitor import check_test_database
+
+pytestmark = pytest.mark.slow
+
+COUNT = "from sqlalchemy import func, select\n"
+
+
+@pytest.fixture
+def inner(
+    pytester: pytest.Pytester, dialect: str, request: pytest.FixtureRequest
+) -> Iterator[tuple[pytest.Pytester, str, list[str]]]:
+    """An inner project with one app; yields the pytester, the app name and the options that
+    put its test databases on the dialect under test."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    pytester.makepyfile(**{f"{name}": APP_MODULE.format(name=name)})
+    server = str(request.getfixturevalue("postgres_url")) if dialect == "postgresql" else "sqlite"
+    options = [
+        "-p",
+        "no:randomly",
+        f"--storekeeper-app={name}:app",
+        f"--storekeeper-server={server}",
+    ]
+    pytester.makeini("[pytest]\n")
+    yield pytester, name, options
+    if dialect == "postgresql":
+        engine = create_engine(make_url(server), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            for (db,) in conn.execute(
+                text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": f"%{name}%"}
+            ):
+                conn.execute(text(f'DROP DATABASE "{db}" WITH (FORCE)'))
+        engine.dispose()
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(*args, timeout=300)
+
+
+def test_commits_in_a_test_are_invisible_to_the_next_and_app_sessions_join(
+    inner: tuple[pytest.Pytester, str, list[str]],
+) -> None:
+    pytester, name, options = inner
+    pytester.makepyfile(
+        test_isolation=COUNT
+        + textwrap.dedent(
+            f"""
+            from {name} import Item
+
+            def count(session):
+                return session.scalar(select(func.count()).select_from(Item))
+
+            def test_1_commits(dbsession):
+                # The initializer's two rows are there, made once for the run.
+                assert count(dbsession) == 2
+                dbsession.add(Item(name="third"))
+                dbsession.commit()
+                assert count(dbsession) == 3
+
+            def test_2_sees_a_clean_store(dbsession):
+                assert count(dbsession) == 2
+
+            def test_3_code_under_test_joins_the_transaction(dbsession, storekeeper_app):
+                dbsession.add(Item(name="pending"))
+                dbsession.flush()
+                with storekeeper_app.session("main_db") as session:
+                    assert count(session) == 3
+                    session.add(Item(name="from the app"))
+                assert count(dbsession) == 4
+
+            def test_4_and_it_is_rolled_back_too(dbsession, storekeeper_app):
+                assert count(dbsession) == 2
+                db = storekeeper_app.placement("main_db").database
+                assert db == "test_{name}_main_db_main"
+            """
+        )
+    )
+    result = run(pytester, *options, "-v")
+    result.assert_outcomes(passed=4)
+
+
+def test_a_test_that_poisons_or_closes_its_session_leaves_the_next_clean(
+    inner: tuple[pytest.Pytester, str, list[str]],
+) -> None:
+    pytester, name, options = inner
+    pytester.makepyfile(
+        test_poison=COUNT
+        + textwrap.dedent(
+            f"""
+            import pytest
+            from sqlalchemy import text
+            from sqlalchemy.exc import DBAPIError
+            from {name} import Item
+
+            def count(session):
+                return session.scalar(select(func.count()).select_from(Item))
+
+            def test_1_poisons(dbsession):
+                dbsession.add(Item(name="lost"))
+                dbsession.flush()
+                with pytest.raises(DBAPIError):
+                    dbsession.execute(text("SELECT * FROM no_such_table"))
+
+            def test_2_sees_nothing_of_it(dbsession):
+                assert count(dbsession) == 2
+
+            def test_3_closes_and_breaks_its_connection(dbsession):
+                dbsession.add(Item(name="lost too"))
+                dbsession.flush()
+                dbsession.connection().invalidate()
+                dbsession.close()
+
+            def test_4_still_gets_a_clean_one(dbsession):
+                assert count(dbsession) == 2
+                dbsession.add(Item(name="fine"))
+                dbsession.commit()
+                assert count(dbsession) == 3
+            """
+        )
+    )
+    run(pytester, *options).assert_outcomes(passed=4)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_each_xdist_worker_gets_its_own_database(
+    inner: tuple[pytest.Pytester, str, list[str]],
+) -> None:
+    pytester, name, options = inner
+    pytester.makepyfile(
+        test_workers=textwrap.dedent(
+            """
+            import pytest
+            from sqlalchemy import text
+
+            @pytest.mark.parametrize("n", range(8))
+            def test_where(dbsession, n, worker_id, tmp_path_factory):
+                db = dbsession.execute(text("SELECT current_database()")).scalar()
+                log = tmp_path_factory.getbasetemp().parent / f"db-{worker_id}.txt"
+                log.write_text(db)
+                assert db.endswith("_" + worker_id)
+            """
+        )
+    )
+    result = run(pytester, *options, "-n", "2")
+    result.assert_outcomes(passed=8)
+    seen = {p.read_text() for p in pytester.path.parent.glob("**/db-gw*.txt")}
+    assert seen == {f"test_{name}_main_db_gw0", f"test_{name}_main_db_gw1"}
+
+
+def test_keepdb_reuses_the_template_until_the_models_change(
+    inner: tuple[pytest.Pytester, str, list[str]],
+) -> None:
+    pytester, name, options = inner
+    init_log = pytester.path / "init.log"
+    pytester.makepyfile(
+        test_keep=textwrap.dedent(
+            """
+            def test_uses_the_store(dbsession):
+                assert dbsession.connection() is not None
+            """
+        )
+    )
+    env = ["-o", "cache_dir=.cache"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INIT_LOG", str(init_log))
+        run(pytester, *options, *env, "--storekeeper-keepdb").assert_outcomes(passed=1)
+        assert init_log.read_text().split() == ["True"]
+        run(pytester, *options, *env, "--storekeeper-keepdb").assert_outcomes(passed=1)
+        assert init_log.read_text().split() == ["True"], "keepdb rebuilt an unchanged template"
+        # Without keepdb every run builds anew.
+        run(pytester, *options, *env).assert_outcomes(passed=1)
+        assert init_log.read_text().split() == ["True", "True"]
+        run(pytester, *options, *env, "--storekeeper-keepdb").assert_outcomes(passed=1)
+        assert len(init_log.read_text().split()) == 3
+        # A model change (a new column) makes keepdb rebuild.
+        module = pytester.path / f"{name}.py"
+        module.write_text(
+            module.read_text().replace(
+                "    name: Mapped[str] = mapped_column(String(50))",
+                "    name: Mapped[str] = mapped_column(String(50))\n"
+                "    note: Mapped[str | None] = mapped_column(String(20))",
+            )
+        )
+        run(pytester, *options, *env, "--storekeeper-keepdb").assert_outcomes(passed=1)
+        assert init_log.read_text().split() == ["True"] * 4
+
+
+def test_a_production_service_is_refused_and_nothing_is_made(
+    inner: tuple[pytest.Pytester, str, list[str]], service_url: str
+) -> None:
+    pytester, _, options = inner
+    pytester.makefile(
+        ".toml",
+        storekeeper=textwrap.dedent(
+            f"""
+            default_service = "main"
+            [services]
+            main = {{ url = "{service_url}", production = true }}
+            [env.test]
+            default_service = "main"
+            """
+        ),
+    )
+    pytester.makepyfile(test_prod="def test_uses(dbsession):\n    pass\n")
+    options = [o for o in options if not o.startswith("--storekeeper-server")]
+    result = run(pytester, *options)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["*refusing to run tests on service 'main'*production*"])
+    assert "test_uses PASSED" not in result.stdout.str()
+    assert not list(pytester.path.glob("stores/*"))
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_data_outside_test_databases_is_never_touched(
+    inner: tuple[pytest.Pytester, str, list[str]], postgres_url: str
+) -> None:
+    pytester, name, options = inner
+    # The app's real database, with data, on the same server.
+    admin = create_engine(make_url(postgres_url), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    real = make_url(postgres_url).set(database=f"{name}_main_db")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}_main_db"'))
+    engine = create_engine(real, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE items (id int, name text)"))
+        conn.execute(text("INSERT INTO items VALUES (1, 'production row')"))
+    pytester.makepyfile(test_it="def test_uses(dbsession):\n    pass\n")
+    run(pytester, *options).assert_outcomes(passed=1)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM items")).scalars().all() == ["production row"]
+    engine.dispose()
+    admin.dispose()
+    with pytest.raises(ConfigError, match="only creates, drops or clones databases"):
+        check_test_database(f"{name}_main_db")
+    assert check_test_database(f"test_{name}_main_db") == f"test_{name}_main_db"
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_a_stray_connection_on_a_test_database_does_not_stop_the_run(
+    inner: tuple[pytest.Pytester, str, list[str]], postgres_url: str
+) -> None:
+    pytester, name, options = inner
+    stray_db = f"test_{name}_main_db_main"
+    admin = create_engine(make_url(postgres_url), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{stray_db}"'))
+    stray = create_engine(make_url(postgres_url).set(database=stray_db), poolclass=NullPool)
+    held = stray.connect()
+    held.execute(text("SELECT 1"))
+    pytester.makepyfile(test_it="def test_uses(dbsession):\n    pass\n")
+    run(pytester, *options).assert_outcomes(passed=1)
+    held.invalidate()
+    stray.dispose()
+    admin.dispose()
+
+
+def test_an_unreachable_server_is_one_clear_error(
+    pytester: pytest.Pytester, postgres_url: str
+) -> None:
+    name = f"t{uuid.uuid4().hex[:10]}"
+    pytester.makepyfile(**{name: APP_MODULE.format(name=name)})
+    pytester.makepyfile(
+        test_many="\n".join(f"def test_{i}(dbsession):\n    pass\n" for i in range(5))
+    )
+    url = make_url(postgres_url).set(port=1, password="hunter2pw")
+    result = run(
+        pytester,
+        f"--storekeeper-app={name}:app",
+        f"--storekeeper-server={url.render_as_string(hide_password=False)}",
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert len(re.findall(r"storekeeper: cannot connect to service 'test'", output)) == 1
+    assert "hunter2pw" not in output
+    assert " passed" not in output
+
+
+def test_a_failing_initializer_stops_the_run_naming_the_store(
+    inner: tuple[pytest.Pytester, str, list[str]],
+) -> None:
+    pytester, name, options = inner
+    module = pytester.path / f"{name}.py"
+    module.write_text(
+        module.read_text().replace(
+            "    if first_time:\n", "    raise RuntimeError('no water today')\n    if first_time:\n"
+        )
+    )
+    pytester.makepyfile(test_it="def test_uses(dbsession):\n    pass\n")
+    result = run(pytester, *options)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines([f"*building the test template of {name}.main_db*no water today*"])
