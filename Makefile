@@ -50,8 +50,13 @@ postgres-binaries:
 	 fi
 
 ## Benchmarks (see bench/); QUICK=1 for the short runs.
-bench: $(VENV)/.test-installed
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,bench]" -e examples/gauges
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/sessions.py $(if $(QUICK),--quick,)
+	$(BIN)/python bench/testing.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -16,8 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import sqlalchemy.dialects.postgresql  # noqa: F401 - see below
 
 from storekeeper.site import Site
+
+# pytester restores sys.modules after each test; a dialect first imported inside one would be
+# imported again by the next, and SQLAlchemy warns when its functions are registered twice.
 
 if TYPE_CHECKING:
     from storekeeper.testing.server import PostgresServer

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from sqlalchemy import URL, Connection, Engine, MetaData
     from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
+    # Inside App the name sessionmaker is the method; this alias names the class.
+    from sqlalchemy.orm import sessionmaker as SessionMaker
+
     from .provision import StoreInfo, SyncReport
     from .site import Placement, Site
 
@@ -86,6 +89,9 @@ class App:
     description: str = ""
     _site: Site | None = field(default=None, repr=False)
     _makers: dict[str, sessionmaker[Session]] = field(default_factory=dict, repr=False)
+    _joined: dict[str, tuple[Connection, sessionmaker[Session]]] = field(
+        default_factory=dict, repr=False
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -158,6 +164,7 @@ class App:
         with self._lock:
             self._site = site
             self._makers.clear()
+            self._joined.clear()
         return self
 
     def placement(self, name: str) -> Placement:
@@ -206,9 +213,7 @@ class App:
         """While inside, sessions of store ``name`` (``session``, ``sessionmaker`` and scoped
         sessions made meanwhile) join ``connection``'s transaction through savepoints, so their
         commits stay inside it: how a test rolls back everything the code under test did."""
-        from sqlalchemy.orm import sessionmaker as make
-
-        joined = make(bind=connection, join_transaction_mode="create_savepoint")
+        joined = self.joining_sessionmaker(name, connection)
         with self._lock:
             previous = self._makers.get(name)
             self._makers[name] = joined
@@ -221,6 +226,19 @@ class App:
                         self._makers.pop(name, None)
                     else:
                         self._makers[name] = previous
+
+    def joining_sessionmaker(self, name: str, connection: Connection) -> SessionMaker[Session]:
+        """A ``sessionmaker`` whose sessions join ``connection``'s transaction through
+        savepoints (kept per store while the connection is the same: a test run makes one per
+        test, and a new ``sessionmaker`` class each time would cost more than the test)."""
+        cached = self._joined.get(name)
+        if cached is not None and cached[0] is connection:
+            return cached[1]
+        from sqlalchemy.orm import sessionmaker as make
+
+        joined = make(bind=connection, join_transaction_mode="create_savepoint")
+        self._joined[name] = (connection, joined)
+        return joined
 
     def server_engine(self, setting: str) -> Engine:
         """An engine on the server behind ``setting``: its maintenance database on PostgreSQL,

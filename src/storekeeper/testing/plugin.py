@@ -222,11 +222,9 @@ class Stores:
     def session(self, ready: TestStore) -> Iterator[Session]:
         """A session in a transaction that is rolled back after the test; the test may commit
         (a savepoint is released), and sessions the app opens meanwhile join it."""
-        from sqlalchemy.orm import Session
-
         conn = self.connection(ready)
         outer = conn.begin()
-        session = Session(bind=conn, join_transaction_mode="create_savepoint")
+        session = ready.app.joining_sessionmaker(ready.store, conn)()
         try:
             with ready.app.sessions_joining(ready.store, conn):
                 yield session

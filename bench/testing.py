@@ -1,0 +1,176 @@
+"""What a test's database costs: storekeeper's plugin against the ways tests get one today.
+
+1. Per-test isolation, one INSERT per "test", on PostgreSQL:
+   - floor: psycopg on one held connection: BEGIN; SAVEPOINT; INSERT; ROLLBACK;
+   - dbsession: the plugin's own fixture code (storekeeper.testing.plugin.Stores.session);
+   - sqlalchemy recipe: connect, begin, Session(join_transaction_mode="create_savepoint"),
+     INSERT, close, rollback, close the connection (SQLAlchemy's documented recipe);
+   - truncate: INSERT committed, then TRUNCATE the table;
+   - pytest-postgresql: its per-test ``postgresql`` fixture's work: a database created from a
+     template by its DatabaseJanitor, connected to, INSERT, dropped.
+2. A fresh migrated database (see FRESH below).
+
+Rounds interleave the contenders; each figure is the median over rounds of the mean per test.
+Prints a table, then ``ratio NAME VALUE`` / ``ms NAME VALUE`` lines. ``--quick`` is short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import String, make_url, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from storekeeper import App, Store
+from storekeeper.config import load
+from storekeeper.testing.janitor import Janitor
+from storekeeper.testing.plugin import Stores
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+def per_test_ms(fn: Callable[[int], object], tests: int) -> float:
+    started = time.perf_counter()
+    for i in range(tests):
+        fn(i)
+    return (time.perf_counter() - started) * 1000 / tests
+
+
+def compare(
+    contenders: dict[str, tuple[Callable[[int], object], int]], rounds: int
+) -> dict[str, float]:
+    """Median over rounds of the mean milliseconds per test; the order alternates."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for name in names:  # warm up: connections, statement caches
+        fn, tests = contenders[name]
+        per_test_ms(fn, max(tests // 5, 2))
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            fn, tests = contenders[name]
+            samples[name].append(per_test_ms(fn, tests))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def isolation(pg_url: str, folder: Path, rounds: int, tests: int) -> dict[str, float]:
+    from pytest_postgresql.janitor import DatabaseJanitor
+
+    (folder / "storekeeper.toml").write_text(
+        f'default_service = "bench"\ncatalog = "sqlite:///catalog.sqlite"\n'
+        f'[services]\nbench = "{pg_url}"\n'
+    )
+    config = load(folder / "storekeeper.toml", env=None)
+    app = App(f"bench{uuid.uuid4().hex[:6]}", stores=[Store("main_db", metadata=Base.metadata)])
+    janitor = Janitor([app], config, worker="bench", run_id=uuid.uuid4().hex, keepdb=False)
+    (ready,) = janitor.prepare()
+    stores = Stores(janitor, [ready], "")
+    url = make_url(pg_url)
+    conninfo = dict(host=url.host, port=url.port, user=url.username, password=url.password)
+    held = psycopg.connect(dbname=ready.database, autocommit=True, **conninfo)  # type: ignore[arg-type]
+    engine = app.engine("main_db")
+    # Every contender sends the same statement: only the isolation around it differs.
+    statement = text("INSERT INTO items (name) VALUES (:name)")
+    row = {"name": "x"}
+
+    def floor(_: int) -> None:
+        held.execute("BEGIN")
+        held.execute("SAVEPOINT test")
+        held.execute("INSERT INTO items (name) VALUES (%s)", ("x",))
+        held.execute("ROLLBACK")
+
+    def dbsession(_: int) -> None:
+        fixture = stores.session(ready)
+        session = next(fixture)
+        session.execute(statement, row)
+        fixture.close()  # what pytest's teardown of the fixture runs
+
+    def recipe(_: int) -> None:
+        conn = engine.connect()
+        outer = conn.begin()
+        session = Session(bind=conn, join_transaction_mode="create_savepoint")
+        session.execute(statement, row)
+        session.close()
+        outer.rollback()
+        conn.close()
+
+    def truncate(_: int) -> None:
+        held.execute("INSERT INTO items (name) VALUES (%s)", ("x",))
+        held.execute("TRUNCATE items")
+
+    def pytest_postgresql(i: int) -> None:
+        with (
+            DatabaseJanitor(
+                dbname=f"{ready.database}_pp", template_dbname=ready.template, **conninfo
+            ),
+            psycopg.connect(dbname=f"{ready.database}_pp", **conninfo) as conn,
+        ):
+            conn.execute("INSERT INTO items (name) VALUES (%s)", ("x",))
+
+    try:
+        return compare(
+            {
+                "floor": (floor, tests),
+                "dbsession": (dbsession, tests),
+                "sqlalchemy recipe": (recipe, tests),
+                "truncate": (truncate, tests),
+                "pytest-postgresql": (pytest_postgresql, max(tests // 50, 3)),
+            },
+            rounds,
+        )
+    finally:
+        held.close()
+        stores.close()
+        janitor.finish()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    args = parser.parse_args()
+    rounds, tests = (5, 200) if args.quick else (15, 1000)
+
+    with ExitStack() as stack:
+        pg_url = os.environ.get("STOREKEEPER_TEST_POSTGRES_URL")
+        if not pg_url:
+            from storekeeper.testing.server import PostgresServer
+
+            pg_url = stack.enter_context(PostgresServer()).url
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        per_test = isolation(pg_url, folder, rounds, tests)
+
+    print(f"per-test isolation on PostgreSQL, one INSERT, median of {rounds} rounds (ms/test)")
+    floor = per_test["floor"]
+    for name, ms in per_test.items():
+        print(f"  {name:<20}{ms:>9.3f}{ms / floor:>8.2f}x floor")
+    print()
+    print(f"ratio dbsession_vs_floor {per_test['dbsession'] / floor:.3f}")
+    print(
+        "ratio dbsession_vs_sqlalchemy_recipe "
+        f"{per_test['dbsession'] / per_test['sqlalchemy recipe']:.3f}"
+    )
+    print(f"ratio dbsession_vs_truncate {per_test['dbsession'] / per_test['truncate']:.3f}")
+    print(
+        "ratio dbsession_vs_pytest_postgresql "
+        f"{per_test['dbsession'] / per_test['pytest-postgresql']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
