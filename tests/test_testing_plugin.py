@@ -4,6 +4,8 @@ PostgreSQL and SQLite: isolation per test, a database per xdist worker, keepdb, 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from conftest import APP_MODULE
+from conftest import APP_MODULE, ROOT
 from storekeeper.errors import ConfigError
 from storekeeper.testing.janitor import check_test_database
 
@@ -304,3 +306,26 @@ def test_a_failing_initializer_stops_the_run_naming_the_store(
     result = run(pytester, *options)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines([f"*building the test template of {name}.main_db*no water today*"])
+
+
+def test_the_readme_example_passes(dialect: str, request: pytest.FixtureRequest) -> None:
+    server = str(request.getfixturevalue("postgres_url")) if dialect == "postgresql" else "sqlite"
+    example = ROOT / "examples" / "gauges"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests",
+            f"--storekeeper-server={server}",
+        ],
+        cwd=example,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
