@@ -329,3 +329,44 @@ def test_the_readme_example_passes(dialect: str, request: pytest.FixtureRequest)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_the_store_is_chosen_by_marker_parameter_or_ini(pytester: pytest.Pytester) -> None:
+    first, second = (f"t{uuid.uuid4().hex[:10]}" for _ in range(2))
+    for name in (first, second):
+        pytester.makepyfile(**{name: APP_MODULE.format(name=name)})
+    pytester.makepyfile(
+        test_choose=textwrap.dedent(
+            f"""
+            import pytest
+            from sqlalchemy import text
+
+            def database(session):
+                return session.connection().engine.url.database
+
+            @pytest.mark.storekeeper("{second}.main_db")
+            def test_marker(dbsession):
+                assert "test_{second}_main_db_main" in database(dbsession)
+
+            @pytest.mark.parametrize("dbsession", ["{first}.main_db"], indirect=True)
+            def test_parameter(dbsession):
+                assert "test_{first}_main_db_main" in database(dbsession)
+
+            def test_ini_default(dbsession):
+                assert "test_{first}_main_db_main" in database(dbsession)
+            """
+        )
+    )
+    apps = [f"--storekeeper-app={first}:app", f"--storekeeper-app={second}:app"]
+    run(pytester, *apps, "-o", f"storekeeper_store={first}.main_db").assert_outcomes(passed=3)
+    # Without a choice, a test using dbsession is told which stores it may name.
+    result = run(pytester, *apps, "-k", "ini_default")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*several stores are under test*@pytest.mark.storekeeper*"])
+    pytester.makepyfile(
+        test_choose="import pytest\n\n@pytest.mark.storekeeper('nope.db')\n"
+        "def test_unknown(dbsession):\n    pass\n"
+    )
+    result = run(pytester, *apps)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*no test store 'nope.db'*{first}.main_db*"])

@@ -1,1 +1,7 @@
-"""Testing with stores: the throwaway PostgreSQL server (the pytest plugin comes later)."""
+"""Testing with stores: the pytest plugin (:mod:`.plugin`, loaded through the ``pytest11``
+entry point), the janitor that builds test databases (:mod:`.janitor`), and a throwaway
+PostgreSQL server (:class:`PostgresServer`) for test suites and benchmarks of your own."""
+
+from .server import PostgresServer
+
+__all__ = ["PostgresServer"]

@@ -176,9 +176,14 @@ class Stores:
         self._engines: dict[str, Engine] = {}
 
     def choose(self, request: pytest.FixtureRequest) -> TestStore:
-        """The store a test asked for (marker), else the ini default, else the only one."""
+        """The store a test asked for (an indirect parameter or the marker), else the ini
+        default, else the only one."""
         marker = request.node.get_closest_marker("storekeeper")
-        wanted = (marker.args[0] if marker and marker.args else None) or self.default
+        wanted = (
+            getattr(request, "param", None)
+            or (marker.args[0] if marker and marker.args else None)
+            or self.default
+        )
         if not wanted:
             if len(self.stores) == 1:
                 return next(iter(self.stores.values()))
