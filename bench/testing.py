@@ -2,6 +2,8 @@
 
 1. Per-test isolation, one INSERT per "test", on PostgreSQL:
    - floor: psycopg on one held connection: BEGIN; SAVEPOINT; INSERT; ROLLBACK;
+   - session floor: a SQLAlchemy Session on a held connection: INSERT, ROLLBACK (what any
+     fixture handing out a Session pays, isolation aside);
    - dbsession: the plugin's own fixture code (storekeeper.testing.plugin.Stores.session);
    - sqlalchemy recipe: connect, begin, Session(join_transaction_mode="create_savepoint"),
      INSERT, close, rollback, close the connection (SQLAlchemy's documented recipe);
@@ -27,7 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg
-from sqlalchemy import String, make_url, text
+from sqlalchemy import String, create_engine, make_url, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from storekeeper import App, Store
@@ -95,6 +97,17 @@ def isolation(pg_url: str, folder: Path, rounds: int, tests: int) -> dict[str, f
         held.execute("INSERT INTO items (name) VALUES (%s)", ("x",))
         held.execute("ROLLBACK")
 
+    held_engine = create_engine(engine.url, connect_args={"prepare_threshold": None})
+    held_sa = held_engine.connect()
+
+    def session_floor(_: int) -> None:
+        # The least any Session-based fixture pays: a Session on a held connection, no
+        # savepoint, the INSERT, ROLLBACK.
+        session = Session(bind=held_sa)
+        session.execute(statement, row)
+        session.rollback()
+        session.close()
+
     def dbsession(_: int) -> None:
         fixture = stores.session(ready)
         session = next(fixture)
@@ -127,6 +140,7 @@ def isolation(pg_url: str, folder: Path, rounds: int, tests: int) -> dict[str, f
         return compare(
             {
                 "floor": (floor, tests),
+                "session floor": (session_floor, tests),
                 "dbsession": (dbsession, tests),
                 "sqlalchemy recipe": (recipe, tests),
                 "truncate": (truncate, tests),
@@ -136,6 +150,8 @@ def isolation(pg_url: str, folder: Path, rounds: int, tests: int) -> dict[str, f
         )
     finally:
         held.close()
+        held_sa.close()
+        held_engine.dispose()
         stores.close()
         janitor.finish()
 
@@ -164,6 +180,9 @@ def main() -> None:
     print(
         "ratio dbsession_vs_sqlalchemy_recipe "
         f"{per_test['dbsession'] / per_test['sqlalchemy recipe']:.3f}"
+    )
+    print(
+        f"ratio dbsession_vs_session_floor {per_test['dbsession'] / per_test['session floor']:.3f}"
     )
     print(f"ratio dbsession_vs_truncate {per_test['dbsession'] / per_test['truncate']:.3f}")
     print(

@@ -218,9 +218,7 @@ class Stores:
     def _engine(self, ready: TestStore) -> Engine:
         engine = self._engines.get(ready.target)
         if engine is None:
-            engine = ready.app.engine(ready.store)
-            if engine.dialect.name == "sqlite":
-                engine = _sqlite_savepoint_engine(engine)
+            engine = _held_connection_engine(ready.app.engine(ready.store))
             self._engines[ready.target] = engine
         return engine
 
@@ -250,18 +248,21 @@ class Stores:
         for conn in self._connections.values():
             conn.close()
         self._connections.clear()
-        for target, engine in self._engines.items():
-            ready = self.stores[target]
-            if engine is not ready.app.engine(ready.store):
-                engine.dispose()
+        for engine in self._engines.values():
+            engine.dispose()
         self._engines.clear()
 
 
-def _sqlite_savepoint_engine(engine: Engine) -> Engine:
-    """An engine on the same SQLite file whose transactions SQLAlchemy controls itself, so
-    SAVEPOINT works inside them (pysqlite's own transaction handling defeats it)."""
+def _held_connection_engine(engine: Engine) -> Engine:
+    """An engine on the same database for the connection a worker holds for the run."""
     from sqlalchemy import create_engine, event
 
+    if engine.dialect.name != "sqlite":
+        # psycopg prepares a statement run five times, and after every ROLLBACK deallocates
+        # them all: one more round trip per test, with nothing gained in return.
+        return create_engine(engine.url, connect_args={"prepare_threshold": None})
+    # SQLite: SQLAlchemy must control the transactions itself, so SAVEPOINT works inside
+    # them (pysqlite's own transaction handling defeats it).
     test_engine = create_engine(engine.url, connect_args={"timeout": 30})
 
     @event.listens_for(test_engine, "connect")
