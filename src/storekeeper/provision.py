@@ -208,7 +208,7 @@ def _provision(
                 from .migrate.commands import migrate_database
 
                 step = "migrating"
-                migrated = migrate_database(backend, database, plan.scripts)
+                migrated = migrate_database(backend, database, plan.scripts, store=plan.store)
                 result.revision, result.migrations_applied = migrated.after, migrated.applied
             result.first_time = not existed or first_time
             if plan.initializer is not None:
@@ -412,6 +412,11 @@ class StoreStatus:
     size: int | None
     last_sync: str | None
     problem: str = ""
+    #: For a store with migrations: its revision, its migrations' head, and how they compare
+    #: (``at head``, ``behind``, ``unknown revision``); ``None`` without migrations.
+    revision: str | None = None
+    head: str | None = None
+    migration_state: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -446,6 +451,12 @@ def status(apps: Sequence[App]) -> list[StoreStatus]:
                 backend = site.backend(placement.service)
                 row.size = backend.size(placement.database)
                 row.exists = row.size is not None
+                if row.exists and store_scripts(app, name).exists:
+                    from .migrate.commands import revision_state
+
+                    state = revision_state(app, name)
+                    row.revision, row.head = state.revision, state.head
+                    row.migration_state = state.state
             except StorekeeperError as exc:
                 row.problem = str(exc)
             rows.append(row)

@@ -8,6 +8,7 @@ own transaction: a failing one leaves the store at the last good revision.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -132,7 +133,11 @@ def alembic_config(scripts: Scripts, binding: Binding | None = None) -> Config:
     path = scripts.require()
     ini = path / "alembic.ini"
     # Alembic's own "Generating ..." lines would go to stdout; callers report what was made.
-    config = Config(str(ini) if ini.is_file() else None, stdout=io.StringIO())
+    config = Config(
+        str(ini) if ini.is_file() else None,
+        stdout=io.StringIO(),
+        cmd_opts=argparse.Namespace(quiet=True, x=None),
+    )
     config.set_main_option("script_location", str(path))
     if binding is not None:
         config.attributes[ATTRIBUTE] = binding
@@ -252,12 +257,14 @@ def is_known(directory: ScriptDirectory, rev: str) -> bool:
     return True
 
 
-def _check_known(directory: ScriptDirectory, scripts: Scripts, at: Sequence[str]) -> None:
+def _check_known(
+    directory: ScriptDirectory, scripts: Scripts, at: Sequence[str], label: str
+) -> None:
     for rev in at:
         if not is_known(directory, rev):
             head = ", ".join(directory.get_heads()) or "none"
             raise MigrationError(
-                f"store {scripts.app.name}.{scripts.name} is at revision {rev}, which its "
+                f"store {label} is at revision {rev}, which its "
                 f"migrations ({scripts.path}) do not have (their head: {head}): the database "
                 "is ahead of this code, or was migrated from another branch; deploy the code "
                 f"that has {rev}, or stamp the store"
@@ -265,11 +272,17 @@ def _check_known(directory: ScriptDirectory, scripts: Scripts, at: Sequence[str]
 
 
 def _check_target(
-    directory: ScriptDirectory, scripts: Scripts, action: str, to: str, at: Sequence[str]
+    directory: ScriptDirectory,
+    scripts: Scripts,
+    action: str,
+    to: str,
+    at: Sequence[str] | None,
+    label: str,
 ) -> None:
+    """Refuse a target revision the migrations lack, several heads for ``head``, and a
+    relative downgrade below base (when ``at``, the store's revisions, is known)."""
     from alembic.script.revision import RevisionError
 
-    label = f"{scripts.app.name}.{scripts.name}"
     if to in ("head", "heads", "base"):
         if to == "head" and action != "downgrade":
             _single_head(directory, scripts)
@@ -277,7 +290,7 @@ def _check_target(
     relative = to.lstrip("+-")
     if to[:1] in "+-" and relative.isdigit():
         steps = int(relative)
-        if action == "downgrade" and to.startswith("-"):
+        if action == "downgrade" and to.startswith("-") and at is not None:
             depth = len(list(directory.iterate_revisions(at[0], "base"))) if at else 0
             if len(at) > 1:
                 depth = min(len(list(directory.iterate_revisions(r, "base"))) for r in at)
@@ -325,10 +338,12 @@ def migrate_database(
     *,
     action: str = "upgrade",
     to: str = HEAD,
+    store: str | None = None,
     connection: Connection | None = None,
 ) -> MigrateResult:
-    """Move database ``database`` (store ``scripts.name``) to revision ``to`` with
-    ``action`` (``upgrade``, ``downgrade`` or ``stamp``); the caller holds the store's lock.
+    """Move database ``database`` (of store ``store``, by default ``scripts.name``) to
+    revision ``to`` with ``action`` (``upgrade``, ``downgrade`` or ``stamp``); the caller
+    holds the store's lock.
 
     Raises :class:`BadRevision` for a revision or move that cannot be, and
     :class:`MigrationError` naming the failing migration (the store then stays at the last
@@ -338,19 +353,24 @@ def migrate_database(
     from alembic.script.revision import RevisionError
     from alembic.util import CommandError
 
-    label = f"{scripts.app.name}.{scripts.name}"
-    result = MigrateResult(scripts.app.name, scripts.name, database, action)
+    store = store or scripts.name
+    label = f"{scripts.app.name}.{store}"
+    result = MigrateResult(scripts.app.name, store, database, action)
     started = time.perf_counter()
     directory = script_directory(scripts)
     if connection is None:
         with database_connection(backend, database, label) as conn:
             return migrate_database(
-                backend, database, scripts, action=action, to=to, connection=conn
+                backend, database, scripts, action=action, to=to, store=store, connection=conn
             )
     at = current_heads(connection)
     result.before = _joined(at)
-    _check_known(directory, scripts, at)
-    _check_target(directory, scripts, action, to, at)
+    try:
+        _check_known(directory, scripts, at, label)
+        _check_target(directory, scripts, action, to, at, label)
+    except MigrationError as exc:
+        exc.before = exc.after = result.before
+        raise
 
     def steps(rev: Any, _context: Any) -> Any:
         if action == "upgrade":
@@ -397,7 +417,9 @@ def _store_action(app: App, store: str, action: str, to: str) -> MigrateResult:
     backend = app.site.backend(placement.service)
     try:
         with backend.lock(placement.database):
-            result = migrate_database(backend, placement.database, scripts, action=action, to=to)
+            result = migrate_database(
+                backend, placement.database, scripts, action=action, to=to, store=store
+            )
     except StorekeeperError as exc:
         app.site.catalog.record(app.name, store, "migrate", ok=False, detail=str(exc))
         raise
@@ -426,6 +448,36 @@ def current(app: App, store: str) -> tuple[str, ...]:
     store_scripts(app, store).require()
     with store_connection(app, store, lock=False) as connection:
         return current_heads(connection)
+
+
+@dataclass(frozen=True)
+class RevisionState:
+    """Where a store's database is against where its migrations end."""
+
+    store: str
+    revision: str | None
+    head: str | None
+    #: ``at head``, ``behind``, or ``unknown revision`` (ahead of the code, or another branch)
+    state: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def revision_state(app: App, store: str) -> RevisionState:
+    """Store ``store``'s revision against its head (comma-joined when branched; ``None`` at
+    base)."""
+    directory = script_directory(store_scripts(app, store))
+    at = current(app, store)
+    tops = directory.get_heads()
+    if set(at) == set(tops):
+        state = "at head"
+    elif all(is_known(directory, rev) for rev in at):
+        state = "behind"
+    else:
+        state = "unknown revision"
+    return RevisionState(f"{app.name}.{store}", _joined(at), _joined(tops), state)
 
 
 # scratch databases: autogenerate and check compare models with the migrations -----------
@@ -562,7 +614,7 @@ def check(app: App, name: str) -> list[str]:
             return compare(connection, scripts.metadata)
     with store_connection(app, name, lock=False) as connection:
         at = current_heads(connection)
-        _check_known(directory, scripts, at)
+        _check_known(directory, scripts, at, f"{app.name}.{name}")
         tops = directory.get_heads()
         if set(at) != set(tops):
             return [

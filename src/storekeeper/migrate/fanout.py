@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING
 
 from ..errors import BadInput, MigrationError, NotFound, StorekeeperError
 from ..naming import check_identifier
-from .commands import HEAD, MigrateResult, _check_target, migrate_database, script_directory
+from .commands import (
+    HEAD,
+    MigrateResult,
+    RevisionState,
+    _check_target,
+    check,
+    migrate_database,
+    revision_state,
+    script_directory,
+)
 from .scripts import store_scripts
 
 if TYPE_CHECKING:
@@ -128,7 +137,9 @@ def attempt(ref: StoreRef, action: str, to: str) -> MigrateResult:
         placement = app.placement(ref.store)
         backend = app.site.backend(placement.service)
         with backend.lock(placement.database):
-            return migrate_database(backend, placement.database, scripts, action=action, to=to)
+            return migrate_database(
+                backend, placement.database, scripts, action=action, to=to, store=ref.store
+            )
     except StorekeeperError as exc:
         result = MigrateResult(app.name, ref.store, None, action, ok=False, error=str(exc))
         result.exit_code = exc.exit_code
@@ -160,7 +171,7 @@ def _preflight(refs: Sequence[StoreRef], action: str, to: str) -> None:
         if path in seen:
             continue
         seen.add(path)
-        _check_target(script_directory(scripts), scripts, action, to, ())
+        _check_target(script_directory(scripts), scripts, action, to, None, scripts.target)
 
 
 def migrate_many(
@@ -236,3 +247,29 @@ def migrate_many(
         _WORK.clear()
     pool.shutdown(wait=True)
     return report
+
+
+def current_many(refs: Sequence[StoreRef]) -> list[RevisionState]:
+    """The revision of each store of ``refs`` against its head."""
+    return [revision_state(ref.app, ref.store) for ref in refs]
+
+
+def check_many(apps: Sequence[App], targets: Sequence[str]) -> dict[str, list[str]]:
+    """:func:`~.commands.check` over ``targets`` (as :func:`resolve_targets`, plus
+    ``APP.KIND`` for a kind's models against its migrations; all stores when empty): the
+    differences found, by store or kind."""
+    from ..discover import select
+
+    found: dict[str, list[str]] = {}
+    stores = []
+    for target in targets:
+        app_name, _, name = target.partition(".")
+        app = select(list(apps), [app_name])[0] if name else None
+        if app and name in {k.name for k in app.kinds} and name not in app.list_stores():
+            found[f"kind {target}"] = check(app, name)
+        else:
+            stores.append(target)
+    if stores or not targets:
+        for ref in resolve_targets(apps, stores, every=not targets):
+            found[ref.label] = check(ref.app, ref.store)
+    return found
