@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
+from conftest import write_config
 from storekeeper import App, BadRevision, MigrationError, NotFound, migrate
 from storekeeper.migrate.templates import template_database
 from storekeeper.provision import status
@@ -79,6 +80,20 @@ def declare(project: Path, site: Site, app: str, version: int) -> App:
     module = importlib.import_module(name)
     declared: App = module.app
     return declared.bind(site)
+
+
+def configure_cli(project: Path, app_name: str, service_url: str) -> None:
+    """storekeeper.toml naming app ``app_name`` (models v1) and service ``main``, so the
+    command line in a real process finds what the test declared."""
+    write_config(
+        project,
+        f"""
+        default_service = "main"
+        apps = ["{app_name}_v1:app"]
+        [services]
+        main = "{service_url}"
+        """,
+    )
 
 
 @pytest.fixture

@@ -260,10 +260,14 @@ def _revision_cell(row: Any) -> str | None:
 
 
 def print_status(rows: Sequence[Any]) -> None:
-    """The status table (also the end of ``storekeeper demo``)."""
+    """The status table (also the end of ``storekeeper demo``); a revision column when some
+    store has migrations."""
     if not rows:
         say("no stores: no apps found (name them with --app MODULE:ATTR or in storekeeper.toml)")
         return
+    migrated = any(getattr(r, "migration_state", None) for r in rows)
+    headers = ["app", "store", "service", "database", "exists", "size"]
+    headers += ["revision", "last sync"] if migrated else ["last sync"]
     say(
         table(
             [
@@ -274,12 +278,12 @@ def print_status(rows: Sequence[Any]) -> None:
                     r.database,
                     "yes" if r.exists else ("no" if r.exists is False else "?"),
                     human_size(r.size),
-                    _revision_cell(r),
+                    *([_revision_cell(r)] if migrated else []),
                     r.last_sync or "never",
                 )
                 for r in rows
             ],
-            ["app", "store", "service", "database", "exists", "size", "revision", "last sync"],
+            headers,
         )
     )
     for r in rows:
@@ -416,12 +420,6 @@ def cmd_downgrade(ctx: Context) -> int:
 
 def cmd_stamp(ctx: Context) -> int:
     return _run_many(ctx, "stamp", ctx.args.to)
-
-
-def _stores(ctx: Context) -> list[Any]:
-    from .migrate.fanout import resolve_targets
-
-    return resolve_targets(ctx.apps, ctx.args.targets, every=not ctx.args.targets)
 
 
 def cmd_current(ctx: Context) -> int:

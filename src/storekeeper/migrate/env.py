@@ -8,7 +8,9 @@ command line finds it (``storekeeper.toml``, entry points) or by ``-x app=MODULE
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -83,6 +85,12 @@ def _run_plain(context: Any) -> None:
     from .scripts import store_scripts
 
     config = context.config
+    if not logging.getLogger().handlers:
+        # What alembic's own env.py shows: one line per migration run.
+        logging.basicConfig(
+            level=logging.WARNING, format="%(levelname)-5.5s [%(name)s] %(message)s"
+        )
+        logging.getLogger("alembic").setLevel(logging.INFO)
     x = context.get_x_argument(as_dictionary=True)
     target = (
         x.get("store")
@@ -96,6 +104,10 @@ def _run_plain(context: Any) -> None:
         )
     app_name, _, store = target.partition(".")
     site = Site.default()
+    # The project's modules import as when the project runs (alembic's own script does not
+    # put the working folder on the path).
+    if str(site.config.root) not in sys.path:
+        sys.path.insert(0, str(site.config.root))
     spec = x.get("app") or config.get_main_option("storekeeper_app")
     if spec:
         app = import_app(spec, origin="storekeeper_app")
