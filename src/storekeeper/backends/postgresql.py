@@ -45,7 +45,7 @@ class PostgresBackend(Backend):
         if self._admin is None:
             url = self.service.url.set(database=self.service.url.database or MAINTENANCE_DATABASE)
             self._admin = create_engine(
-                url, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=4, pool_pre_ping=True
+                url, isolation_level="AUTOCOMMIT", pool_size=3, max_overflow=4, pool_pre_ping=True
             )
         return self._admin
 
