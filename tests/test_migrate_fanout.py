@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli
 from storekeeper import App, migrate
 from storekeeper.site import Site
-from test_migrate import configure_cli, declare, query, set_body
+from test_migrate import configure_cli, declare, extend_upgrade, query, set_body
 
 pytestmark = pytest.mark.slow
 
@@ -141,3 +141,55 @@ def test_plain_alembic_works_on_a_store_and_a_kind(project: Path, v1: App, app_n
     )
     assert run.returncode == 0, run.stderr
     assert migrate.current(v1, "acme") == ("k1",)
+
+
+MAKE_STORE = """
+import sys
+from storekeeper.site import Site
+sys.path.insert(0, ".")
+from {module} import app
+
+app.bind(Site.load())
+result = app.create_store(sys.argv[1], kind="tenant")
+print(result.from_template, result.revision)
+"""
+
+
+def test_two_processes_making_stores_of_a_kind_build_its_template_once(
+    project: Path, v1: App, app_name: str
+) -> None:
+    migrate.init(v1, "tenant")
+    made = migrate.revision(v1, "tenant", "items", autogenerate=True, rev_id="k1")
+    # The migration notes each database it runs in: only the template should appear.
+    extend_upgrade(
+        made.path,
+        first="""
+        import time
+        with open("migrated.log", "a") as log:
+            log.write(op.get_bind().engine.url.database + "\\n")
+        time.sleep(0.5)
+        """,
+    )
+    (project / "make_store.py").write_text(MAKE_STORE.format(module=f"{app_name}_v1"))
+    start = threading.Barrier(2)
+
+    def make(name: str) -> subprocess.CompletedProcess[str]:
+        start.wait()
+        return subprocess.run(
+            [sys.executable, "make_store.py", name],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(pool.map(make, ["one", "two"]))
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split() == ["True", "k1"]
+    migrated = (project / "migrated.log").read_text().split()
+    assert len(migrated) == 1 and migrated[0].rpartition("/")[2].startswith(
+        f"{app_name}__tenant_template"
+    )
+    assert migrate.current(v1, "one") == migrate.current(v1, "two") == ("k1",)

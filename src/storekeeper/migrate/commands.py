@@ -156,13 +156,20 @@ def history(app: App, name: str) -> list[Revision]:
     return [
         Revision(
             s.revision,
-            tuple(s._normalized_down_revisions),
+            _down_revisions(s),
             (s.doc or "").strip(),
             s.revision in tops,
             str(s.path),
         )
         for s in directory.walk_revisions()
     ]
+
+
+def _down_revisions(script: Any) -> tuple[str, ...]:
+    down = script.down_revision
+    if down is None:
+        return ()
+    return (down,) if isinstance(down, str) else tuple(down)
 
 
 def revisions(app: App, name: str) -> list[str]:
@@ -573,7 +580,7 @@ def revision(
     assert script is not None
     return Revision(
         script.revision,
-        tuple(script._normalized_down_revisions),
+        _down_revisions(script),
         message.strip(),
         True,
         str(script.path),
@@ -606,10 +613,8 @@ def check(app: App, name: str) -> list[str]:
     """
     scripts = scripts_for(app, name)
     directory = script_directory(scripts)
-    if scripts.kind is not None and not name.endswith(":*") and name not in app.list_stores():
-        with scratch_database(scripts) as connection:
-            return compare(connection, scripts.metadata)
-    if scripts.kind is not None and name.endswith(":*"):
+    if scripts.kind is not None and scripts.name == name.removesuffix(":*"):
+        # The kind itself, not one of its stores: no database of its own to look at.
         with scratch_database(scripts) as connection:
             return compare(connection, scripts.metadata)
     with store_connection(app, name, lock=False) as connection:
