@@ -3,9 +3,12 @@ stores with one broken store, two upgrades of one store at once, and plain ``ale
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 from conftest import run_cli
 from storekeeper import App, migrate
 from storekeeper.site import Site
-from test_migrate import configure_cli, declare, extend_upgrade, query, set_body
+from test_migrate import configure_cli, declare, extend_upgrade, query, schema, set_body
 
 pytestmark = pytest.mark.slow
 
@@ -193,3 +196,50 @@ def test_two_processes_making_stores_of_a_kind_build_its_template_once(
         f"{app_name}__tenant_template"
     )
     assert migrate.current(v1, "one") == migrate.current(v1, "two") == ("k1",)
+
+
+def test_an_interrupted_upgrade_leaves_a_good_revision_and_can_be_run_again(
+    project: Path, v1: App, app_name: str
+) -> None:
+    migrate.init(v1, "main_db")
+    migrate.revision(v1, "main_db", "items", autogenerate=True, rev_id="r1")
+    v1.sync()
+    fast = migrate.revision(v1, "main_db", "fast", rev_id="r2")
+    set_body(fast.path, 'op.create_table("fast", sa.Column("id", sa.Integer, primary_key=True))')
+    slow = migrate.revision(v1, "main_db", "slow", rev_id="r3")
+    set_body(
+        slow.path,
+        """
+        import os, time
+        op.create_table("slow", sa.Column("id", sa.Integer, primary_key=True))
+        open(os.path.join(os.getcwd(), "r3.started"), "w").close()
+        if not os.path.exists("r3.go"):
+            time.sleep(60)
+        """,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOREKEEPER_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "storekeeper", "upgrade", f"{app_name}.main_db"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (project / "r3.started").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # Ctrl-C in the middle of r3
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    # r2 was committed on its own; r3's table went with its transaction.
+    assert migrate.current(v1, "main_db") == ("r2",)
+    assert "slow" not in schema(v1) and "fast" in schema(v1)
+
+    (project / "r3.go").touch()
+    again = run_cli("upgrade", f"{app_name}.main_db", cwd=project)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[1].split()[1:3] == ["r2", "r3"]
+    assert migrate.current(v1, "main_db") == ("r3",)
