@@ -17,7 +17,15 @@ import pytest
 from conftest import run_cli
 from storekeeper import App, migrate
 from storekeeper.site import Site
-from test_migrate import configure_cli, declare, extend_upgrade, query, schema, set_body
+from test_migrate import (
+    configure_cli,
+    declare,
+    extend_upgrade,
+    first_revision,
+    query,
+    schema,
+    set_body,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -86,8 +94,7 @@ import time; time.sleep(0.5)
 def test_two_upgrades_of_one_store_at_once_apply_each_migration_once(
     project: Path, v1: App, app_name: str
 ) -> None:
-    migrate.init(v1, "main_db")
-    migrate.revision(v1, "main_db", "items", autogenerate=True, rev_id="r1")
+    first_revision(v1)
     v1.sync()
     for rev in ("r2", "r3"):
         made = migrate.revision(v1, "main_db", rev, rev_id=rev)
@@ -201,8 +208,7 @@ def test_two_processes_making_stores_of_a_kind_build_its_template_once(
 def test_an_interrupted_upgrade_leaves_a_good_revision_and_can_be_run_again(
     project: Path, v1: App, app_name: str
 ) -> None:
-    migrate.init(v1, "main_db")
-    migrate.revision(v1, "main_db", "items", autogenerate=True, rev_id="r1")
+    first_revision(v1)
     v1.sync()
     fast = migrate.revision(v1, "main_db", "fast", rev_id="r2")
     set_body(fast.path, 'op.create_table("fast", sa.Column("id", sa.Integer, primary_key=True))')
