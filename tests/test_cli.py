@@ -626,6 +626,8 @@ def test_migration_verbs_from_init_to_check(
     )
     assert code == 0, err
     assert out.startswith("new revision r1 (items) in ")
+    code, out, _ = cli(capsys, "current")
+    assert out.splitlines()[1].split() == [f"{app}.main_db", "base", "r1", "no", "database"]
     assert cli(capsys, "sync")[0] == 0
 
     code, out, err = cli(capsys, "current")

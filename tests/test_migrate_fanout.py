@@ -136,6 +136,14 @@ def test_plain_alembic_works_on_a_store_and_a_kind(project: Path, v1: App, app_n
     assert run.returncode == 0, run.stderr
     assert "Running upgrade  -> r1" in run.stderr
     assert migrate.current(v1, "main_db") == ("r1",)
+    offline = subprocess.run(
+        [*alembic, "-c", "migrations/main_db/alembic.ini", "upgrade", "base:head", "--sql"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert offline.returncode == 0, offline.stderr
+    assert "CREATE TABLE items" in offline.stdout
 
     ini = "migrations/kinds/tenant/alembic.ini"
     run = subprocess.run(

@@ -464,7 +464,8 @@ class RevisionState:
     store: str
     revision: str | None
     head: str | None
-    #: ``at head``, ``behind``, or ``unknown revision`` (ahead of the code, or another branch)
+    #: ``at head``, ``behind``, ``unknown revision`` (ahead of the code, or another branch),
+    #: or ``no database`` (not made yet)
     state: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -476,8 +477,11 @@ def revision_state(app: App, store: str) -> RevisionState:
     """Store ``store``'s revision against its head (comma-joined when branched; ``None`` at
     base)."""
     directory = script_directory(store_scripts(app, store))
-    at = current(app, store)
     tops = directory.get_heads()
+    placement = app.placement(store)
+    if not app.site.backend(placement.service).exists(placement.database):
+        return RevisionState(f"{app.name}.{store}", None, _joined(tops), "no database")
+    at = current(app, store)
     if set(at) == set(tops):
         state = "at head"
     elif all(is_known(directory, rev) for rev in at):

@@ -28,9 +28,8 @@ ATTRIBUTE = "storekeeper"
 class Binding:
     """What storekeeper hands to ``env.py``: the store's connection and metadata."""
 
-    connection: Connection | None
+    connection: Connection
     metadata: MetaData | None
-    url: str | None = None
     #: Called after each applied migration with Alembic's ``on_version_apply`` arguments.
     on_version_apply: Callable[..., None] | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -57,18 +56,7 @@ def run() -> None:
     if binding is None:
         _run_plain(context)
         return
-    if context.is_offline_mode():
-        assert binding.url is not None
-        context.configure(
-            url=binding.url,
-            literal_binds=True,
-            **configure_options(binding.url.split(":", 1)[0].split("+")[0], binding.metadata),
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-        return
     connection = binding.connection
-    assert connection is not None, "storekeeper passes an open connection"
     options = configure_options(connection.dialect.name, binding.metadata)
     if binding.on_version_apply is not None:
         options["on_version_apply"] = binding.on_version_apply
@@ -117,6 +105,17 @@ def _run_plain(context: Any) -> None:
         (app,) = select(apps, [app_name])
         app.bind(site)
     scripts = store_scripts(app, store)
+    if context.is_offline_mode():
+        # alembic ... --sql: print the SQL for the store's dialect, connecting to nothing.
+        url = app.url(store)
+        context.configure(
+            url=url,
+            literal_binds=True,
+            **configure_options(url.get_backend_name(), scripts.metadata),
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
     with store_connection(app, store) as connection:
         context.configure(
             connection=connection, **configure_options(connection.dialect.name, scripts.metadata)
