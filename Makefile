@@ -57,6 +57,8 @@ $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
 bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/sessions.py $(if $(QUICK),--quick,)
 	$(BIN)/python bench/testing.py $(if $(QUICK),--quick,)
+	$(BIN)/python bench/fanout.py $(if $(QUICK),--quick,)
+	$(BIN)/python bench/provision.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -593,3 +593,97 @@ def test_app_option_names_a_module_without_configuration(
     assert code == 2
     assert "'cli_option_app:nothing'" in err
     assert err.startswith("error:")
+
+
+# migrations -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def models(
+    project: Path, site: Site, app_name: str, service_url: str, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """App ``app_name`` with models v1 (and v2 written beside), configured; returns its name."""
+    from test_migrate import configure_cli, declare
+
+    monkeypatch.syspath_prepend(str(project))
+    declare(project, site, app_name, 1)
+    declare(project, site, app_name, 2)
+    configure_cli(project, app_name, service_url)
+    return app_name
+
+
+def test_migration_verbs_from_init_to_check(
+    models: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = models
+    code, out, err = cli(capsys, "revision", f"{app}.main_db", "--init")
+    assert code == 0, err
+    assert f"{app}.main_db: script directory " in out and out.rstrip().endswith(
+        f"next: storekeeper revision {app}.main_db -m 'first tables' --autogenerate"
+    )
+    code, out, err = cli(
+        capsys, "revision", f"{app}.main_db", "-m", "items", "--autogenerate", "--rev-id", "r1"
+    )
+    assert code == 0, err
+    assert out.startswith("new revision r1 (items) in ")
+    code, out, _ = cli(capsys, "current")
+    assert out.splitlines()[1].split() == [f"{app}.main_db", "base", "r1", "no", "database"]
+    assert cli(capsys, "sync")[0] == 0
+
+    code, out, err = cli(capsys, "current")
+    assert code == 0, err
+    assert out.splitlines()[1].split() == [f"{app}.main_db", "r1", "r1", "at", "head"]
+    code, out, _ = cli(capsys, "status")
+    assert "REVISION" in out.splitlines()[0] and "r1 (head)" in out
+    code, out, _ = cli(capsys, "check")
+    assert (code, out.strip()) == (0, f"{app}.main_db: ok, models and schema agree")
+
+    # The models change (v2), the migrations do not: check fails and says what differs.
+    code, out, err = cli(capsys, "check", "--app", f"{app}_v2:app")
+    assert code == 1
+    assert f"{app}.main_db: models and schema differ:" in out
+    assert "  - table tags is in the models but not in the database" in out
+    assert "  - column items.price (INTEGER) is in the models but not in the database" in out
+    assert "check failed for" in err and "--autogenerate" in err
+
+    code, out, err = cli(capsys, "history", f"{app}.main_db")
+    assert (code, out.strip()) == (0, "<base> -> r1 (head), items")
+    code, out, _ = cli(capsys, "heads", f"{app}.main_db")
+    assert out.strip() == "r1"
+    code, out, err = cli(capsys, "downgrade", f"{app}.main_db", "--to", "base")
+    assert code == 0, err
+    assert out.splitlines()[1].split()[:3] == [f"{app}.main_db", "r1", "base"]
+    code, out, err = cli(capsys, "stamp", f"{app}.main_db", "--to", "r1")
+    assert code == 0, err
+
+
+def test_migration_verbs_refuse_bad_input_with_exit_2(
+    models: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = models
+    code, _, err = cli(capsys, "upgrade", f"{app}.main_db")
+    assert code == 2
+    assert f"storekeeper revision {app}.main_db --init" in err
+    first = ("revision", f"{app}.main_db", "--init", "-m", "items", "--autogenerate")
+    assert cli(capsys, *first, "--rev-id", "r1")[0] == 0
+    assert cli(capsys, "sync")[0] == 0
+
+    for args, message in [
+        ((), "name the stores to upgrade: APP, APP.STORE, APP.KIND:* or APP.GLOB, or --all"),
+        ((f"{app}.nope",), f"app {app!r} declares no store 'nope'"),
+        (("nope.main_db",), "unknown app 'nope'"),
+        ((f"{app}.main_db", "--to", "zzz"), "unknown revision 'zzz'"),
+        ((f"{app}.x*",), f"'{app}.x*' matches no store of app {app!r}"),
+        ((f"{app}.main_db", "--jobs", "0"), "--jobs must be at least 1, got 0"),
+    ]:
+        code, _, err = cli(capsys, "upgrade", *args)
+        assert code == 2, (args, err)
+        assert message in err, (args, err)
+        assert "Traceback" not in err
+    code, _, err = cli(capsys, "downgrade", f"{app}.main_db", "--to", "-3")
+    assert code == 2
+    assert f"error: {app}.main_db: cannot downgrade {app}.main_db by 3 revision(s)" in err
+    code, _, err = cli(capsys, "revision", f"{app}.main_db")
+    assert (code, err.strip()) == (2, "error: a revision needs a message: -m 'what it changes'")
+    code, _, err = cli(capsys, "revision", f"{app}.main_db", "-m", "m", "--merge")
+    assert code == 2 and "has 1 head revision(s); there is nothing to merge" in err

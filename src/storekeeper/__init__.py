@@ -13,9 +13,11 @@ Declare stores in code, plug them into database servers, sync them, and get sess
 from .declare import App, Kind, ServerSetting, Store
 from .errors import (
     BadInput,
+    BadRevision,
     ConfigError,
     InitializerError,
     InvalidName,
+    MigrationError,
     NotAssigned,
     NotFound,
     ProvisionError,
@@ -28,10 +30,12 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "BadInput",
+    "BadRevision",
     "ConfigError",
     "InitializerError",
     "InvalidName",
     "Kind",
+    "MigrationError",
     "NotAssigned",
     "NotFound",
     "ProvisionError",

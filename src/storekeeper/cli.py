@@ -248,11 +248,26 @@ def cmd_status(ctx: Context) -> int:
     return 0
 
 
+def _revision_cell(row: Any) -> str | None:
+    """``rev (head)``, ``rev (behind head)``... or ``None`` for a store without migrations."""
+    state = getattr(row, "migration_state", None)
+    if state is None:
+        return None
+    at = row.revision or "base"
+    if state == "at head":
+        return f"{at} (head)"
+    return f"{at} ({state}, head {row.head or 'base'})"
+
+
 def print_status(rows: Sequence[Any]) -> None:
-    """The status table (also the end of ``storekeeper demo``)."""
+    """The status table (also the end of ``storekeeper demo``); a revision column when some
+    store has migrations."""
     if not rows:
         say("no stores: no apps found (name them with --app MODULE:ATTR or in storekeeper.toml)")
         return
+    migrated = any(getattr(r, "migration_state", None) for r in rows)
+    headers = ["app", "store", "service", "database", "exists", "size"]
+    headers += ["revision", "last sync"] if migrated else ["last sync"]
     say(
         table(
             [
@@ -263,16 +278,226 @@ def print_status(rows: Sequence[Any]) -> None:
                     r.database,
                     "yes" if r.exists else ("no" if r.exists is False else "?"),
                     human_size(r.size),
+                    *([_revision_cell(r)] if migrated else []),
                     r.last_sync or "never",
                 )
                 for r in rows
             ],
-            ["app", "store", "service", "database", "exists", "size", "last sync"],
+            headers,
         )
     )
     for r in rows:
         if r.problem:
             say(f"  {r.app}.{r.store}: {r.problem}")
+
+
+# migrations -----------------------------------------------------------------------------
+
+
+def _one_target(ctx: Context, target: str) -> tuple[App, str]:
+    """``APP.NAME`` (a store or a kind, ``APP.KIND:*`` for the kind) of one loaded app."""
+    app_name, dot, name = target.partition(".")
+    if not dot or not name:
+        raise BadInput(
+            f"expected APP.STORE or APP.KIND:* (like 'my_app.example_db'), got {target!r}"
+        )
+    (app,) = ctx.select([app_name])
+    return app, name
+
+
+def cmd_revision(ctx: Context) -> int:
+    from . import migrate
+
+    a = ctx.args
+    app, name = _one_target(ctx, a.target)
+    if a.init:
+        scripts = migrate.scripts_for(app, name)
+        existed = scripts.exists
+        path = migrate.init(app, name)
+        say(
+            f"{scripts.label}: script directory {path} "
+            + ("already exists" if existed else "created")
+        )
+        if a.message is None:
+            say(f"next: storekeeper revision {a.target} -m 'first tables' --autogenerate")
+            return 0
+    if a.message is None:
+        raise BadInput("a revision needs a message: -m 'what it changes'")
+    made = migrate.revision(
+        app, name, a.message, autogenerate=a.autogenerate, merge=a.merge, rev_id=a.rev_id
+    )
+    if a.json:
+        emit_json(made.as_dict())
+        return 0
+    say(f"new revision {made.revision} ({made.message}) in {made.path}")
+    return 0
+
+
+def _progress(result: Any, done: int, total: int) -> None:
+    outcome = "ok" if result.ok else "FAILED"
+    line = (
+        f"[{done}/{total}] {result.app}.{result.store}: {result.before or 'base'} -> "
+        f"{result.after or 'base'} ({result.seconds:.2f} s) {outcome}"
+    )
+    if sys.stderr.isatty():
+        width = 30
+        filled = width * done // max(total, 1)
+        end = "\n" if done == total else ""
+        print(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr
+        )
+        if not result.ok:
+            say(f"\n{line}", file=sys.stderr)
+        return
+    say(line, file=sys.stderr)
+
+
+def _run_many(ctx: Context, action: str, to: str) -> int:
+    from .migrate.fanout import migrate_many, resolve_targets
+
+    a = ctx.args
+    every = getattr(a, "all", False)
+    if not a.targets and not every:
+        raise BadInput(
+            f"name the stores to {action}: APP, APP.STORE, APP.KIND:* or APP.GLOB, or --all"
+        )
+    refs = resolve_targets(ctx.apps, a.targets, every=every)
+    report = migrate_many(
+        refs,
+        action=action,
+        to=to,
+        jobs=a.jobs,
+        continue_on_error=a.continue_on_error,
+        progress=_progress,
+    )
+    if a.json:
+        emit_json(
+            {
+                "stores": [r.as_dict() for r in report.results],
+                "failed": [f"{r.app}.{r.store}" for r in report.failed],
+                "not_run": report.not_run,
+            }
+        )
+        return report.exit_code
+    if not report.results:
+        say(f"no stores to {action}")
+        return 0
+    say(
+        table(
+            [
+                (
+                    f"{r.app}.{r.store}",
+                    r.before or "base",
+                    r.after or "base",
+                    f"{r.seconds:.2f}",
+                    ("ok" if r.changed else "up to date") if r.ok else "FAILED",
+                )
+                for r in report.results
+            ],
+            ["store", "from", "to", "seconds", "result"],
+        )
+    )
+    for r in report.failed:
+        say(f"error: {r.app}.{r.store}: {r.error}", file=sys.stderr)
+    if report.not_run:
+        say(
+            f"not run after the failure ({len(report.not_run)}): {', '.join(report.not_run)}; "
+            "pass --continue-on-error to go on past failures",
+            file=sys.stderr,
+        )
+    ok = len(report.results) - len(report.failed)
+    say(f"{action}: {ok} ok, {len(report.failed)} failed, {len(report.not_run)} not run")
+    return report.exit_code
+
+
+def cmd_upgrade(ctx: Context) -> int:
+    return _run_many(ctx, "upgrade", ctx.args.to)
+
+
+def cmd_downgrade(ctx: Context) -> int:
+    return _run_many(ctx, "downgrade", ctx.args.to)
+
+
+def cmd_stamp(ctx: Context) -> int:
+    return _run_many(ctx, "stamp", ctx.args.to)
+
+
+def cmd_current(ctx: Context) -> int:
+    from .migrate.fanout import current_many, resolve_targets
+
+    rows = current_many(resolve_targets(ctx.apps, ctx.args.targets, every=not ctx.args.targets))
+    if ctx.args.json:
+        emit_json([r.as_dict() for r in rows])
+        return 0
+    if not rows:
+        say("no stores with migrations")
+        return 0
+    say(
+        table(
+            [(r.store, r.revision or "base", r.head or "base", r.state) for r in rows],
+            ["store", "revision", "head", "state"],
+        )
+    )
+    return 0
+
+
+def cmd_history(ctx: Context) -> int:
+    from . import migrate
+
+    app, name = _one_target(ctx, ctx.args.target)
+    revisions = migrate.history(app, name)
+    if ctx.args.json:
+        emit_json([r.as_dict() for r in revisions])
+        return 0
+    if not revisions:
+        say(f"{ctx.args.target}: no revisions yet")
+    for r in revisions:
+        down = ",".join(r.down_revisions) or "<base>"
+        say(f"{down} -> {r.revision}{' (head)' if r.is_head else ''}, {r.message}")
+    return 0
+
+
+def cmd_heads(ctx: Context) -> int:
+    from . import migrate
+
+    app, name = _one_target(ctx, ctx.args.target)
+    found = migrate.heads(app, name)
+    if ctx.args.json:
+        emit_json(found)
+        return 0
+    say("\n".join(found) if found else f"{ctx.args.target}: no revisions yet")
+    if len(found) > 1:
+        say(
+            f"several heads: merge them with storekeeper revision {ctx.args.target} --merge "
+            "-m 'merge heads'",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_check(ctx: Context) -> int:
+    from .migrate.fanout import check_many
+
+    found = check_many(ctx.apps, ctx.args.targets)
+    drifted = [label for label, differences in found.items() if differences]
+    if ctx.args.json:
+        emit_json({"ok": not drifted, "differences": found})
+        return 1 if drifted else 0
+    for label, differences in found.items():
+        if differences:
+            say(f"{label}: models and schema differ:")
+            for line in differences:
+                say(f"  - {line}")
+        else:
+            say(f"{label}: ok, models and schema agree")
+    if drifted:
+        say(
+            f"check failed for {', '.join(drifted)}: write a migration "
+            "(storekeeper revision APP.STORE -m MSG --autogenerate) or fix the models",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def cmd_config_show(ctx: Context) -> int:
@@ -454,6 +679,57 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", cmd_status, "every store: its service, whether it exists, size")
     p.add_argument("apps", nargs="*", metavar="APP")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("revision", cmd_revision, "new migration for a store or kind (Alembic)")
+    p.add_argument("target", metavar="APP.STORE", help="a store, or a kind as APP.KIND:*")
+    p.add_argument("-m", "--message", help="what the migration changes")
+    p.add_argument(
+        "--autogenerate", action="store_true", help="fill it with what the models add or change"
+    )
+    p.add_argument("--init", action="store_true", help="create the Alembic script directory")
+    p.add_argument("--merge", action="store_true", help="a migration joining several heads")
+    p.add_argument("--rev-id", help="the revision id to use instead of a random one")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def fanout(name: str, func: Callable[[Context], int], help: str, to: str | None) -> None:
+        p = command(name, func, help)
+        p.add_argument(
+            "targets",
+            nargs="*",
+            metavar="TARGET",
+            help="APP, APP.STORE, APP.KIND:* (a kind's stores) or APP.GLOB (like app.tenant_*)",
+        )
+        if to is None:
+            p.add_argument("--to", required=True, metavar="REV", help="revision, -1, or base")
+        else:
+            p.add_argument("--to", default=to, metavar="REV", help=f"revision (default: {to})")
+        p.add_argument("--all", action="store_true", help="every store that has migrations")
+        p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="worker processes")
+        p.add_argument(
+            "--continue-on-error", action="store_true", help="go on with the other stores"
+        )
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    fanout("upgrade", cmd_upgrade, "migrate stores up to head (or --to REV)", "head")
+    fanout("downgrade", cmd_downgrade, "migrate stores down to --to REV (or -1, base)", None)
+    fanout("stamp", cmd_stamp, "record --to REV in stores without running migrations", None)
+
+    for name, func, help in (
+        ("current", cmd_current, "each store's revision against its head"),
+        ("check", cmd_check, "fail when models and the migrated schema drift apart"),
+    ):
+        p = command(name, func, help)
+        p.add_argument(
+            "targets", nargs="*", metavar="TARGET", help="as for upgrade (default: all stores)"
+        )
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, func, help in (
+        ("history", cmd_history, "the migrations of a store or kind, newest first"),
+        ("heads", cmd_heads, "the head revision(s) of a store or kind"),
+    ):
+        p = command(name, func, help)
+        p.add_argument("target", metavar="APP.STORE", help="a store, or a kind as APP.KIND:*")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
 
     config = sub.add_parser(
         "config",

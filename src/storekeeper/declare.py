@@ -6,10 +6,12 @@ are imported when an app first touches a database.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BadInput, InvalidName, NotFound
@@ -36,6 +38,8 @@ class Store:
 
     ``initializer`` is a callable or a ``"module:function"`` / ``"module.function"`` string,
     called as ``initializer(engine, first_time)`` after the schema is in place.
+    ``migrations`` is its Alembic script directory (relative paths are taken from the folder of
+    the module that declares the app); by default ``<that folder>/migrations/<store>``.
     """
 
     name: str
@@ -44,6 +48,7 @@ class Store:
     initializer: InitializerSpec = None
     required: bool = True
     spatial: bool = False
+    migrations: str | Path | None = None
 
     def __post_init__(self) -> None:
         check_identifier(self.name, "store")
@@ -63,13 +68,18 @@ class ServerSetting:
 
 @dataclass(frozen=True)
 class Kind:
-    """A template for stores made at run time (a tenant's database)."""
+    """A template for stores made at run time (a tenant's database).
+
+    ``migrations`` is the Alembic script directory every store of the kind shares; by default
+    ``<folder of the app's module>/migrations/kinds/<kind>``.
+    """
 
     name: str
     metadata: MetaData | None = None
     initializer: InitializerSpec = None
     description: str = ""
     spatial: bool = False
+    migrations: str | Path | None = None
 
     def __post_init__(self) -> None:
         check_identifier(self.name, "kind")
@@ -80,6 +90,10 @@ class App:
     """An application's stores, server settings and kinds, and the sessions on them.
 
     ``App("my_first_app", stores=[Store("example_db", metadata=Base.metadata)])``
+
+    ``migrations`` is the folder of the stores' Alembic script directories (default: a
+    ``migrations`` folder beside the module that creates the app); ``module`` is that module's
+    name, found by looking at the caller when not given.
     """
 
     name: str
@@ -87,6 +101,9 @@ class App:
     servers: Sequence[ServerSetting] = ()
     kinds: Sequence[Kind] = ()
     description: str = ""
+    migrations: str | Path | None = None
+    module: str | None = None
+    _home: Path | None = field(default=None, repr=False)
     _site: Site | None = field(default=None, repr=False)
     _makers: dict[str, sessionmaker[Session]] = field(default_factory=dict, repr=False)
     _joined: dict[str, tuple[Connection, sessionmaker[Session]]] = field(
@@ -96,6 +113,18 @@ class App:
 
     def __post_init__(self) -> None:
         check_identifier(self.name, "app")
+        if self.module is None:
+            # The module that called App(...) (frame 0 is this method, 1 the dataclass
+            # __init__): its folder is where the app's migrations live by default.
+            caller = sys._getframe(2).f_globals
+            self.module = caller.get("__name__")
+            where = caller.get("__file__")
+            if self._home is None and isinstance(where, str):
+                self._home = Path(where).resolve().parent
+        elif self._home is None:
+            where = getattr(sys.modules.get(self.module), "__file__", None)
+            if isinstance(where, str):
+                self._home = Path(where).resolve().parent
         self.stores = tuple(self.stores)
         self.servers = tuple(self.servers)
         self.kinds = tuple(self.kinds)
@@ -142,6 +171,11 @@ class App:
             f"app {self.name!r} declares no kind {name!r}; its kinds: "
             f"{', '.join(k.name for k in self.kinds) or 'none'}"
         )
+
+    @property
+    def home(self) -> Path | None:
+        """The folder of the module that declares the app (where relative paths start)."""
+        return self._home
 
     def setting_names(self) -> list[str]:
         """Names that can be assigned a service: stores and server settings."""

@@ -45,3 +45,21 @@ class ProvisionError(StorekeeperError):
 
 class InitializerError(ProvisionError):
     """A store's initializer could not be imported or raised."""
+
+
+class MigrationError(StorekeeperError):
+    """Migrating a store failed, or its migrations cannot be run as they are (several heads,
+    a database ahead of the code).
+
+    ``before`` and ``after`` are the store's revisions before the run and where it stays
+    (``None`` at base, or when unknown).
+    """
+
+    def __init__(self, message: str, *, before: str | None = None, after: str | None = None):
+        super().__init__(message)
+        self.before = before
+        self.after = after
+
+
+class BadRevision(MigrationError, BadInput):
+    """A revision that does not exist for a store, or a move it cannot make (below base)."""

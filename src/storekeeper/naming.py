@@ -61,17 +61,28 @@ def check_identifier(value: object, what: str) -> str:
     return value
 
 
+def _fits(name: str, what: str, shorten: str) -> str:
+    if len(name.encode()) > MAX_DATABASE_NAME_BYTES:
+        raise InvalidName(
+            f"{what} {name!r} is {len(name.encode())} bytes; PostgreSQL allows at most "
+            f"{MAX_DATABASE_NAME_BYTES}: shorten the {shorten} or app name"
+        )
+    return name
+
+
 def physical_name(app: str, store: str) -> str:
     """The database name of ``store`` of ``app``: ``<app>_<store>``, checked for length."""
     check_identifier(app, "app")
     check_identifier(store, "store")
-    name = f"{app}_{store}"
-    if len(name.encode()) > MAX_DATABASE_NAME_BYTES:
-        raise InvalidName(
-            f"database name {name!r} for store {app}.{store} is {len(name.encode())} bytes; "
-            f"PostgreSQL allows at most {MAX_DATABASE_NAME_BYTES}: shorten the store or app name"
-        )
-    return name
+    return _fits(f"{app}_{store}", f"database name for store {app}.{store}:", "store")
+
+
+def template_name(app: str, kind: str) -> str:
+    """The physical name of the template database of ``kind``: ``<app>__<kind>_template``
+    (the double underscore keeps it apart from every store's ``<app>_<store>``)."""
+    check_identifier(app, "app")
+    check_identifier(kind, "kind")
+    return _fits(f"{app}__{kind}_template", f"template database of kind {app}.{kind}:", "kind")
 
 
 def format_database_name(template: str, name: str) -> str:

@@ -15,11 +15,13 @@ from .config import Sourced
 from .errors import (
     BadInput,
     InitializerError,
+    MigrationError,
     NotAssigned,
     NotFound,
     ProvisionError,
     StorekeeperError,
 )
+from .migrate.scripts import Scripts, kind_scripts, store_scripts
 from .naming import check_identifier, physical_name
 from .secret import mask
 from .site import Placement
@@ -47,11 +49,20 @@ class StoreResult:
     initialized: bool = False
     tables_added: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: For a store with migrations: the revision it is at after the run, the migrations
+    #: applied in it, and whether it was cloned from its kind's template.
+    revision: str | None = None
+    migrations_applied: list[str] = field(default_factory=list)
+    from_template: bool = False
 
     @property
     def changed(self) -> bool:
         """Whether the database or its schema changed."""
-        return self.action in ("created", "recreated") or bool(self.tables_added)
+        return (
+            self.action in ("created", "recreated")
+            or bool(self.tables_added)
+            or bool(self.migrations_applied)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -152,6 +163,10 @@ class _Plan:
     initializer: Initializer | None
     initializer_name: str
     spatial: bool
+    #: The store's migrations when it has a script directory (then no create_all), and the
+    #: kind whose template a new store is cloned from.
+    scripts: Scripts | None = None
+    kind: str | None = None
 
 
 def _provision(
@@ -172,14 +187,29 @@ def _provision(
             backend.drop(database)
             existed = False
             result.action = "recreated"
-        if not existed:
-            backend.create(database, spatial=plan.spatial)
-            if result.action != "recreated":
-                result.action = "created"
-        step = "creating the tables"
+        step = "creating the database"
         try:
+            if not existed:
+                if plan.scripts is not None and plan.kind is not None:
+                    from .migrate.templates import clone_from_template
+
+                    step = f"cloning the template of kind {plan.kind}"
+                    result.revision = clone_from_template(app, plan.kind, service, database)
+                    result.from_template = True
+                else:
+                    backend.create(database, spatial=plan.spatial)
+                if result.action != "recreated":
+                    result.action = "created"
             engine = site.engine(url, backend)
-            result.tables_added = _schema(engine, plan.metadata)
+            if plan.scripts is None:
+                step = "creating the tables"
+                result.tables_added = _schema(engine, plan.metadata)
+            elif not result.from_template:
+                from .migrate.commands import migrate_database
+
+                step = "migrating"
+                migrated = migrate_database(backend, database, plan.scripts, store=plan.store)
+                result.revision, result.migrations_applied = migrated.after, migrated.applied
             result.first_time = not existed or first_time
             if plan.initializer is not None:
                 step = f"initializer {plan.initializer_name}"
@@ -193,20 +223,31 @@ def _provision(
                 # Leave nothing half-made: the next sync is a clean first time.
                 site.dispose_engine(url)
                 backend.drop(database)
-            reason = mask(f"{type(exc).__name__}: {exc}", service.url.password)
-            site.catalog.record(app.name, plan.store, "sync", ok=False, detail=reason)
-            undo = (
-                f"; database {database!r} made in this run was dropped again"
-                if not existed
-                else "; the existing database was left as it was"
+            reason = (
+                str(exc)
+                if isinstance(exc, MigrationError)
+                else mask(f"{type(exc).__name__}: {exc}", service.url.password)
             )
+            site.catalog.record(app.name, plan.store, "sync", ok=False, detail=reason)
+            if not existed:
+                undo = f"; database {database!r} made in this run was dropped again"
+            elif isinstance(exc, MigrationError):
+                undo = ""  # its message says at which revision the store stays
+            else:
+                undo = "; the existing database was left as it was"
             log.error("%s.%s: %s failed: %s%s", app.name, plan.store, step, reason, undo)
+            if isinstance(exc, MigrationError):
+                raise type(exc)(f"{reason}{undo}") from exc
             error = InitializerError if step.startswith("initializer") else ProvisionError
             raise error(f"store {app.name}.{plan.store}: {step} failed: {reason}{undo}") from exc
     result.seconds = time.perf_counter() - started
     detail = result.action + (
         f", tables added: {', '.join(result.tables_added)}" if result.tables_added else ""
     )
+    if result.migrations_applied or result.from_template:
+        detail += f", at revision {result.revision or 'base'}" + (
+            " (from the template)" if result.from_template else ""
+        )
     site.catalog.record(app.name, plan.store, "sync", ok=True, detail=detail)
     log.info("%s.%s on service %s: %s", app.name, plan.store, service.name, detail)
     return result
@@ -247,6 +288,7 @@ def sync(
                     raise
                 plans.append(StoreResult(app.name, store.name, None, None, "skipped: not assigned"))
                 continue
+            scripts = store_scripts(app, store.name)
             plans.append(
                 _Plan(
                     app,
@@ -256,6 +298,7 @@ def sync(
                     resolve_initializer(store.initializer, where),
                     _initializer_name(store.initializer),
                     store.spatial,
+                    scripts if scripts.exists else None,
                 )
             )
     report = SyncReport()
@@ -322,6 +365,10 @@ def create_store(
         _initializer_name(spec),
         spatial if spatial is not None else bool(declared_kind and declared_kind.spatial),
     )
+    if kind is not None:
+        scripts = kind_scripts(app, kind)
+        if scripts.exists:
+            plan.scripts, plan.kind = scripts, kind
     result = _provision(plan, refresh=refresh, first_time=first_time, runtime=(server, kind))
     app.forget(name)
     return result
@@ -365,6 +412,11 @@ class StoreStatus:
     size: int | None
     last_sync: str | None
     problem: str = ""
+    #: For a store with migrations: its revision, its migrations' head, and how they compare
+    #: (``at head``, ``behind``, ``unknown revision``); ``None`` without migrations.
+    revision: str | None = None
+    head: str | None = None
+    migration_state: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -399,6 +451,12 @@ def status(apps: Sequence[App]) -> list[StoreStatus]:
                 backend = site.backend(placement.service)
                 row.size = backend.size(placement.database)
                 row.exists = row.size is not None
+                if row.exists and store_scripts(app, name).exists:
+                    from .migrate.commands import revision_state
+
+                    state = revision_state(app, name)
+                    row.revision, row.head = state.revision, state.head
+                    row.migration_state = state.state
             except StorekeeperError as exc:
                 row.problem = str(exc)
             rows.append(row)

@@ -105,6 +105,14 @@ class Backend(abc.ABC):
         """Extra ``create_engine`` options for this dialect's store engines."""
         return {}
 
+    def migration_engine(self, name: str) -> Engine:
+        """A pool-less engine on database ``name`` whose transactions cover DDL, for running
+        migrations (nothing stays connected afterwards, so a template can be sealed)."""
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        return create_engine(self.database_url(name), poolclass=NullPool, **self.engine_options())
+
     def prepare_engine(self, engine: Engine) -> None:  # noqa: B027 - optional hook
         """Hook to add event listeners to a new store engine."""
 

@@ -47,7 +47,7 @@ class PostgresBackend(Backend):
             self._admin = create_engine(
                 self.server_url(),
                 isolation_level="AUTOCOMMIT",
-                pool_size=1,
+                pool_size=3,
                 max_overflow=4,
                 pool_pre_ping=True,
             )

@@ -171,6 +171,22 @@ class SqliteBackend(Backend):
         # Wait for a writer instead of failing with "database is locked" at once.
         return {"connect_args": {"timeout": 30}}
 
+    def migration_engine(self, name: str) -> Engine:
+        engine = super().migration_engine(name)
+
+        # pysqlite commits before DDL on its own; SQLAlchemy's documented recipe takes
+        # transactions over, so a failing migration's CREATE/ALTER is rolled back too.
+        # Foreign keys stay off here, as Alembic's batch mode needs to copy tables.
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+        return engine
+
     def prepare_engine(self, engine: Engine) -> None:
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -1,0 +1,681 @@
+"""The migration verbs, per store, as plain functions; the command line only calls them.
+
+Each store (or kind) has its own Alembic script directory (:mod:`.scripts`). A verb that
+touches a database opens its own pool-less connection under the store's lock (the same lock
+``sync`` holds), so two runs never migrate one store at once, and every migration runs in its
+own transaction: a failing one leaves the store at the last good revision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BadInput, BadRevision, MigrationError, NotFound, StorekeeperError
+from ..naming import physical_name
+from ..secret import mask
+from .env import ATTRIBUTE, Binding
+from .scripts import Scripts, kind_scripts, store_scripts
+from .scripts import init as init_directory
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import Connection, MetaData
+
+    from ..backends import Backend, Service
+    from ..declare import App
+
+#: Upgrade targets that mean "the newest revision".
+HEAD = "head"
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One migration of a script directory."""
+
+    revision: str
+    down_revisions: tuple[str, ...]
+    message: str
+    is_head: bool
+    path: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class MigrateResult:
+    """What one ``upgrade``, ``downgrade`` or ``stamp`` did to one store."""
+
+    app: str
+    store: str
+    database: str | None
+    action: str
+    before: str | None = None
+    after: str | None = None
+    applied: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    ok: bool = True
+    error: str = ""
+    #: For a failure: 2 when it was bad input (an unknown revision...), else 1.
+    exit_code: int = 0
+
+    @property
+    def changed(self) -> bool:
+        """Whether the store's revision moved."""
+        return self.before != self.after
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {**asdict(self), "changed": self.changed}
+
+
+# script directories ---------------------------------------------------------------------
+
+
+def scripts_for(app: App, name: str) -> Scripts:
+    """The script directory behind ``name``: a store's (declared or made at run time), else a
+    kind's; ``KIND:*`` always means the kind's."""
+    if name.endswith(":*"):
+        return kind_scripts(app, name[:-2])
+    if name in {s.name for s in app.stores} or app.site.runtime_store(app.name, name):
+        return store_scripts(app, name)
+    if name in {k.name for k in app.kinds}:
+        return kind_scripts(app, name)
+    raise NotFound(
+        f"app {app.name!r} has no store or kind {name!r}; its stores: "
+        f"{', '.join(app.list_stores()) or 'none'}; its kinds: "
+        f"{', '.join(k.name for k in app.kinds) or 'none'}"
+    )
+
+
+def init(app: App, name: str) -> Path:
+    """Create the Alembic script directory of store or kind ``name``; returns its path."""
+    return init_directory(scripts_for(app, name))
+
+
+_DIRECTORIES: dict[str, tuple[tuple[tuple[str, int], ...], ScriptDirectory]] = {}
+
+
+def script_directory(scripts: Scripts) -> ScriptDirectory:
+    """Alembic's view of ``scripts`` (raises :class:`NotFound` with the ``--init`` command when
+    it is missing); reused while no file in ``versions/`` changes, since a fan-out over many
+    stores of one kind would otherwise parse every migration again for each store."""
+    path = scripts.require()
+    versions = path / "versions"
+    files = os.scandir(versions) if versions.is_dir() else iter(())
+    key = tuple(sorted((e.name, e.stat().st_mtime_ns) for e in files if e.name.endswith(".py")))
+    cached = _DIRECTORIES.get(str(path))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    from alembic.script import ScriptDirectory
+
+    directory = ScriptDirectory.from_config(alembic_config(scripts))
+    _DIRECTORIES[str(path)] = (key, directory)
+    return directory
+
+
+def alembic_config(scripts: Scripts, binding: Binding | None = None) -> Config:
+    """An Alembic ``Config`` for ``scripts`` (its ``alembic.ini`` when there is one), carrying
+    ``binding`` to ``env.py``."""
+    from alembic.config import Config
+
+    path = scripts.require()
+    ini = path / "alembic.ini"
+    # Alembic's own "Generating ..." lines would go to stdout; callers report what was made.
+    config = Config(
+        str(ini) if ini.is_file() else None,
+        stdout=io.StringIO(),
+        cmd_opts=argparse.Namespace(quiet=True, x=None),
+    )
+    config.set_main_option("script_location", str(path))
+    if binding is not None:
+        config.attributes[ATTRIBUTE] = binding
+    return config
+
+
+def heads(app: App, name: str) -> list[str]:
+    """The head revisions of the migrations of store or kind ``name`` (one, unless branched)."""
+    return list(script_directory(scripts_for(app, name)).get_heads())
+
+
+def history(app: App, name: str) -> list[Revision]:
+    """The migrations of store or kind ``name``, newest first."""
+    directory = script_directory(scripts_for(app, name))
+    tops = set(directory.get_heads())
+    return [
+        Revision(
+            s.revision,
+            _down_revisions(s),
+            (s.doc or "").strip(),
+            s.revision in tops,
+            str(s.path),
+        )
+        for s in directory.walk_revisions()
+    ]
+
+
+def _down_revisions(script: Any) -> tuple[str, ...]:
+    down = script.down_revision
+    if down is None:
+        return ()
+    return (down,) if isinstance(down, str) else tuple(down)
+
+
+def revisions(app: App, name: str) -> list[str]:
+    """The revision ids of store or kind ``name`` from the first to the head (a single line of
+    migrations), for stepping through them one by one."""
+    directory = script_directory(scripts_for(app, name))
+    _single_head(directory, scripts_for(app, name))
+    return [r.revision for r in reversed(list(directory.walk_revisions()))]
+
+
+def _single_head(directory: ScriptDirectory, scripts: Scripts) -> str | None:
+    tops = directory.get_heads()
+    if len(tops) > 1:
+        raise MigrationError(
+            f"{scripts.label} has several head revisions: {', '.join(sorted(tops))}; merge "
+            f"them first: storekeeper revision {scripts.target} --merge -m 'merge heads'"
+        )
+    return tops[0] if tops else None
+
+
+def _revision_list(directory: ScriptDirectory) -> str:
+    names = [s.revision for s in directory.walk_revisions()]
+    return ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") if names else "none"
+
+
+# connections ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def database_connection(backend: Backend, database: str, label: str) -> Iterator[Connection]:
+    """A pool-less connection to ``database`` that exists, closed (and its engine disposed)
+    afterwards, so nothing stays connected to it."""
+    from sqlalchemy.exc import OperationalError
+
+    from ..backends.base import unreachable
+
+    if not backend.exists(database):
+        raise MigrationError(
+            f"store {label} has no database {database!r} on service "
+            f"{backend.service.name!r} yet; create it first (storekeeper sync, or "
+            "app.create_store for a store made at run time)"
+        )
+    engine = backend.migration_engine(database)
+    try:
+        try:
+            connection = engine.connect()
+        except OperationalError as exc:
+            raise unreachable(backend.service, exc) from None
+        with connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def store_connection(app: App, store: str, *, lock: bool = True) -> Iterator[Connection]:
+    """A connection to store ``store`` of ``app``, under its lock unless ``lock`` is false."""
+    placement = app.placement(store)
+    backend = app.site.backend(placement.service)
+    held = backend.lock(placement.database) if lock else contextlib.nullcontext()
+    with held, database_connection(backend, placement.database, f"{app.name}.{store}") as conn:
+        yield conn
+
+
+def current_heads(connection: Connection) -> tuple[str, ...]:
+    """The revisions recorded in the store behind ``connection`` (empty at base)."""
+    from alembic.runtime.migration import MigrationContext
+
+    try:
+        return tuple(MigrationContext.configure(connection).get_current_heads())
+    finally:
+        # Reading autobegins a transaction; Alembic must find none, or it would run every
+        # migration inside it instead of one transaction each.
+        connection.rollback()
+
+
+# running migrations ---------------------------------------------------------------------
+
+
+def _joined(revs: Sequence[str]) -> str | None:
+    return ",".join(sorted(revs)) or None
+
+
+def is_known(directory: ScriptDirectory, rev: str) -> bool:
+    """Whether the migrations of ``directory`` have revision ``rev``."""
+    from alembic.script.revision import RevisionError
+
+    try:
+        directory.revision_map.get_revision(rev)
+    except RevisionError:
+        return False
+    return True
+
+
+def _check_known(
+    directory: ScriptDirectory, scripts: Scripts, at: Sequence[str], label: str
+) -> None:
+    for rev in at:
+        if not is_known(directory, rev):
+            head = ", ".join(directory.get_heads()) or "none"
+            raise MigrationError(
+                f"store {label} is at revision {rev}, which its "
+                f"migrations ({scripts.path}) do not have (their head: {head}): the database "
+                "is ahead of this code, or was migrated from another branch; deploy the code "
+                f"that has {rev}, or stamp the store"
+            ) from None
+
+
+def _check_target(
+    directory: ScriptDirectory,
+    scripts: Scripts,
+    action: str,
+    to: str,
+    at: Sequence[str] | None,
+    label: str,
+) -> None:
+    """Refuse a target revision the migrations lack, several heads for ``head``, and a
+    relative downgrade below base (when ``at``, the store's revisions, is known)."""
+    from alembic.script.revision import RevisionError
+
+    if to in ("head", "heads", "base"):
+        if to == "head" and action != "downgrade":
+            _single_head(directory, scripts)
+        return
+    relative = to.lstrip("+-")
+    if to[:1] in "+-" and relative.isdigit():
+        steps = int(relative)
+        if action == "downgrade" and to.startswith("-") and at is not None:
+            depth = len(list(directory.iterate_revisions(at[0], "base"))) if at else 0
+            if len(at) > 1:
+                depth = min(len(list(directory.iterate_revisions(r, "base"))) for r in at)
+            if steps > depth:
+                raise BadRevision(
+                    f"cannot downgrade {label} by {steps} revision(s): it is at "
+                    f"{_joined(at) or 'base'}, {depth} revision(s) above base; "
+                    "--to base undoes them all"
+                )
+        return
+    try:
+        directory.revision_map.get_revisions(to.split("@")[-1].split("+")[0].split("-")[0])
+    except RevisionError:
+        raise BadRevision(
+            f"unknown revision {to!r} for {label}; its revisions: {_revision_list(directory)} "
+            f"(see storekeeper history {scripts.target if scripts.kind else label})"
+        ) from None
+
+
+def _failed_migration(directory: ScriptDirectory, exc: BaseException) -> str | None:
+    """Which migration file the traceback of ``exc`` went through: ``rev ('message')``."""
+    files = {str(Path(s.path).resolve()): s for s in directory.walk_revisions()}
+    tb = exc.__traceback__
+    found = None
+    while tb is not None:
+        script = files.get(str(Path(tb.tb_frame.f_code.co_filename).resolve()))
+        if script is not None:
+            found = f"{script.revision} ({(script.doc or '').strip()!r})"
+        tb = tb.tb_next
+    return found
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``Type: message`` of an error, on one line; for a database error, the driver's own
+    message without SQLAlchemy's statement dump and link."""
+    orig = getattr(exc, "orig", None)
+    shown = orig if isinstance(orig, BaseException) else exc
+    return f"{type(shown).__name__}: {' '.join(str(shown).split())}"
+
+
+def migrate_database(
+    backend: Backend,
+    database: str,
+    scripts: Scripts,
+    *,
+    action: str = "upgrade",
+    to: str = HEAD,
+    store: str | None = None,
+    connection: Connection | None = None,
+) -> MigrateResult:
+    """Move database ``database`` (of store ``store``, by default ``scripts.name``) to
+    revision ``to`` with ``action`` (``upgrade``, ``downgrade`` or ``stamp``); the caller
+    holds the store's lock.
+
+    Raises :class:`BadRevision` for a revision or move that cannot be, and
+    :class:`MigrationError` naming the failing migration (the store then stays at the last
+    good revision).
+    """
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    store = store or scripts.name
+    label = f"{scripts.app.name}.{store}"
+    result = MigrateResult(scripts.app.name, store, database, action)
+    started = time.perf_counter()
+    directory = script_directory(scripts)
+    if connection is None:
+        with database_connection(backend, database, label) as conn:
+            return migrate_database(
+                backend, database, scripts, action=action, to=to, store=store, connection=conn
+            )
+    at = current_heads(connection)
+    result.before = _joined(at)
+    try:
+        _check_known(directory, scripts, at, label)
+        _check_target(directory, scripts, action, to, at, label)
+    except MigrationError as exc:
+        exc.before = exc.after = result.before
+        raise
+
+    def steps(rev: Any, _context: Any) -> Any:
+        if action == "upgrade":
+            return directory._upgrade_revs(to, rev)
+        if action == "downgrade":
+            return directory._downgrade_revs(to, rev)
+        return directory._stamp_revs(to, rev)
+
+    def applied(*, step: Any, **_: Any) -> None:
+        result.applied.append(str(step.up_revision_id))
+
+    binding = Binding(connection, scripts.metadata, on_version_apply=applied)
+    try:
+        with EnvironmentContext(
+            alembic_config(scripts, binding), directory, fn=steps, destination_rev=to
+        ):
+            directory.run_env()
+    except (CommandError, RevisionError) as exc:
+        raise BadRevision(f"cannot {action} {label} to {to!r}: {exc}") from None
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            connection.rollback()
+        try:
+            stays = _joined(current_heads(connection)) or "base"
+        except Exception:
+            stays = "unknown (the connection failed)"
+        which = _failed_migration(directory, exc) or "?"
+        reason = mask(failure_reason(exc), backend.service.url.password)
+        raise MigrationError(
+            f"store {label}: migration {which} failed: {reason}; the store stays at revision "
+            f"{stays}",
+            before=result.before,
+            after=None if stays == "base" else stays,
+        ) from exc
+    result.after = _joined(current_heads(connection))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _store_action(app: App, store: str, action: str, to: str) -> MigrateResult:
+    scripts = store_scripts(app, store)
+    scripts.require()
+    placement = app.placement(store)
+    backend = app.site.backend(placement.service)
+    try:
+        with backend.lock(placement.database):
+            result = migrate_database(
+                backend, placement.database, scripts, action=action, to=to, store=store
+            )
+    except StorekeeperError as exc:
+        app.site.catalog.record(app.name, store, "migrate", ok=False, detail=str(exc))
+        raise
+    detail = f"{action} {result.before or 'base'} -> {result.after or 'base'}"
+    app.site.catalog.record(app.name, store, "migrate", ok=True, detail=detail)
+    return result
+
+
+def upgrade(app: App, store: str, to: str = HEAD) -> MigrateResult:
+    """Upgrade store ``store`` of ``app`` to ``to`` (``head``, a revision, ``+1``)."""
+    return _store_action(app, store, "upgrade", to)
+
+
+def downgrade(app: App, store: str, to: str) -> MigrateResult:
+    """Downgrade store ``store`` of ``app`` to ``to`` (a revision, ``-1``, ``base``)."""
+    return _store_action(app, store, "downgrade", to)
+
+
+def stamp(app: App, store: str, to: str) -> MigrateResult:
+    """Record revision ``to`` in store ``store`` without running migrations."""
+    return _store_action(app, store, "stamp", to)
+
+
+def current(app: App, store: str) -> tuple[str, ...]:
+    """The revision(s) store ``store`` of ``app`` is at (empty at base)."""
+    store_scripts(app, store).require()
+    with store_connection(app, store, lock=False) as connection:
+        return current_heads(connection)
+
+
+@dataclass(frozen=True)
+class RevisionState:
+    """Where a store's database is against where its migrations end."""
+
+    store: str
+    revision: str | None
+    head: str | None
+    #: ``at head``, ``behind``, ``unknown revision`` (ahead of the code, or another branch),
+    #: or ``no database`` (not made yet)
+    state: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def revision_state(app: App, store: str) -> RevisionState:
+    """Store ``store``'s revision against its head (comma-joined when branched; ``None`` at
+    base)."""
+    directory = script_directory(store_scripts(app, store))
+    tops = directory.get_heads()
+    placement = app.placement(store)
+    if not app.site.backend(placement.service).exists(placement.database):
+        return RevisionState(f"{app.name}.{store}", None, _joined(tops), "no database")
+    at = current(app, store)
+    if set(at) == set(tops):
+        state = "at head"
+    elif all(is_known(directory, rev) for rev in at):
+        state = "behind"
+    else:
+        state = "unknown revision"
+    return RevisionState(f"{app.name}.{store}", _joined(at), _joined(tops), state)
+
+
+# scratch databases: autogenerate and check compare models with the migrations -----------
+
+
+def _kind_service(app: App, kind: str) -> Service:
+    """The service a kind's stores go to when no server is named (as ``create_store``)."""
+    from ..provision import server_service
+
+    if len(app.servers) >= 1:
+        return server_service(app, app.servers[0].name)
+    return app.site.require_assignment(app.name, kind, what="kind")
+
+
+def scripts_service(scripts: Scripts) -> Service:
+    """The service whose dialect ``scripts`` is compared on: the store's, or for a kind the
+    service its stores are made on."""
+    if scripts.kind is not None:
+        return _kind_service(scripts.app, scripts.kind)
+    return scripts.app.placement(scripts.name).service
+
+
+@contextlib.contextmanager
+def scratch_database(scripts: Scripts) -> Iterator[Connection]:
+    """A throwaway database with the migrations of ``scripts`` at head, dropped afterwards."""
+    app = scripts.app
+    backend = app.site.backend(scripts_service(scripts))
+    base = physical_name(app.name, scripts.name)[:40].rstrip("_")
+    name = app.site.database_name(f"{base}_scratch_{uuid.uuid4().hex[:8]}")
+    spatial = False
+    if scripts.kind is not None:
+        spatial = app.kind(scripts.kind).spatial
+    elif scripts.name in {s.name for s in app.stores}:
+        spatial = app.store(scripts.name).spatial
+    backend.create(name, spatial=spatial)
+    try:
+        with database_connection(backend, name, scripts.label) as connection:
+            migrate_database(backend, name, scripts, connection=connection)
+            yield connection
+    finally:
+        backend.drop(name)
+
+
+def revision(
+    app: App,
+    name: str,
+    message: str,
+    *,
+    autogenerate: bool = False,
+    merge: bool = False,
+    rev_id: str | None = None,
+) -> Revision:
+    """Write a new migration for store or kind ``name``; with ``autogenerate``, filled with
+    what the models have and the migrations lack (types and server defaults compared); with
+    ``merge``, one that joins the current heads. Returns the new revision."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    made: Any
+    scripts = scripts_for(app, name)
+    directory = script_directory(scripts)
+    if not message or not message.strip():
+        raise BadInput("a revision needs a message: -m 'what it changes'")
+    if merge:
+        tops = directory.get_heads()
+        if len(tops) < 2:
+            raise BadRevision(
+                f"{scripts.label} has {len(tops)} head revision(s); there is nothing to merge"
+            )
+        made = command.merge(alembic_config(scripts), "heads", message=message, rev_id=rev_id)
+    elif autogenerate:
+        if scripts.metadata is None:
+            raise BadInput(
+                f"{scripts.label} declares no metadata, so there is nothing to autogenerate "
+                "from: give it metadata=Base.metadata, or write the migration by hand"
+            )
+        _single_head(directory, scripts)
+        with scratch_database(scripts) as connection:
+            binding = Binding(connection, scripts.metadata)
+            try:
+                made = command.revision(
+                    alembic_config(scripts, binding),
+                    message=message,
+                    autogenerate=True,
+                    rev_id=rev_id,
+                )
+            except CommandError as exc:
+                raise MigrationError(f"autogenerate for {scripts.label} failed: {exc}") from None
+    else:
+        _single_head(directory, scripts)
+        made = command.revision(alembic_config(scripts), message=message, rev_id=rev_id)
+    script = made[0] if isinstance(made, list) else made
+    assert script is not None
+    return Revision(
+        script.revision,
+        _down_revisions(script),
+        message.strip(),
+        True,
+        str(script.path),
+    )
+
+
+def compare(connection: Connection, metadata: MetaData | None) -> list[str]:
+    """What differs between the schema behind ``connection`` and ``metadata``, one readable
+    line per difference (types and server defaults compared)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    if metadata is None:
+        return []
+    context = MigrationContext.configure(
+        connection,
+        opts={"compare_type": True, "compare_server_default": True, "target_metadata": metadata},
+    )
+    try:
+        return [describe(diff) for diff in compare_metadata(context, metadata)]
+    finally:
+        connection.rollback()
+
+
+def check(app: App, name: str) -> list[str]:
+    """Where models and schema drift apart, as readable lines (empty when they agree).
+
+    For a store: its database must be at the migrations' head and match the models. For a
+    kind: the models must match what its migrations build (in a scratch database).
+    """
+    scripts = scripts_for(app, name)
+    directory = script_directory(scripts)
+    if scripts.kind is not None and scripts.name == name.removesuffix(":*"):
+        # The kind itself, not one of its stores: no database of its own to look at.
+        with scratch_database(scripts) as connection:
+            return compare(connection, scripts.metadata)
+    with store_connection(app, name, lock=False) as connection:
+        at = current_heads(connection)
+        _check_known(directory, scripts, at, f"{app.name}.{name}")
+        tops = directory.get_heads()
+        if set(at) != set(tops):
+            return [
+                f"database at revision {_joined(at) or 'base'}, migrations' head is "
+                f"{_joined(tops) or 'base'}: run storekeeper upgrade {app.name}.{name}"
+            ]
+        return compare(connection, scripts.metadata)
+
+
+def _where(schema: str | None, table: str) -> str:
+    return f"{schema}.{table}" if schema else table
+
+
+def describe(diff: Any) -> str:
+    """One of Alembic's ``compare_metadata`` differences as a sentence."""
+    if isinstance(diff, list):
+        return "; ".join(describe(d) for d in diff)
+    op = diff[0]
+    models, database = "in the models", "in the database"
+    if op in ("add_table", "remove_table"):
+        table = diff[1]
+        side = (models, database) if op == "add_table" else (database, models)
+        return f"table {_where(table.schema, table.name)} is {side[0]} but not {side[1]}"
+    if op in ("add_column", "remove_column"):
+        _, schema, table, column = diff
+        side = (models, database) if op == "add_column" else (database, models)
+        return (
+            f"column {_where(schema, table)}.{column.name} ({column.type}) is {side[0]} but "
+            f"not {side[1]}"
+        )
+    if op in ("add_index", "remove_index", "add_constraint", "remove_constraint"):
+        item = diff[1]
+        what = "index" if op.endswith("index") else "constraint"
+        columns = ", ".join(c.name for c in getattr(item, "columns", ()))
+        side = (models, database) if op.startswith("add") else (database, models)
+        return f"{what} {item.name} on {item.table.name}({columns}) is {side[0]} but not {side[1]}"
+    if op in ("add_fk", "remove_fk"):
+        fk = diff[1]
+        side = (models, database) if op == "add_fk" else (database, models)
+        columns = ", ".join(c.name for c in fk.columns)
+        return f"foreign key on {fk.parent.name}({columns}) is {side[0]} but not {side[1]}"
+    if op.startswith("modify_"):
+        _, schema, table, column, _kw, old, new = diff
+        what = op.removeprefix("modify_").replace("_", " ")
+        if what == "default":
+            old = getattr(old, "arg", old)
+            new = getattr(getattr(new, "arg", new), "text", getattr(new, "arg", new))
+        return f"column {_where(schema, table)}.{column}: {what} {old} {database}, {new} {models}"
+    return repr(diff)
+
+
+# the runner the fan-out and sync share --------------------------------------------------
+
+#: ``progress(result)`` after each store.
+Progress = Callable[[MigrateResult], None]

@@ -1,0 +1,275 @@
+"""Migrating many stores: naming them (a store, an app, a kind's stores, a glob, all) and
+running them one after another or in parallel worker processes.
+
+Alembic keeps its ``context`` and ``op`` in process-wide globals, so two migrations in one
+process at once would corrupt each other: parallel runs use separate processes (forked, so
+they inherit the apps as loaded). Each store is migrated under its own lock, so two runs never
+migrate one store at once, and every migration is its own transaction, so an interrupted run
+leaves each store at a good revision and can simply be run again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import multiprocessing
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import BadInput, MigrationError, NotFound, StorekeeperError
+from ..naming import check_identifier
+from .commands import (
+    HEAD,
+    MigrateResult,
+    RevisionState,
+    _check_target,
+    check,
+    migrate_database,
+    revision_state,
+    script_directory,
+)
+from .scripts import store_scripts
+
+if TYPE_CHECKING:
+    from ..declare import App
+
+#: ``progress(result, done, total)`` after each store.
+Progress = Callable[[MigrateResult, int, int], None]
+
+_GLOB = set("*?[")
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    """One store of one app, as a fan-out names it."""
+
+    app: App
+    store: str
+
+    @property
+    def label(self) -> str:
+        """``app.store``."""
+        return f"{self.app.name}.{self.store}"
+
+
+@dataclass
+class FanoutReport:
+    """What a run over many stores did, store by store."""
+
+    results: list[MigrateResult] = field(default_factory=list)
+    #: Stores not attempted because an earlier one failed (without ``continue_on_error``).
+    not_run: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[MigrateResult]:
+        """The stores that failed."""
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when all went well; 2 when every failure was bad input; else 1."""
+        codes = {r.exit_code for r in self.failed}
+        if not codes:
+            return 0
+        return 2 if codes == {2} else 1
+
+
+def _with_migrations(app: App, names: Sequence[str]) -> list[StoreRef]:
+    return [StoreRef(app, n) for n in names if store_scripts(app, n).exists]
+
+
+def resolve_targets(
+    apps: Sequence[App], targets: Sequence[str], *, every: bool = False
+) -> list[StoreRef]:
+    """The stores ``targets`` name, in order, each once.
+
+    A target is ``APP.STORE``, ``APP`` (its stores that have migrations), ``APP.KIND:*`` (the
+    stores made from that kind), or ``APP.PATTERN`` with ``*``, ``?`` or ``[...]`` matched
+    against the app's store names; ``every`` adds every store that has migrations.
+    """
+    from ..discover import select
+
+    chosen: list[StoreRef] = []
+    if every:
+        for app in apps:
+            chosen += _with_migrations(app, app.list_stores())
+    for target in targets:
+        app_name, dot, rest = target.partition(".")
+        check_identifier(app_name, "app")
+        (app,) = select(list(apps), [app_name])
+        if not dot:
+            found = _with_migrations(app, app.list_stores())
+            if not found:
+                raise NotFound(
+                    f"app {app_name!r} has no store with migrations; create a script "
+                    f"directory with: storekeeper revision {app_name}.STORE --init"
+                )
+            chosen += found
+        elif rest.endswith(":*"):
+            kind = app.kind(check_identifier(rest[:-2], "kind")).name
+            records = app.site.catalog.runtime_stores(app.name)
+            chosen += [StoreRef(app, r.name) for r in records if r.kind == kind]
+        elif _GLOB & set(rest):
+            names = [n for n in app.list_stores() if fnmatch.fnmatchcase(n, rest)]
+            if not names:
+                raise NotFound(
+                    f"{target!r} matches no store of app {app_name!r}; its stores: "
+                    f"{', '.join(app.list_stores()) or 'none'}"
+                )
+            chosen += _with_migrations(app, names)
+        else:
+            store_scripts(app, check_identifier(rest, "store")).require()
+            chosen.append(StoreRef(app, rest))
+    unique: dict[str, StoreRef] = {}
+    for ref in chosen:
+        unique.setdefault(ref.label, ref)
+    return list(unique.values())
+
+
+def attempt(ref: StoreRef, action: str, to: str) -> MigrateResult:
+    """Migrate one store under its lock; a failure is returned in the result, not raised."""
+    started = time.perf_counter()
+    app = ref.app
+    try:
+        scripts = store_scripts(app, ref.store)
+        placement = app.placement(ref.store)
+        backend = app.site.backend(placement.service)
+        with backend.lock(placement.database):
+            return migrate_database(
+                backend, placement.database, scripts, action=action, to=to, store=ref.store
+            )
+    except StorekeeperError as exc:
+        result = MigrateResult(app.name, ref.store, None, action, ok=False, error=str(exc))
+        result.exit_code = exc.exit_code
+        if isinstance(exc, MigrationError):
+            result.before, result.after = exc.before, exc.after
+    except Exception as exc:  # a worker must report, never die with the run half-told
+        error = f"unexpected {type(exc).__name__}: {exc}"
+        result = MigrateResult(app.name, ref.store, None, action, ok=False, error=error)
+        result.exit_code = 1
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# The work of a parallel run, set before the workers fork so they inherit it (App objects
+# hold locks and engines and are not sent between processes).
+_WORK: list[StoreRef] = []
+
+
+def _work(index: int, action: str, to: str) -> MigrateResult:
+    return attempt(_WORK[index], action, to)
+
+
+def _preflight(refs: Sequence[StoreRef], action: str, to: str) -> None:
+    """Check every script directory and the target once before touching any store."""
+    seen: set[str] = set()
+    for ref in refs:
+        scripts = store_scripts(ref.app, ref.store)
+        path = str(scripts.require())
+        if path in seen:
+            continue
+        seen.add(path)
+        _check_target(script_directory(scripts), scripts, action, to, None, scripts.target)
+
+
+def migrate_many(
+    refs: Sequence[StoreRef],
+    *,
+    action: str = "upgrade",
+    to: str = HEAD,
+    jobs: int = 1,
+    continue_on_error: bool = False,
+    progress: Progress | None = None,
+) -> FanoutReport:
+    """``upgrade`` (or ``downgrade``, ``stamp``) every store of ``refs`` to ``to``.
+
+    With ``jobs`` above 1, stores run in that many worker processes. Without
+    ``continue_on_error`` the run stops starting new stores after the first failure (stores
+    already running finish). Each result is recorded in the catalog.
+    """
+    if jobs < 1:
+        raise BadInput(f"--jobs must be at least 1, got {jobs}")
+    if action not in ("upgrade", "downgrade", "stamp"):
+        raise BadInput(f"unknown action {action!r}; use upgrade, downgrade or stamp")
+    _preflight(refs, action, to)
+    report = FanoutReport()
+    total = len(refs)
+
+    def done(ref: StoreRef, result: MigrateResult) -> None:
+        report.results.append(result)
+        detail = (
+            f"{action} {result.before or 'base'} -> {result.after or 'base'}"
+            if result.ok
+            else result.error
+        )
+        ref.app.site.catalog.record(ref.app.name, ref.store, "migrate", ok=result.ok, detail=detail)
+        if progress is not None:
+            progress(result, len(report.results), total)
+
+    if jobs == 1 or total <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for index, ref in enumerate(refs):
+            result = attempt(ref, action, to)
+            done(ref, result)
+            if not result.ok and not continue_on_error:
+                report.not_run = [r.label for r in refs[index + 1 :]]
+                break
+        return report
+
+    _WORK[:] = refs
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=context)
+    try:
+        pending: dict[Future[MigrateResult], StoreRef] = {
+            pool.submit(_work, i, action, to): ref for i, ref in enumerate(refs)
+        }
+        stopping = False
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                ref = pending.pop(future)
+                if future.cancelled():
+                    report.not_run.append(ref.label)
+                    continue
+                result = future.result()
+                done(ref, result)
+                if not result.ok and not continue_on_error and not stopping:
+                    stopping = True
+                    for other, other_ref in list(pending.items()):
+                        if other.cancel():
+                            del pending[other]
+                            report.not_run.append(other_ref.label)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        _WORK.clear()
+    pool.shutdown(wait=True)
+    return report
+
+
+def current_many(refs: Sequence[StoreRef]) -> list[RevisionState]:
+    """The revision of each store of ``refs`` against its head."""
+    return [revision_state(ref.app, ref.store) for ref in refs]
+
+
+def check_many(apps: Sequence[App], targets: Sequence[str]) -> dict[str, list[str]]:
+    """:func:`~.commands.check` over ``targets`` (as :func:`resolve_targets`, plus
+    ``APP.KIND`` for a kind's models against its migrations; all stores when empty): the
+    differences found, by store or kind."""
+    from ..discover import select
+
+    found: dict[str, list[str]] = {}
+    stores = []
+    for target in targets:
+        app_name, _, name = target.partition(".")
+        app = select(list(apps), [app_name])[0] if name else None
+        if app and name in {k.name for k in app.kinds} and name not in app.list_stores():
+            found[f"kind {target}"] = check(app, name)
+        else:
+            stores.append(target)
+    if stores or not targets:
+        for ref in resolve_targets(apps, stores, every=not targets):
+            found[ref.label] = check(ref.app, ref.store)
+    return found
