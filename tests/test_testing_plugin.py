@@ -370,3 +370,151 @@ def test_the_store_is_chosen_by_marker_parameter_or_ini(pytester: pytest.Pyteste
     result = run(pytester, *apps)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*no test store 'nope.db'*{first}.main_db*"])
+
+
+# migrations -----------------------------------------------------------------------------
+
+ENV_PY = "from storekeeper.migrate.env import run\n\nrun()\n"
+MIGRATION = '''"""{doc}"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "{rev}"
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    {up}
+
+
+def downgrade():
+    {down_code}
+'''
+CREATE_ITEMS = (
+    'op.create_table("items", sa.Column("id", sa.Integer, primary_key=True), '
+    'sa.Column("name", sa.String(50), nullable=False))'
+)
+
+
+def write_migration(
+    pytester: pytest.Pytester, rev: str, down: str | None, up: str, down_code: str
+) -> None:
+    versions = pytester.path / "migrations" / "main_db" / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    (versions.parent / "env.py").write_text(ENV_PY)
+    (versions / f"{rev}.py").write_text(
+        MIGRATION.format(doc=rev, rev=rev, down=down, up=up, down_code=down_code)
+    )
+
+
+def test_keepdb_rebuilds_when_a_migration_is_added_and_a_failing_one_stops_the_run(
+    inner: tuple[pytest.Pytester, str, list[str]],
+) -> None:
+    pytester, name, options = inner
+    write_migration(pytester, "r1", None, CREATE_ITEMS, 'op.drop_table("items")')
+    init_log = pytester.path / "init.log"
+    pytester.makepyfile(
+        test_cols=textwrap.dedent(
+            """
+            from sqlalchemy import inspect
+
+            def test_columns(dbsession):
+                columns = {c["name"] for c in inspect(dbsession.connection()).get_columns("items")}
+                assert "name" in columns
+            """
+        )
+    )
+    keep = ["-o", "cache_dir=.cache", "--storekeeper-keepdb"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INIT_LOG", str(init_log))
+        run(pytester, *options, *keep).assert_outcomes(passed=1)
+        run(pytester, *options, *keep).assert_outcomes(passed=1)
+        assert init_log.read_text().split() == ["True"]
+        write_migration(
+            pytester,
+            "r2",
+            "r1",
+            'op.add_column("items", sa.Column("note", sa.String(20)))',
+            'op.drop_column("items", "note")',
+        )
+        run(pytester, *options, *keep).assert_outcomes(passed=1)
+        assert init_log.read_text().split() == ["True", "True"], "a new migration must rebuild"
+
+        write_migration(pytester, "r3", "r2", 'raise RuntimeError("bad step")', "pass")
+        result = run(pytester, *options, *keep)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(
+        [f"*building the test template of {name}.main_db*migration r3*failed*bad step*"]
+    )
+
+
+def test_migration_checks_pass_on_sound_migrations(
+    inner: tuple[pytest.Pytester, str, list[str]],
+) -> None:
+    pytester, _, options = inner
+    write_migration(pytester, "r1", None, CREATE_ITEMS, 'op.drop_table("items")')
+    write_migration(
+        pytester,
+        "r2",
+        "r1",
+        'op.create_index("ix_items_name", "items", ["name"])',
+        'op.drop_index("ix_items_name", "items")',
+    )
+    module = next(p for p in pytester.path.glob("t*.py"))
+    module.write_text(
+        module.read_text().replace(
+            "mapped_column(String(50))", "mapped_column(String(50), index=True)"
+        )
+    )
+    pytester.makepyfile(
+        test_fixture="def test_fixture(storekeeper_migration_problems):\n"
+        "    assert storekeeper_migration_problems == []\n"
+    )
+    result = run(pytester, *options, "--storekeeper-check-migrations", "-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*storekeeper_migrations PASSED*"])
+
+
+@pytest.mark.parametrize(
+    ("second", "problem"),
+    [
+        # Its downgrade forgets the index: going up again fails.
+        (
+            ('op.create_index("ix_items_name", "items", ["name"])', "pass"),
+            "down from r2 to r1 and up again*",
+        ),
+        # The models have an index the migrations never make.
+        (("pass", "pass"), "models and migrations differ*index*ix_items_name*"),
+    ],
+)
+def test_migration_checks_name_what_is_wrong(
+    inner: tuple[pytest.Pytester, str, list[str]], second: tuple[str, str], problem: str
+) -> None:
+    pytester, name, options = inner
+    write_migration(pytester, "r1", None, CREATE_ITEMS, 'op.drop_table("items")')
+    write_migration(pytester, "r2", "r1", *second)
+    module = pytester.path / f"{name}.py"
+    module.write_text(
+        module.read_text().replace(
+            "mapped_column(String(50))", "mapped_column(String(50), index=True)"
+        )
+    )
+    pytester.makepyfile(test_it="def test_other():\n    pass\n")
+    result = run(pytester, *options, "--storekeeper-check-migrations")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*problem(s) in the migrations*", f"*{name}.main_db: {problem}"])
+
+
+def test_migration_checks_find_two_heads(inner: tuple[pytest.Pytester, str, list[str]]) -> None:
+    pytester, name, options = inner
+    write_migration(pytester, "r1", None, CREATE_ITEMS, 'op.drop_table("items")')
+    write_migration(pytester, "r2", "r1", "pass", "pass")
+    write_migration(pytester, "r3", "r1", "pass", "pass")
+    pytester.makepyfile(test_it="def test_other():\n    pass\n")
+    result = run(pytester, *options, "--storekeeper-check-migrations")
+    output = result.stdout.str()
+    assert result.ret != 0
+    assert "several head revisions: r2, r3" in output or "2 heads (r2, r3)" in output
+    assert f"storekeeper revision {name}.main_db --merge" in output

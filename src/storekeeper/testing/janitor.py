@@ -77,8 +77,22 @@ def fingerprint(app: App, store: Store, dialect: str, extra: Iterable[Path] = ()
     return digest.hexdigest()[:20]
 
 
+def migration_files(app: App, store: Store) -> list[Path]:
+    """The files of ``store``'s Alembic script directory (none when it has no migrations)."""
+    from ..migrate import store_scripts
+
+    scripts = store_scripts(app, store.name)
+    if not scripts.exists or scripts.path is None:
+        return []
+    return sorted(
+        path
+        for path in scripts.path.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    )
+
+
 @dataclass(frozen=True)
-class TestStore:
+class StoreUnderTest:
     """One store as the tests see it: where its template and this worker's clone live."""
 
     app: App
@@ -106,15 +120,17 @@ class Janitor:
         self.keepdb = keepdb
         self.template_site = Site(config, database_format=TEMPLATE_FORMAT)
         self.site = Site(config, database_format=f"{TEST_PREFIX}{{name}}_{worker}")
-        self.stores: list[TestStore] = []
+        self.stores: list[StoreUnderTest] = []
         self._previous: dict[int, Site | None] = {}
 
     def mark(self, app: App, store: Store, service: Service) -> str:
         """The mark a current template of ``store`` carries."""
-        built_from = fingerprint(app, store, service.url.get_backend_name())
+        built_from = fingerprint(
+            app, store, service.url.get_backend_name(), migration_files(app, store)
+        )
         return built_from if self.keepdb else f"{built_from} run {self.run_id}"
 
-    def prepare(self) -> list[TestStore]:
+    def prepare(self) -> list[StoreUnderTest]:
         """Build (or reuse) every store's template, clone it for this worker, and bind the apps
         to the worker's databases."""
         for app in self.apps:
@@ -127,7 +143,7 @@ class Janitor:
         self._drop_runtime_stores()
         return self.stores
 
-    def _prepare_store(self, app: App, store: Store) -> TestStore | None:
+    def _prepare_store(self, app: App, store: Store) -> StoreUnderTest | None:
         app.bind(self.template_site)
         try:
             where = place(app, store.name)
@@ -152,7 +168,7 @@ class Janitor:
             worker_backend.drop(database)
             worker_backend.clone(template, database)
         log.info("%s.%s: %s from template %s", app.name, store.name, database, template)
-        return TestStore(app, store.name, service, template, database, built)
+        return StoreUnderTest(app, store.name, service, template, database, built)
 
     def _build(self, app: App, store: Store, backend: Backend, template: str, mark: str) -> None:
         log.info("%s.%s: building template %s", app.name, store.name, template)

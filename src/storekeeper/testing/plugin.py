@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from ..config import Config
     from ..declare import App
-    from .janitor import Janitor, TestStore
+    from .janitor import Janitor, StoreUnderTest
 
 SERVER_CHOICES = "sqlite, postgresql, config or a database URL"
 
@@ -52,6 +52,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         metavar="MODULE:ATTR",
         help="an app to test (repeatable); default: configured and installed apps",
+    )
+    group.addoption(
+        "--storekeeper-check-migrations",
+        action="store_true",
+        help="add a test checking every store's migrations: one head, up from empty, each "
+        "revision down and up again, models match at head",
     )
     parser.addini("storekeeper_server", f"where test databases live: {SERVER_CHOICES}")
     parser.addini("storekeeper_apps", "apps to test, as MODULE:ATTR lines", type="linelist")
@@ -168,14 +174,14 @@ class Stores:
     """The run's test stores on this worker, with one connection per store held for the
     whole run, in which each test's transaction begins and is rolled back."""
 
-    def __init__(self, janitor: Janitor, stores: list[TestStore], default: str) -> None:
+    def __init__(self, janitor: Janitor, stores: list[StoreUnderTest], default: str) -> None:
         self.janitor = janitor
         self.stores = {s.target: s for s in stores}
         self.default = default
         self._connections: dict[str, Connection] = {}
         self._engines: dict[str, Engine] = {}
 
-    def choose(self, request: pytest.FixtureRequest) -> TestStore:
+    def choose(self, request: pytest.FixtureRequest) -> StoreUnderTest:
         """The store a test asked for (an indirect parameter or the marker), else the ini
         default, else the only one."""
         marker = request.node.get_closest_marker("storekeeper")
@@ -195,7 +201,7 @@ class Stores:
             )
         return self.get(str(wanted))
 
-    def get(self, target: str) -> TestStore:
+    def get(self, target: str) -> StoreUnderTest:
         """The test store named ``app.store``."""
         if target not in self.stores:
             raise pytest.UsageError(
@@ -204,7 +210,7 @@ class Stores:
             )
         return self.stores[target]
 
-    def connection(self, ready: TestStore) -> Connection:
+    def connection(self, ready: StoreUnderTest) -> Connection:
         """This worker's connection to ``ready``'s database (made again if a test broke it)."""
         conn = self._connections.get(ready.target)
         if conn is not None and (conn.closed or conn.invalidated):
@@ -215,14 +221,14 @@ class Stores:
             self._connections[ready.target] = conn
         return conn
 
-    def _engine(self, ready: TestStore) -> Engine:
+    def _engine(self, ready: StoreUnderTest) -> Engine:
         engine = self._engines.get(ready.target)
         if engine is None:
             engine = _held_connection_engine(ready.app.engine(ready.store))
             self._engines[ready.target] = engine
         return engine
 
-    def session(self, ready: TestStore) -> Iterator[Session]:
+    def session(self, ready: StoreUnderTest) -> Iterator[Session]:
         """A session in a transaction that is rolled back after the test; the test may commit
         (a savepoint is released), and sessions the app opens meanwhile join it."""
         conn = self.connection(ready)
@@ -277,12 +283,18 @@ def _held_connection_engine(engine: Engine) -> Engine:
     return test_engine
 
 
-@pytest.fixture(scope="session")
-def _storekeeper_stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
+_STORES = pytest.StashKey["Stores"]()
+
+
+def _stores(config: pytest.Config) -> Stores:
+    """This worker's test stores, prepared on first use (by a fixture or the migration
+    check) and removed when the run ends."""
+    stores = config.stash.get(_STORES, None)
+    if stores is not None:
+        return stores
     from ..errors import StorekeeperError
     from .janitor import Janitor
 
-    config = request.config
     worker, run_id, server_url = _worker(config)
     try:
         loaded = config_for_tests(config, worker, server_url)
@@ -297,12 +309,60 @@ def _storekeeper_stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
     except StorekeeperError as exc:
         # One clear error for the run, not the same one for every test.
         pytest.exit(f"storekeeper: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-    stores = Stores(janitor, prepared, str(config.getini("storekeeper_store") or ""))
-    try:
-        yield stores
-    finally:
-        stores.close()
-        janitor.finish()
+    stores = config.stash[_STORES] = Stores(
+        janitor, prepared, str(config.getini("storekeeper_store") or "")
+    )
+    config.add_cleanup(janitor.finish)
+    config.add_cleanup(stores.close)
+    return stores
+
+
+@pytest.fixture(scope="session")
+def _storekeeper_stores(request: pytest.FixtureRequest) -> Stores:
+    return _stores(request.config)
+
+
+@pytest.fixture(scope="session")
+def storekeeper_migration_problems(_storekeeper_stores: Stores) -> list[str]:
+    """What the migration checks find in every store under test that has migrations (empty
+    when all are sound): ``assert storekeeper_migration_problems == []``."""
+    from .checks import check_migrations
+
+    return check_migrations(_storekeeper_stores.janitor)
+
+
+class MigrationsUnsound(Exception):
+    """The migration checks found problems."""
+
+
+class MigrationCheck(pytest.Item):
+    """The test that ``--storekeeper-check-migrations`` adds to a run (one per run, also
+    under xdist, which gives it to one worker)."""
+
+    def runtest(self) -> None:
+        from .checks import check_migrations
+
+        problems = check_migrations(_stores(self.config).janitor)
+        if problems:
+            raise MigrationsUnsound(problems)
+
+    def repr_failure(self, excinfo: Any, style: Any = None) -> str:
+        if isinstance(excinfo.value, MigrationsUnsound):
+            lines = excinfo.value.args[0]
+            return f"{len(lines)} problem(s) in the migrations:\n" + "\n".join(
+                f"  {line}" for line in lines
+            )
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, "storekeeper: migration checks"
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if config.getoption("storekeeper_check_migrations"):
+        items.insert(0, MigrationCheck.from_parent(session, name="storekeeper_migrations"))
 
 
 @pytest.fixture
