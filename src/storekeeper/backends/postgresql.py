@@ -44,6 +44,8 @@ class PostgresBackend(Backend):
         """An autocommit engine on the maintenance database (``postgres``)."""
         if self._admin is None:
             url = self.service.url.set(database=self.service.url.database or MAINTENANCE_DATABASE)
+            # Three kept: making a store of a kind holds the store's lock and its template's
+            # while it asks and clones, and new connections would cost more than the clone.
             self._admin = create_engine(
                 url, isolation_level="AUTOCOMMIT", pool_size=3, max_overflow=4, pool_pre_ping=True
             )
