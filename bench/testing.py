@@ -10,7 +10,13 @@
    - truncate: INSERT committed, then TRUNCATE the table;
    - pytest-postgresql: its per-test ``postgresql`` fixture's work: a database created from a
      template by its DatabaseJanitor, connected to, INSERT, dropped.
-2. A fresh migrated database (see FRESH below).
+2. A fresh migrated database, at 10, 50 and 200 migrations (each a table with an index):
+   - storekeeper: the plugin's own way (the janitor's fresh_clone: drop, then clone the
+     sealed template, built once and timed apart);
+   - replay: create an empty database and run every migration in it (Alembic), as Qapla's
+     recipe and pytest-alembic do;
+   - pytest-postgresql: its DatabaseJanitor creating the database from the same template
+     (CREATE DATABASE ... TEMPLATE, the server's default strategy) and dropping it.
 
 Rounds interleave the contenders; each figure is the median over rounds of the mean per test.
 Prints a table, then ``ratio NAME VALUE`` / ``ms NAME VALUE`` lines. ``--quick`` is short.
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -33,9 +40,14 @@ from sqlalchemy import String, create_engine, make_url, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from storekeeper import App, Store
-from storekeeper.config import load
+from storekeeper.config import Config, load
 from storekeeper.testing.janitor import Janitor
 from storekeeper.testing.plugin import Stores
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fanout import write_migrations
+
+CASES = (10, 50, 200)
 
 
 class Base(DeclarativeBase):
@@ -71,14 +83,18 @@ def compare(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def isolation(pg_url: str, folder: Path, rounds: int, tests: int) -> dict[str, float]:
-    from pytest_postgresql.janitor import DatabaseJanitor
-
+def bench_config(pg_url: str, folder: Path) -> Config:
     (folder / "storekeeper.toml").write_text(
         f'default_service = "bench"\ncatalog = "sqlite:///catalog.sqlite"\n'
         f'[services]\nbench = "{pg_url}"\n'
     )
-    config = load(folder / "storekeeper.toml", env=None)
+    return load(folder / "storekeeper.toml", env=None)
+
+
+def isolation(pg_url: str, folder: Path, rounds: int, tests: int) -> dict[str, float]:
+    from pytest_postgresql.janitor import DatabaseJanitor
+
+    config = bench_config(pg_url, folder)
     app = App(f"bench{uuid.uuid4().hex[:6]}", stores=[Store("main_db", metadata=Base.metadata)])
     janitor = Janitor([app], config, worker="bench", run_id=uuid.uuid4().hex, keepdb=False)
     (ready,) = janitor.prepare()
@@ -156,11 +172,71 @@ def isolation(pg_url: str, folder: Path, rounds: int, tests: int) -> dict[str, f
         janitor.finish()
 
 
+def fresh_databases(
+    pg_url: str, folder: Path, migrations: int, dbs: int, replays: int
+) -> dict[str, float]:
+    """Milliseconds per fresh database (median) for each contender, at ``migrations``."""
+    from pytest_postgresql.janitor import DatabaseJanitor
+
+    from storekeeper.migrate import migrate_database, store_scripts
+
+    scripts = folder / f"m{migrations}"
+    (scripts / "env.py").parent.mkdir(parents=True)
+    (scripts / "env.py").write_text("from storekeeper.migrate.env import run\n\nrun()\n")
+    write_migrations(scripts / "versions", migrations)
+    config = bench_config(pg_url, folder)
+    app = App(
+        f"fresh{migrations}x{uuid.uuid4().hex[:4]}", stores=[Store("main_db", migrations=scripts)]
+    )
+    janitor = Janitor([app], config, worker="bench", run_id=uuid.uuid4().hex, keepdb=False)
+    started = time.perf_counter()
+    (ready,) = janitor.prepare()
+    build_ms = (time.perf_counter() - started) * 1000
+    backend = janitor.site.backend(ready.service)
+    url = make_url(pg_url)
+    conninfo = dict(host=url.host, port=url.port, user=url.username, password=url.password)
+    times: dict[str, list[float]] = {"storekeeper": [], "replay": [], "pytest-postgresql": []}
+
+    def timed(name: str, fn: Callable[[], object]) -> None:
+        started = time.perf_counter()
+        fn()
+        times[name].append((time.perf_counter() - started) * 1000)
+
+    def replay() -> None:
+        name = f"{ready.database}_replay"
+        backend.create(name)
+        migrate_database(backend, name, store_scripts(app, "main_db"), store=name)
+        backend.drop(name)
+
+    def pytest_postgresql() -> None:
+        with DatabaseJanitor(
+            dbname=f"{ready.database}_pp", template_dbname=ready.template, **conninfo
+        ):
+            pass
+
+    try:
+        for i in range(dbs):
+            timed(
+                "storekeeper",
+                lambda: janitor.fresh_clone(ready.service, ready.template, ready.database),
+            )
+            timed("pytest-postgresql", pytest_postgresql)
+            if i < replays:
+                timed("replay", replay)
+    finally:
+        janitor.finish()
+        janitor.template_site.backend(ready.service).drop(ready.template)
+    result = {name: statistics.median(values) for name, values in times.items()}
+    result["template build"] = build_ms
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
     args = parser.parse_args()
     rounds, tests = (5, 200) if args.quick else (15, 1000)
+    dbs, replays = (5, 2) if args.quick else (30, 8)
 
     with ExitStack() as stack:
         pg_url = os.environ.get("STOREKEEPER_TEST_POSTGRES_URL")
@@ -170,11 +246,20 @@ def main() -> None:
             pg_url = stack.enter_context(PostgresServer()).url
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         per_test = isolation(pg_url, folder, rounds, tests)
+        fresh = {n: fresh_databases(pg_url, folder, n, dbs, replays) for n in CASES}
 
     print(f"per-test isolation on PostgreSQL, one INSERT, median of {rounds} rounds (ms/test)")
     floor = per_test["floor"]
     for name, ms in per_test.items():
         print(f"  {name:<20}{ms:>9.3f}{ms / floor:>8.2f}x floor")
+    print()
+    print(f"a fresh migrated database, median ms ({dbs} per case, {replays} replays)")
+    print(f"  {'migrations':<12}{'storekeeper':>12}{'replay':>10}{'pytest-pg':>11}{'build':>8}")
+    for n, r in fresh.items():
+        print(
+            f"  {n:<12}{r['storekeeper']:>12.1f}{r['replay']:>10.1f}"
+            f"{r['pytest-postgresql']:>11.1f}{r['template build']:>8.0f}"
+        )
     print()
     print(f"ratio dbsession_vs_floor {per_test['dbsession'] / floor:.3f}")
     print(
@@ -189,6 +274,13 @@ def main() -> None:
         "ratio dbsession_vs_pytest_postgresql "
         f"{per_test['dbsession'] / per_test['pytest-postgresql']:.3f}"
     )
+    print(f"ms fresh_db {statistics.median(r['storekeeper'] for r in fresh.values()):.1f}")
+    for n in (50, 200):
+        print(f"ratio fresh_db_vs_replay_{n} {fresh[n]['storekeeper'] / fresh[n]['replay']:.3f}")
+    vs_janitor = statistics.median(
+        r["storekeeper"] / r["pytest-postgresql"] for r in fresh.values()
+    )
+    print(f"ratio fresh_db_vs_pytest_postgresql_template {vs_janitor:.3f}")
 
 
 if __name__ == "__main__":

@@ -663,7 +663,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("service", metavar="SERVICE")
 
     p = command(
-        "sync", cmd_sync, "create missing stores, create their tables, run their initializers"
+        "sync",
+        cmd_sync,
+        "create missing stores, bring their schemas to head (migrations, or the tables), run "
+        "their initializers",
     )
     p.add_argument("apps", nargs="*", metavar="APP", help="apps to sync (default: all)")
     p.add_argument("--store", action="append", metavar="STORE", help="only this store")

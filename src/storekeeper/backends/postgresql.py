@@ -44,6 +44,8 @@ class PostgresBackend(Backend):
     def admin(self) -> Engine:
         """An autocommit engine on the maintenance database (``postgres``)."""
         if self._admin is None:
+            # Three kept: making a store of a kind holds the store's lock and its template's
+            # while it asks and clones, and new connections would cost more than the clone.
             self._admin = create_engine(
                 self.server_url(),
                 isolation_level="AUTOCOMMIT",

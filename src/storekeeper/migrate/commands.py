@@ -14,7 +14,7 @@ import io
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..backends import Backend, Service
     from ..declare import App
 
-#: Upgrade targets that mean "the newest revision".
+#: The default upgrade target: the newest revision.
 HEAD = "head"
 
 
@@ -113,8 +113,12 @@ def script_directory(scripts: Scripts) -> ScriptDirectory:
     stores of one kind would otherwise parse every migration again for each store."""
     path = scripts.require()
     versions = path / "versions"
-    files = os.scandir(versions) if versions.is_dir() else iter(())
-    key = tuple(sorted((e.name, e.stat().st_mtime_ns) for e in files if e.name.endswith(".py")))
+    key: tuple[tuple[str, int], ...] = ()
+    if versions.is_dir():
+        with os.scandir(versions) as files:
+            key = tuple(
+                sorted((e.name, e.stat().st_mtime_ns) for e in files if e.name.endswith(".py"))
+            )
     cached = _DIRECTORIES.get(str(path))
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -175,8 +179,9 @@ def _down_revisions(script: Any) -> tuple[str, ...]:
 def revisions(app: App, name: str) -> list[str]:
     """The revision ids of store or kind ``name`` from the first to the head (a single line of
     migrations), for stepping through them one by one."""
-    directory = script_directory(scripts_for(app, name))
-    _single_head(directory, scripts_for(app, name))
+    scripts = scripts_for(app, name)
+    directory = script_directory(scripts)
+    _single_head(directory, scripts)
     return [r.revision for r in reversed(list(directory.walk_revisions()))]
 
 
@@ -673,9 +678,3 @@ def describe(diff: Any) -> str:
             new = getattr(getattr(new, "arg", new), "text", getattr(new, "arg", new))
         return f"column {_where(schema, table)}.{column}: {what} {old} {database}, {new} {models}"
     return repr(diff)
-
-
-# the runner the fan-out and sync share --------------------------------------------------
-
-#: ``progress(result)`` after each store.
-Progress = Callable[[MigrateResult], None]

@@ -163,12 +163,16 @@ class Janitor:
                 built = True
         app.bind(self.site)
         database = check_test_database(place(app, store.name).database)
-        worker_backend = self.site.backend(service)
-        with worker_backend.lock(database):
-            worker_backend.drop(database)
-            worker_backend.clone(template, database)
+        self.fresh_clone(service, template, database)
         log.info("%s.%s: %s from template %s", app.name, store.name, database, template)
         return StoreUnderTest(app, store.name, service, template, database, built)
+
+    def fresh_clone(self, service: Service, template: str, database: str) -> None:
+        """Replace ``database`` by a fresh clone of ``template`` (both ``test_`` names)."""
+        backend = self.site.backend(service)
+        with backend.lock(check_test_database(database)):
+            backend.drop(database)
+            backend.clone(check_test_database(template), database)
 
     def _build(self, app: App, store: Store, backend: Backend, template: str, mark: str) -> None:
         log.info("%s.%s: building template %s", app.name, store.name, template)
