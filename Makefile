@@ -14,8 +14,8 @@ $(VENV)/.demo-installed: pyproject.toml examples/gauges/pyproject.toml | $(BIN)/
 	touch $@
 
 # Test install: the same plus the test tools.
-$(VENV)/.test-installed: pyproject.toml examples/gauges/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]" -e examples/gauges
+$(VENV)/.test-installed: pyproject.toml examples/gauges/pyproject.toml examples/chat/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]" -e examples/gauges -e examples/chat
 	touch $@ $(VENV)/.demo-installed
 
 ## Run the stream gages example end to end on the embedded SQLite default.

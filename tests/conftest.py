@@ -11,12 +11,14 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from sqlalchemy import Engine, event
 
+from storekeeper import App, Store
 from storekeeper.site import Site
 
 if TYPE_CHECKING:
@@ -160,3 +162,46 @@ def run_cli(
     return subprocess.run(
         [*CLI, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture
+def chat_app(site: Site, app_name: str) -> App:
+    """The chat example's two stores (``chat_db``, ``scores_db``) under a unique app name,
+    synced on the dialect under test; the integrations' tests share it."""
+    from chat.model import ChatBase, GameBase, init_chat_db, init_scores_db
+
+    app = App(
+        app_name,
+        stores=[
+            Store("chat_db", metadata=ChatBase.metadata, initializer=init_chat_db),
+            Store("scores_db", metadata=GameBase.metadata, initializer=init_scores_db),
+        ],
+    ).bind(site)
+    app.sync()
+    return app
+
+
+class PoolWatch:
+    """Counts connections checked out of and back into the pools of some engines."""
+
+    def __init__(self, *engines: Engine) -> None:
+        self.out = {id(e): 0 for e in engines}
+        self.back = {id(e): 0 for e in engines}
+        for engine in engines:
+            event.listen(engine, "checkout", self._counter(self.out, engine))
+            event.listen(engine, "checkin", self._counter(self.back, engine))
+
+    @staticmethod
+    def _counter(counts: dict[int, int], engine: Engine) -> Callable[..., None]:
+        def count(*_args: object) -> None:
+            counts[id(engine)] += 1
+
+        return count
+
+    def opened(self, engine: Engine) -> int:
+        """How many times ``engine`` handed out a connection."""
+        return self.out[id(engine)]
+
+    def returned(self, engine: Engine) -> int:
+        """How many connections went back into ``engine``'s pool."""
+        return self.back[id(engine)]

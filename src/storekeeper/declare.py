@@ -15,7 +15,10 @@ from .errors import BadInput, InvalidName, NotFound
 from .naming import check_identifier, physical_name
 
 if TYPE_CHECKING:
+    import asyncio
+
     from sqlalchemy import URL, Engine, MetaData
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
     from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
     from .provision import StoreInfo, SyncReport
@@ -85,6 +88,11 @@ class App:
     description: str = ""
     _site: Site | None = field(default=None, repr=False)
     _makers: dict[str, sessionmaker[Session]] = field(default_factory=dict, repr=False)
+    # store -> (event loop, factory): async engines are per loop, so is their factory.
+    _async_makers: dict[
+        str, tuple[asyncio.AbstractEventLoop | None, async_sessionmaker[AsyncSession]]
+    ] = field(default_factory=dict, repr=False)
+    _scoped: dict[str, scoped_session[Session]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -156,6 +164,8 @@ class App:
         with self._lock:
             self._site = site
             self._makers.clear()
+            self._async_makers.clear()
+            self._scoped.clear()
         return self
 
     def placement(self, name: str) -> Placement:
@@ -194,10 +204,48 @@ class App:
         return _SessionScope(maker)
 
     def scoped_session(self, name: str) -> scoped_session[Session]:
-        """A thread-local ``scoped_session`` for store ``name``; call ``.remove()`` when done."""
-        from sqlalchemy.orm import scoped_session as scoped
+        """The thread-local ``scoped_session`` of store ``name`` (one per store); call
+        ``.remove()`` when done, or :meth:`remove_sessions` for every store at once."""
+        scoped = self._scoped.get(name)
+        if scoped is None:
+            from sqlalchemy.orm import scoped_session as make_scoped
 
-        return scoped(self.sessionmaker(name))
+            with self._lock:
+                scoped = self._scoped.get(name)
+                if scoped is None:
+                    scoped = self._scoped[name] = make_scoped(self.sessionmaker(name))
+        return scoped
+
+    def remove_sessions(self) -> None:
+        """Close and discard this thread's scoped session of every store (end of a request)."""
+        for scoped in list(self._scoped.values()):
+            scoped.remove()
+
+    def async_engine(self, name: str) -> AsyncEngine:
+        """The asyncio engine of store ``name``: psycopg's async mode on PostgreSQL, aiosqlite
+        on SQLite; one per store per event loop, made on first use."""
+        where = self.placement(name)
+        backend = self.site.backend(where.service)
+        return self.site.async_engine(backend.database_url(where.database), backend)
+
+    def async_sessionmaker(self, name: str) -> async_sessionmaker[AsyncSession]:
+        """An ``async_sessionmaker`` bound to store ``name``'s engine in the running loop."""
+        from .site import running_loop
+
+        loop = running_loop()
+        cached = self._async_makers.get(name)
+        if cached is not None and cached[0] is loop:
+            return cached[1]
+        from sqlalchemy.ext.asyncio import async_sessionmaker as make
+
+        maker = make(bind=self.async_engine(name), expire_on_commit=False)
+        self._async_makers[name] = (loop, maker)
+        return maker
+
+    def async_session(self, name: str) -> _AsyncSessionScope:
+        """``async with app.async_session("example_db") as s:`` commits on success, rolls back
+        on error, and always closes."""
+        return _AsyncSessionScope(self.async_sessionmaker(name))
 
     def server_engine(self, setting: str) -> Engine:
         """An engine on the maintenance database of the server behind ``setting``."""
@@ -284,6 +332,10 @@ class App:
         """Drop cached session factories of store ``name`` (after a drop or reassignment)."""
         with self._lock:
             self._makers.pop(name, None)
+            self._async_makers.pop(name, None)
+            scoped = self._scoped.pop(name, None)
+        if scoped is not None:
+            scoped.remove()
 
 
 class _SessionScope:
@@ -308,6 +360,29 @@ class _SessionScope:
                 session.rollback()
         finally:
             session.close()
+
+
+class _AsyncSessionScope:
+    """The async context manager behind :meth:`App.async_session`."""
+
+    __slots__ = ("_maker", "_session")
+
+    def __init__(self, maker: async_sessionmaker[AsyncSession]) -> None:
+        self._maker = maker
+
+    async def __aenter__(self) -> AsyncSession:
+        self._session = self._maker()
+        return self._session
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        session = self._session
+        try:
+            if exc_type is None:
+                await session.commit()
+            else:
+                await session.rollback()
+        finally:
+            await session.close()
 
 
 def _no_duplicates(app: str, what: str, names: list[str]) -> None:
