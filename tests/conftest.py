@@ -187,9 +187,13 @@ class PoolWatch:
     def __init__(self, *engines: Engine) -> None:
         self.out = {id(e): 0 for e in engines}
         self.back = {id(e): 0 for e in engines}
+        self.made = {id(e): 0 for e in engines}
+        self.ended = {id(e): 0 for e in engines}
         for engine in engines:
             event.listen(engine, "checkout", self._counter(self.out, engine))
             event.listen(engine, "checkin", self._counter(self.back, engine))
+            event.listen(engine, "connect", self._counter(self.made, engine))
+            event.listen(engine, "close", self._counter(self.ended, engine))
 
     @staticmethod
     def _counter(counts: dict[int, int], engine: Engine) -> Callable[..., None]:
@@ -205,3 +209,7 @@ class PoolWatch:
     def returned(self, engine: Engine) -> int:
         """How many connections went back into ``engine``'s pool."""
         return self.back[id(engine)]
+
+    def still_open(self, engine: Engine) -> int:
+        """How many database connections ``engine``'s pools made and did not close."""
+        return self.made[id(engine)] - self.ended[id(engine)]

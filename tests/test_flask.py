@@ -127,8 +127,8 @@ def test_default_store_must_be_named_when_there_are_several(chat_app: App) -> No
     with flask_app.app_context(), pytest.raises(BadInput) as caught:
         stores.session()
     assert str(caught.value) == (
-        f"app {chat_app.name!r} has 2 stores (chat_db, scores_db): name one, as in "
-        "stores.session('NAME'), or give StoreKeeper(default='NAME')"
+        f"app {chat_app.name!r} has 2 stores (chat_db, scores_db): name the store, or give "
+        "the integration a default one (default='NAME')"
     )
 
 

@@ -74,6 +74,19 @@ def with_store(
     return decorate
 
 
+def default_store(app: App, default: str | None) -> str:
+    """The store an integration's short forms use: ``default``, or the app's only store."""
+    if default is not None:
+        return default
+    if len(app.stores) == 1:
+        return app.stores[0].name
+    raise BadInput(
+        f"app {app.name!r} has {len(app.stores)} stores "
+        f"({', '.join(s.name for s in app.stores) or 'none'}): name the store, or give the "
+        "integration a default one (default='NAME')"
+    )
+
+
 class SessionSet:
     """The sessions one request uses, each opened on first use and all ended together.
 

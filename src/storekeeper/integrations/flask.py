@@ -26,7 +26,7 @@ from flask import Flask, abort, g, request
 
 from ..errors import BadInput, StorekeeperError
 from ..pagination import Page, paginate
-from ..sessions import SessionSet
+from ..sessions import SessionSet, default_store
 
 if TYPE_CHECKING:
     from sqlalchemy import Select
@@ -115,16 +115,7 @@ class StoreKeeper:
 
     def default_store(self) -> str:
         """The store of the short forms: ``default``, or the app's only store."""
-        if self.default is not None:
-            return self.default
-        stores = self.storekeeper_app.stores
-        if len(stores) == 1:
-            return stores[0].name
-        raise BadInput(
-            f"app {self.storekeeper_app.name!r} has {len(stores)} stores "
-            f"({', '.join(s.name for s in stores) or 'none'}): name one, as in "
-            "stores.session('NAME'), or give StoreKeeper(default='NAME')"
-        )
+        return default_store(self.storekeeper_app, self.default)
 
     def _sessions(self) -> SessionSet:
         sessions: SessionSet | None = g.get(self._key)
