@@ -22,6 +22,7 @@ from storekeeper import App, Store
 from storekeeper.site import Site
 
 if TYPE_CHECKING:
+    from storekeeper.testing.redis import RedisServer
     from storekeeper.testing.server import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,3 +214,12 @@ class PoolWatch:
     def still_open(self, engine: Engine) -> int:
         """How many database connections ``engine``'s pools made and did not close."""
         return self.made[id(engine)] - self.ended[id(engine)]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis server of our own (never the machine's): the broker of the Celery tests."""
+    from storekeeper.testing.redis import RedisServer
+
+    with RedisServer() as server:
+        yield server
