@@ -13,15 +13,19 @@ import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, select
+from sqlalchemy.orm import Session
 
 from storekeeper import App, Store
 from storekeeper.site import Site
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from starlette.testclient import TestClient
+
     from storekeeper.testing.redis import RedisServer
     from storekeeper.testing.server import PostgresServer
 
@@ -223,3 +227,52 @@ def redis_server() -> Iterator[RedisServer]:
 
     with RedisServer() as server:
         yield server
+
+
+def loop_engines(client: TestClient, app: App, *stores: str) -> list[AsyncEngine]:
+    """The async engines of ``stores`` in the event loop of a started Starlette TestClient."""
+
+    async def engines() -> list[AsyncEngine]:
+        return [app.async_engine(name) for name in stores]
+
+    assert client.portal is not None, "use the TestClient in a with block"
+    return client.portal.call(engines)
+
+
+def write_pair(chat: Session, scores: Session, n: int) -> None:
+    """Request ``n``'s work, flushed to both stores; every tenth request then fails."""
+    from chat.model import Message, Score
+
+    chat.add(Message(id=n, channel="general", user="ada", content=f"#{n}"))
+    scores.add(Score(game=1, user=f"u{n}", points=n % 100))
+    chat.flush()
+    scores.flush()
+    fail_every_tenth(n)
+
+
+async def write_pair_async(chat: Any, scores: Any, n: int) -> None:
+    """:func:`write_pair` on async sessions (or async scoped sessions)."""
+    from chat.model import Message, Score
+
+    chat.add(Message(id=n, channel="general", user="ada", content=f"#{n}"))
+    scores.add(Score(game=1, user=f"u{n}", points=n % 100))
+    await chat.flush()
+    await scores.flush()
+    fail_every_tenth(n)
+
+
+def fail_every_tenth(n: int) -> None:
+    if n % 10 == 0:
+        raise RuntimeError(f"request {n} fails after writing")
+
+
+def assert_kept(app: App, failed: set[int], total: int = 1000) -> None:
+    """Requests 1..total ran, every tenth failed: exactly the others' rows are in both stores."""
+    from chat.model import Message, Score
+
+    assert failed == set(range(10, total + 1, 10))
+    with app.session("chat_db") as chat, app.session("scores_db") as scores:
+        messages = set(chat.scalars(select(Message.id)))
+        scorers = set(scores.scalars(select(Score.user)))
+    assert messages == {n for n in range(1, total + 1) if n % 10}
+    assert scorers == {f"u{n}" for n in messages}

@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 from fastapi import Depends, FastAPI
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from chat.model import Chat, Message, Score, User
-from conftest import PoolWatch
+from chat.model import Chat, User
+from conftest import PoolWatch, assert_kept, loop_engines, write_pair_async
 from storekeeper import App, BadInput, NotFound
 from storekeeper.starlette import StoreKeeper
 
@@ -28,12 +28,7 @@ def make_api(app: App) -> FastAPI:
 
     @api.post("/say/{n}")
     async def say(n: int, chat: AsyncSession = chat_db, scores: AsyncSession = scores_db) -> str:
-        chat.add(Message(id=n, channel="general", user="ada", content=f"#{n}"))
-        scores.add(Score(game=1, user=f"u{n}", points=n % 100))
-        await chat.flush()
-        await scores.flush()
-        if n % 10 == 0:
-            raise RuntimeError(f"request {n} fails after writing")
+        await write_pair_async(chat, scores, n)
         return "ok"
 
     @api.get("/user/{name}")
@@ -44,19 +39,9 @@ def make_api(app: App) -> FastAPI:
     return api
 
 
-def engines(client: TestClient, app: App) -> tuple[AsyncEngine, AsyncEngine]:
-    """The async engines of both stores in the client's event loop."""
-
-    async def both() -> tuple[AsyncEngine, AsyncEngine]:
-        return app.async_engine("chat_db"), app.async_engine("scores_db")
-
-    assert client.portal is not None
-    return client.portal.call(both)
-
-
 def test_thousand_requests_one_in_ten_failing(chat_app: App) -> None:
     with TestClient(make_api(chat_app), raise_server_exceptions=False) as client:
-        chat_engine, scores_engine = engines(client, chat_app)
+        chat_engine, scores_engine = loop_engines(client, chat_app, "chat_db", "scores_db")
         watch = PoolWatch(chat_engine.sync_engine, scores_engine.sync_engine)
         statuses = {n: client.post(f"/say/{n}").status_code for n in range(1, 1001)}
         assert set(statuses.values()) == {200, 500}
@@ -67,17 +52,12 @@ def test_thousand_requests_one_in_ten_failing(chat_app: App) -> None:
     assert watch.still_open(chat_engine.sync_engine) == 0
     assert watch.still_open(scores_engine.sync_engine) == 0
 
-    assert {n for n, code in statuses.items() if code == 500} == set(range(10, 1001, 10))
-    with chat_app.session("chat_db") as chat, chat_app.session("scores_db") as scores:
-        kept = set(chat.scalars(select(Message.id)))
-        scored = set(scores.scalars(select(Score.user)))
-    assert kept == {n for n in range(1, 1001) if n % 10}
-    assert scored == {f"u{n}" for n in kept}
+    assert_kept(chat_app, {n for n, code in statuses.items() if code == 500})
 
 
 def test_store_not_used_opens_no_connection(chat_app: App) -> None:
     with TestClient(make_api(chat_app)) as client:
-        chat_engine, scores_engine = engines(client, chat_app)
+        chat_engine, scores_engine = loop_engines(client, chat_app, "chat_db", "scores_db")
         watch = PoolWatch(chat_engine.sync_engine, scores_engine.sync_engine)
         assert client.get("/user/ada").json() == "ada"
         assert watch.opened(chat_engine.sync_engine) == 1

@@ -18,7 +18,12 @@ if TYPE_CHECKING:
     import asyncio
 
     from sqlalchemy import URL, Engine, MetaData
-    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import (
+        AsyncEngine,
+        AsyncSession,
+        async_scoped_session,
+        async_sessionmaker,
+    )
     from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
     from .provision import StoreInfo, SyncReport
@@ -93,6 +98,9 @@ class App:
         str, tuple[asyncio.AbstractEventLoop | None, async_sessionmaker[AsyncSession]]
     ] = field(default_factory=dict, repr=False)
     _scoped: dict[str, scoped_session[Session]] = field(default_factory=dict, repr=False)
+    _async_scoped: dict[str, async_scoped_session[AsyncSession]] = field(
+        default_factory=dict, repr=False
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -166,6 +174,7 @@ class App:
             self._makers.clear()
             self._async_makers.clear()
             self._scoped.clear()
+            self._async_scoped.clear()
         return self
 
     def placement(self, name: str) -> Placement:
@@ -241,6 +250,29 @@ class App:
         maker = make(bind=self.async_engine(name), expire_on_commit=False)
         self._async_makers[name] = (loop, maker)
         return maker
+
+    def async_scoped_session(self, name: str) -> async_scoped_session[AsyncSession]:
+        """The ``async_scoped_session`` of store ``name``, one session per request (inside
+        :class:`storekeeper.asgi.StoresMiddleware`) or else per asyncio task; end it with
+        ``await ....remove()`` or :meth:`remove_async_sessions`."""
+        scoped = self._async_scoped.get(name)
+        if scoped is None:
+            from sqlalchemy.ext.asyncio import async_scoped_session as make_scoped
+
+            from .sessions import request_scope
+
+            # Resolved per call: the factory depends on the running loop.
+            def factory(**options: Any) -> AsyncSession:
+                return self.async_sessionmaker(name)(**options)
+
+            scoped = make_scoped(factory, scopefunc=request_scope)  # type: ignore[arg-type]
+            self._async_scoped[name] = scoped
+        return scoped
+
+    async def remove_async_sessions(self) -> None:
+        """Close and discard the current request's (or task's) async scoped sessions."""
+        for scoped in list(self._async_scoped.values()):
+            await scoped.remove()
 
     def async_session(self, name: str) -> _AsyncSessionScope:
         """``async with app.async_session("example_db") as s:`` commits on success, rolls back
@@ -334,6 +366,7 @@ class App:
             self._makers.pop(name, None)
             self._async_makers.pop(name, None)
             scoped = self._scoped.pop(name, None)
+            self._async_scoped.pop(name, None)
         if scoped is not None:
             scoped.remove()
 

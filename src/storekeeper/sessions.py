@@ -5,9 +5,12 @@ Framework-free: the integrations (Flask, Pyramid, Celery...) are thin faces on t
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import BadInput
@@ -19,6 +22,28 @@ if TYPE_CHECKING:
     from .declare import App
 
 R = TypeVar("R")
+
+# The request an ASGI middleware is serving, if any: what async scoped sessions are keyed by.
+_request: ContextVar[object | None] = ContextVar("storekeeper_request", default=None)
+
+
+def request_scope() -> object:
+    """The key of async scoped sessions (``App.async_scoped_session``): the request being
+    served (see :func:`new_request_scope`), else the running asyncio task."""
+    scope = _request.get()
+    return scope if scope is not None else asyncio.current_task()
+
+
+@contextmanager
+def new_request_scope() -> Iterator[object]:
+    """Within the block, and the tasks it starts, async scoped sessions belong to a new
+    request (the ASGI middleware wraps each request in one)."""
+    scope = object()
+    token = _request.set(scope)
+    try:
+        yield scope
+    finally:
+        _request.reset(token)
 
 
 def with_store(
