@@ -64,6 +64,7 @@ redis-binaries:
 ## Benchmarks (see bench/); QUICK=1 for the short runs.
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/sessions.py $(if $(QUICK),--quick,)
+	$(BIN)/python bench/web.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

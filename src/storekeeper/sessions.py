@@ -156,11 +156,10 @@ class SessionSet:
             try:
                 if commit and error is None:
                     session.commit()
-                else:
-                    session.rollback()
             except BaseException as exc:
                 error = error or exc
             finally:
+                # close() rolls back what was not committed (one round trip, not two).
                 session.close()
         if error is not None:
             raise error

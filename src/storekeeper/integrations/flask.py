@@ -51,7 +51,7 @@ class _SessionProxy:
 
     def __call__(self, name: str | None = None) -> Session:
         keeper = self._keeper
-        return keeper._sessions().get(name or keeper.default_store())
+        return keeper._sessions().get(name or keeper._default_name or keeper.default_store())
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self(), attr)
@@ -76,6 +76,7 @@ class StoreKeeper:
         self.default = default
         self.cli_group = cli_group
         self.session = _SessionProxy(self)
+        self._default_name: str | None = None
         # Several extensions may serve one Flask app: each keeps its sessions under its own key.
         self._key = f"_storekeeper_{id(self):x}"
         if app is not None:
@@ -92,6 +93,7 @@ class StoreKeeper:
         if app is not None:
             self._check_default(app)
             self.app = app
+            self._default_name = None
         if self.app is None:
             raise BadInput(
                 "StoreKeeper needs the storekeeper App: StoreKeeper(flask_app, app) or "
@@ -115,7 +117,9 @@ class StoreKeeper:
 
     def default_store(self) -> str:
         """The store of the short forms: ``default``, or the app's only store."""
-        return default_store(self.storekeeper_app, self.default)
+        # Kept: it is asked for on every short-form call.
+        self._default_name = default_store(self.storekeeper_app, self.default)
+        return self._default_name
 
     def _sessions(self) -> SessionSet:
         sessions: SessionSet | None = g.get(self._key)
