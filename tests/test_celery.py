@@ -17,9 +17,11 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from chat.model import Message, Score
-from storekeeper import App
+from chat.model import Chat, Message, Score
+from storekeeper import App, InvalidName
+from storekeeper.celery import StoreKeeper
 from storekeeper.testing.redis import RedisServer
 
 HERE = Path(__file__).resolve().parent
@@ -132,3 +134,23 @@ def test_worker_processes_use_fresh_pools_and_return_every_connection(
     assert sum(e["tasks"] for e in ends) == 1
     for end in ends:
         assert end["checked_out"] and set(end["checked_out"].values()) == {0}
+
+
+def test_celery_checks_task_arguments_against_the_real_signature(chat_app: App) -> None:
+    # Eager mode: Celery's own call path in this process, argument check included.
+    celery = Celery("eager", set_as_current=False)
+    celery.conf.task_always_eager = True
+    stores = StoreKeeper(celery, chat_app)
+
+    @stores.task("chat_db", name="eager.open")
+    def open_channel(channel: str, chat_db: Session) -> str:
+        chat_db.add(Chat(channel=channel))
+        return channel
+
+    assert open_channel.delay("eager").get() == "eager"
+    with pytest.raises(TypeError):
+        open_channel.delay()
+    with chat_app.session("chat_db") as session:
+        assert session.get(Chat, "eager") is not None
+    with pytest.raises(InvalidName, match="invalid store name 'chat db'"):
+        stores.task("chat db")

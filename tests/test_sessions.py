@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
+import sys
 
 import pytest
 from sqlalchemy import select
@@ -123,3 +125,14 @@ def test_session_set_opens_lazily_and_ends_everything(chat_app: App) -> None:
     assert channels(chat_app) == {"general", "together"}
     with pytest.raises(NotFound, match="has no store 'nope'"):
         sessions.nope  # noqa: B018 - the attribute access is the call under test
+
+
+def test_import_storekeeper_imports_no_framework() -> None:
+    frameworks = ["flask", "celery", "starlette", "fastapi", "pyramid", "aiosqlite"]
+    code = (
+        "import sys, storekeeper, storekeeper.sessions, storekeeper.pagination; "
+        f"print([m for m in {frameworks!r} if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

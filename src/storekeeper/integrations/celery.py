@@ -51,10 +51,10 @@ class StoreKeeper:
     def task(self, store: str, **options: Any) -> Callable[[Callable[..., R]], Any]:
         """``@stores.task("chat_db", bind=True)``: a Celery task given store ``store``'s
         session as the keyword argument of that name (``arg=`` names it otherwise)."""
-        arg = options.pop("arg", None)
+        give_session = with_store(self.app, store, arg=options.pop("arg", None))
 
         def decorate(func: Callable[..., R]) -> Any:
-            return self.celery.task(**options)(with_store(self.app, store, arg=arg)(func))
+            return self.celery.task(**options)(give_session(func))
 
         return decorate
 
