@@ -108,6 +108,22 @@ def test_an_exception_no_view_handles_still_rolls_back_and_closes(chat_app: App)
     assert chat_app.engine("chat_db").pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+def test_pyramid_tm_policy_lets_pyramid_tm_commit_or_abort(chat_app: App) -> None:
+    web = make_web(chat_app, commit="pyramid_tm")
+    watch = PoolWatch(chat_app.engine("chat_db"), chat_app.engine("scores_db"))
+    web.post("/open/kept")
+    web.post("/say/20", status=500)  # the view fails after writing: pyramid_tm aborts
+    with pytest.raises(KeyError):
+        web.get("/boom")
+    assert channels(chat_app) == {"general", "kept"}
+    with chat_app.session("chat_db") as chat, chat_app.session("scores_db") as scores:
+        assert chat.scalars(select(Message)).all() == scores.scalars(select(Score)).all() == []
+    for name in ("chat_db", "scores_db"):
+        engine = chat_app.engine(name)
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert watch.opened(engine) == watch.returned(engine)
+
+
 def test_two_stores_closed_and_unused_store_untouched(chat_app: App) -> None:
     web = make_web(chat_app, commit="transaction")
     watch = PoolWatch(chat_app.engine("chat_db"), chat_app.engine("scores_db"))
@@ -131,7 +147,8 @@ def test_bad_settings_are_refused_by_name(chat_app: App) -> None:
     with pytest.raises(ConfigError) as caught:
         make_web(chat_app, commit="sometimes")
     assert str(caught.value) == (
-        "storekeeper.commit 'sometimes' is not a commit policy; use one of: manual, transaction"
+        "storekeeper.commit 'sometimes' is not a commit policy; use one of: manual, transaction, "
+        "pyramid_tm"
     )
     with pytest.raises(BadInput) as bad_app:
         make_web(None, {"storekeeper.app": "chat.stores"})

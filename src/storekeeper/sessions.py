@@ -120,10 +120,11 @@ class SessionSet:
     :meth:`finish` commits or rolls back every opened session and closes them all.
     """
 
-    __slots__ = ("_app", "_sessions")
+    __slots__ = ("_app", "_on_open", "_sessions")
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, on_open: Callable[[Session], object] | None = None) -> None:
         self._app = app
+        self._on_open = on_open
         self._sessions: dict[str, Session] = {}
 
     def get(self, name: str) -> Session:
@@ -131,6 +132,8 @@ class SessionSet:
         session = self._sessions.get(name)
         if session is None:
             session = self._sessions[name] = self._app.sessionmaker(name)()
+            if self._on_open is not None:
+                self._on_open(session)
         return session
 
     def __getattr__(self, name: str) -> Session:

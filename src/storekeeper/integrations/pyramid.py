@@ -15,8 +15,11 @@ Settings (or ``config.use_stores`` arguments):
     ``module:attribute`` of the storekeeper ``App``.
 ``storekeeper.commit``
     ``manual`` (the default, as Qapla's ``request.main``: commit yourself; whatever is not
-    committed is rolled back) or ``transaction`` (commit every store the request used when the
-    view succeeded; roll back when it raised, even if an exception view answered).
+    committed is rolled back), ``transaction`` (commit every store the request used when the
+    view succeeded; roll back when it raised, even if an exception view answered), or
+    ``pyramid_tm`` (join each session to ``request.tm`` with zope.sqlalchemy and let pyramid_tm
+    commit or abort, as with its other resources; needs ``pip install pyramid_tm
+    zope.sqlalchemy``).
 ``storekeeper.rollback_on_error_status``
     with ``transaction``: also roll back when the response is a 4xx or 5xx (default true).
 
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["COMMIT_POLICIES", "StorePolicy", "includeme", "use_stores"]
 
-COMMIT_POLICIES = ("manual", "transaction")
+COMMIT_POLICIES = ("manual", "transaction", "pyramid_tm")
 _POLICY = "storekeeper.policy"
 
 
@@ -76,7 +79,18 @@ def use_stores(
     """``config.use_stores(app, commit="transaction")``: the directive behind the settings."""
     if not isinstance(app, App):
         raise ConfigError(f"use_stores needs a storekeeper.App, not {type(app).__name__}")
-    config.registry[_POLICY] = StorePolicy(app, commit, rollback_on_error_status)
+    policy = StorePolicy(app, commit, rollback_on_error_status)
+    if policy.commit == "pyramid_tm":
+        try:
+            import pyramid_tm  # noqa: F401
+            import zope.sqlalchemy  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                f"storekeeper.commit 'pyramid_tm' needs {exc.name}: pip install pyramid_tm "
+                "zope.sqlalchemy"
+            ) from None
+        config.include("pyramid_tm")
+    config.registry[_POLICY] = policy
 
 
 def includeme(config: Configurator) -> None:
@@ -98,8 +112,12 @@ def includeme(config: Configurator) -> None:
     config.action("storekeeper.policy-check", lambda: _policy(config.registry))
     config.add_request_method(_request_stores, "stores", reify=True)
     # Over the exception view: the tween sees the response an exception view made, and
-    # request.exception tells it the view failed.
-    config.add_tween("storekeeper.integrations.pyramid.tween_factory", over=EXCVIEW)
+    # request.exception tells it the view failed. Over pyramid_tm's when present: it closes
+    # the sessions after pyramid_tm has committed or aborted them.
+    config.add_tween(
+        "storekeeper.integrations.pyramid.tween_factory",
+        over=("pyramid_tm.tm_tween_factory", EXCVIEW),
+    )
 
 
 def _policy(registry: Registry) -> StorePolicy:
@@ -114,7 +132,14 @@ def _policy(registry: Registry) -> StorePolicy:
 
 
 def _request_stores(request: Request) -> SessionSet:
-    return SessionSet(_policy(request.registry).app)
+    policy = _policy(request.registry)
+    if policy.commit == "pyramid_tm":
+        from zope.sqlalchemy import register
+
+        return SessionSet(
+            policy.app, on_open=lambda session: register(session, transaction_manager=request.tm)
+        )
+    return SessionSet(policy.app)
 
 
 def tween_factory(
