@@ -37,6 +37,10 @@ def make_flask(app: App) -> tuple[Flask, StoreKeeper]:
     def first(channel: str) -> str:
         return stores.first_or_404(select(Chat).filter_by(channel=channel)).channel
 
+    @flask_app.get("/one/<user>")
+    def one(user: str) -> str:
+        return str(stores.one_or_404(select(Message.id).filter_by(user=user)))
+
     @flask_app.get("/messages")
     def messages() -> dict[str, object]:
         page = stores.paginate(select(Message).order_by(Message.id))
@@ -106,6 +110,13 @@ def test_flask_sqlalchemy_conveniences(chat_app: App) -> None:
     }
     last = client.get("/messages?page=3&per_page=20").json
     assert last["ids"] == list(range(41, 46)) and last["next"] is None
+    assert client.get("/one/ada").status_code == 404  # several messages
+    assert client.get("/one/nobody").status_code == 404  # none
+    with chat_app.session("chat_db") as session:
+        session.add(User(username="solo"))
+        session.flush()
+        session.add(Message(id=99, channel="general", user="solo"))
+    assert client.get("/one/solo").text == "99"
     bad = client.get("/messages?page=abc")
     assert bad.status_code == 404
     assert "?page= must be a whole number of at least 1, not 'abc'" in html.unescape(bad.text)
@@ -166,3 +177,25 @@ def test_flask_stores_commands(chat_app: App) -> None:
     assert bad.exit_code == 2
     assert f"app {chat_app.name!r} declares no store 'nope'" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_flask_stores_sync_refresh_asks_first(chat_app: App) -> None:
+    flask_app, _ = make_flask(chat_app)
+    with chat_app.session("chat_db") as session:
+        session.add(Chat(channel="precious"))
+    runner = flask_app.test_cli_runner()
+    refresh = ["stores", "sync", "--refresh", "--store", "chat_db"]
+    declined = runner.invoke(args=refresh, input="n\n")
+    assert declined.exit_code == 1
+    assert f"Drop and recreate {chat_app.name}.chat_db? All their data is lost." in declined.output
+    assert "precious" in {c.channel for c in channels_of(chat_app)}
+
+    done = runner.invoke(args=[*refresh, "--yes"])
+    assert done.exit_code == 0, done.output
+    assert f"{chat_app.name}.chat_db: recreated" in done.output
+    assert {c.channel for c in channels_of(chat_app)} == {"general"}
+
+
+def channels_of(app: App) -> list[Chat]:
+    with app.session("chat_db") as session:
+        return list(session.scalars(select(Chat)))
