@@ -143,7 +143,7 @@ def test_unknown_stores_are_refused_by_name(chat_app: App) -> None:
 
 def test_one_storekeeper_per_flask_app(chat_app: App) -> None:
     flask_app, _ = make_flask(chat_app)
-    with pytest.raises(BadInput, match="already has a StoreKeeper; use that one"):
+    with pytest.raises(BadInput, match=f"already has a StoreKeeper for app '{chat_app.name}'; use"):
         StoreKeeper(flask_app, chat_app)
     with pytest.raises(BadInput, match=r"needs the storekeeper App: StoreKeeper\(flask_app, app\)"):
         StoreKeeper().init_app(Flask("other"))

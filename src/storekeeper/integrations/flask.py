@@ -61,7 +61,8 @@ class StoreKeeper:
     """storekeeper's Flask extension: the sessions of ``app``'s stores in every app context.
 
     ``default`` names the store of the short forms (``stores.session.add``); it defaults to
-    the app's only store. ``cli_group`` is the name of the command group (``flask stores``).
+    the app's only store. ``cli_group`` names the command group (``flask stores``); give each
+    StoreKeeper its own when several storekeeper apps serve one Flask app.
     """
 
     def __init__(
@@ -77,7 +78,7 @@ class StoreKeeper:
         self.cli_group = cli_group
         self.session = _SessionProxy(self)
         self._default_name: str | None = None
-        # Several extensions may serve one Flask app: each keeps its sessions under its own key.
+        # Each extension on a Flask app keeps its sessions under its own key in ``g``.
         self._key = f"_storekeeper_{id(self):x}"
         if app is not None:
             self._check_default(app)
@@ -99,9 +100,14 @@ class StoreKeeper:
                 "StoreKeeper needs the storekeeper App: StoreKeeper(flask_app, app) or "
                 "stores.init_app(flask_app, app)"
             )
-        if "storekeeper" in flask_app.extensions:
-            raise BadInput(f"Flask app {flask_app.name!r} already has a StoreKeeper; use that one")
-        flask_app.extensions["storekeeper"] = self
+        # Several storekeeper apps may serve one Flask app (a portal of apps), each once.
+        keepers: dict[str, StoreKeeper] = flask_app.extensions.setdefault("storekeeper", {})
+        if self.app.name in keepers:
+            raise BadInput(
+                f"Flask app {flask_app.name!r} already has a StoreKeeper for app "
+                f"{self.app.name!r}; use that one"
+            )
+        keepers[self.app.name] = self
         flask_app.teardown_appcontext(self._teardown)
         flask_app.cli.add_command(self._commands())
         return self
