@@ -77,6 +77,15 @@ class Worker:
                 if time.monotonic() > deadline:
                     pytest.fail(f"task {result.id} did not end: {self.log.read_text()[-3000:]}")
 
+    def tasks_run_returning_every_connection(self) -> int:
+        """After :meth:`stop`: checks that each of the two pool processes ended with no
+        connection checked out of any engine; returns how many task attempts they ran."""
+        ends = self.reported("shutdown")
+        assert len(ends) == 2
+        for end in ends:
+            assert end["checked_out"] and set(end["checked_out"].values()) == {0}
+        return sum(int(end["tasks"]) for end in ends)
+
     def reported(self, kind: str) -> list[dict[str, Any]]:
         """What the worker's processes wrote as ``kind`` (parent, init, shutdown)."""
         return [json.loads(p.read_text()) for p in sorted(self.reports.glob(f"{kind}-*.json"))]
@@ -113,6 +122,9 @@ def test_two_hundred_tasks_some_failing_some_retried(chat_app: App, worker: Work
     retried = {n for n in kept if n % 7 == 0}
     assert {n for n, content in messages.items() if content == "attempt 1"} == retried
     assert {u for u, p in points.items() if p == 1} == {f"u{n}" for n in retried}
+    worker.stop()
+    # Every task ran once, the retried ones twice; no process kept a connection checked out.
+    assert worker.tasks_run_returning_every_connection() == 200 + len(retried)
 
 
 def test_worker_processes_use_fresh_pools_and_return_every_connection(
@@ -129,11 +141,7 @@ def test_worker_processes_use_fresh_pools_and_return_every_connection(
     assert [c["inherited"] for c in children] == [0, 0]
     if dialect == "postgresql":
         assert parent["backend"] is not None and parent["backend"] not in backends
-    ends = worker.reported("shutdown")
-    assert len(ends) == 2
-    assert sum(e["tasks"] for e in ends) == 1
-    for end in ends:
-        assert end["checked_out"] and set(end["checked_out"].values()) == {0}
+    assert worker.tasks_run_returning_every_connection() == 1
 
 
 def test_celery_checks_task_arguments_against_the_real_signature(chat_app: App) -> None:
