@@ -74,6 +74,17 @@ def test_scoped_sessions_are_one_per_store_and_removed_together(chat_app: App) -
     assert channels(chat_app) == {"general"}
 
 
+def test_scoped_session_kept_by_code_follows_a_refresh(chat_app: App) -> None:
+    chat = chat_app.scoped_session("chat_db")  # as a module global would keep it
+    chat().add(Chat(channel="before"))
+    chat().commit()
+    chat_app.sync(stores=["chat_db"], refresh=True)
+    assert chat is chat_app.scoped_session("chat_db")
+    assert set(chat().scalars(select(Chat.channel))) == {"general"}
+    chat_app.remove_sessions()
+    assert chat_app.engine("chat_db").pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 def test_with_store_commits_on_return_and_rolls_back_on_error(chat_app: App) -> None:
     @with_store(chat_app, "chat_db")
     def add(channel: str, fail: bool = False, *, chat_db: object) -> str:

@@ -173,8 +173,8 @@ class App:
             self._site = site
             self._makers.clear()
             self._async_makers.clear()
-            self._scoped.clear()
-            self._async_scoped.clear()
+        # Scoped sessions are kept (code holds them), and find the new site's factories.
+        self.remove_sessions()
         return self
 
     def placement(self, name: str) -> Placement:
@@ -219,10 +219,16 @@ class App:
         if scoped is None:
             from sqlalchemy.orm import scoped_session as make_scoped
 
+            # The factory is looked up per new session, so a scoped session that code keeps
+            # (a module global) follows a refresh or a new site instead of a stale engine.
+            def factory(**options: Any) -> Session:
+                return (self._makers.get(name) or self.sessionmaker(name))(**options)
+
             with self._lock:
                 scoped = self._scoped.get(name)
                 if scoped is None:
-                    scoped = self._scoped[name] = make_scoped(self.sessionmaker(name))
+                    scoped = make_scoped(factory)  # type: ignore[arg-type]
+                    self._scoped[name] = scoped
         return scoped
 
     def remove_sessions(self) -> None:
@@ -261,7 +267,7 @@ class App:
 
             from .sessions import request_scope
 
-            # Resolved per call: the factory depends on the running loop.
+            # Resolved per new session: the factory depends on the running loop and the site.
             def factory(**options: Any) -> AsyncSession:
                 return self.async_sessionmaker(name)(**options)
 
@@ -365,8 +371,7 @@ class App:
         with self._lock:
             self._makers.pop(name, None)
             self._async_makers.pop(name, None)
-            scoped = self._scoped.pop(name, None)
-            self._async_scoped.pop(name, None)
+            scoped = self._scoped.get(name)
         if scoped is not None:
             scoped.remove()
 
