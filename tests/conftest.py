@@ -11,22 +11,15 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import Engine, event, select
-from sqlalchemy.orm import Session
 
-from storekeeper import App, Store
 from storekeeper.site import Site
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
-    from starlette.testclient import TestClient
-
-    from storekeeper.testing.redis import RedisServer
     from storekeeper.testing.server import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +167,7 @@ def chat_app(site: Site, app_name: str) -> App:
     """The chat example's two stores (``chat_db``, ``scores_db``) under a unique app name,
     synced on the dialect under test; the integrations' tests share it."""
     from chat.model import ChatBase, GameBase, init_chat_db, init_scores_db
+    from storekeeper import App, Store
 
     app = App(
         app_name,
@@ -186,40 +180,6 @@ def chat_app(site: Site, app_name: str) -> App:
     return app
 
 
-class PoolWatch:
-    """Counts connections checked out of and back into the pools of some engines."""
-
-    def __init__(self, *engines: Engine) -> None:
-        self.out = {id(e): 0 for e in engines}
-        self.back = {id(e): 0 for e in engines}
-        self.made = {id(e): 0 for e in engines}
-        self.ended = {id(e): 0 for e in engines}
-        for engine in engines:
-            event.listen(engine, "checkout", self._counter(self.out, engine))
-            event.listen(engine, "checkin", self._counter(self.back, engine))
-            event.listen(engine, "connect", self._counter(self.made, engine))
-            event.listen(engine, "close", self._counter(self.ended, engine))
-
-    @staticmethod
-    def _counter(counts: dict[int, int], engine: Engine) -> Callable[..., None]:
-        def count(*_args: object) -> None:
-            counts[id(engine)] += 1
-
-        return count
-
-    def opened(self, engine: Engine) -> int:
-        """How many times ``engine`` handed out a connection."""
-        return self.out[id(engine)]
-
-    def returned(self, engine: Engine) -> int:
-        """How many connections went back into ``engine``'s pool."""
-        return self.back[id(engine)]
-
-    def still_open(self, engine: Engine) -> int:
-        """How many database connections ``engine``'s pools made and did not close."""
-        return self.made[id(engine)] - self.ended[id(engine)]
-
-
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A Redis server of our own (never the machine's): the broker of the Celery tests."""
@@ -229,50 +189,7 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-def loop_engines(client: TestClient, app: App, *stores: str) -> list[AsyncEngine]:
-    """The async engines of ``stores`` in the event loop of a started Starlette TestClient."""
-
-    async def engines() -> list[AsyncEngine]:
-        return [app.async_engine(name) for name in stores]
-
-    assert client.portal is not None, "use the TestClient in a with block"
-    return client.portal.call(engines)
-
-
-def write_pair(chat: Session, scores: Session, n: int) -> None:
-    """Request ``n``'s work, flushed to both stores; every tenth request then fails."""
-    from chat.model import Message, Score
-
-    chat.add(Message(id=n, channel="general", user="ada", content=f"#{n}"))
-    scores.add(Score(game=1, user=f"u{n}", points=n % 100))
-    chat.flush()
-    scores.flush()
-    fail_every_tenth(n)
-
-
-async def write_pair_async(chat: Any, scores: Any, n: int) -> None:
-    """:func:`write_pair` on async sessions (or async scoped sessions)."""
-    from chat.model import Message, Score
-
-    chat.add(Message(id=n, channel="general", user="ada", content=f"#{n}"))
-    scores.add(Score(game=1, user=f"u{n}", points=n % 100))
-    await chat.flush()
-    await scores.flush()
-    fail_every_tenth(n)
-
-
-def fail_every_tenth(n: int) -> None:
-    if n % 10 == 0:
-        raise RuntimeError(f"request {n} fails after writing")
-
-
-def assert_kept(app: App, failed: set[int], total: int = 1000) -> None:
-    """Requests 1..total ran, every tenth failed: exactly the others' rows are in both stores."""
-    from chat.model import Message, Score
-
-    assert failed == set(range(10, total + 1, 10))
-    with app.session("chat_db") as chat, app.session("scores_db") as scores:
-        messages = set(chat.scalars(select(Message.id)))
-        scorers = set(scores.scalars(select(Score.user)))
-    assert messages == {n for n in range(1, total + 1) if n % 10}
-    assert scorers == {f"u{n}" for n in messages}
+if TYPE_CHECKING:
+    # Below the fixtures that use them, so the module's head stays as the core tests need it.
+    from storekeeper import App
+    from storekeeper.testing.redis import RedisServer

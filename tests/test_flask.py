@@ -10,7 +10,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from chat.model import Chat, Game, Message, User
-from conftest import PoolWatch, assert_kept, write_pair
+from integration_checks import PoolWatch, assert_kept, write_pair
 from storekeeper import App, BadInput, NotFound
 from storekeeper.flask import StoreKeeper
 

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from webtest import TestApp
 
 from chat.model import Chat, User
-from conftest import PoolWatch, assert_kept, loop_engines, write_pair, write_pair_async
+from integration_checks import PoolWatch, assert_kept, loop_engines, write_pair, write_pair_async
 from storekeeper import App
 from storekeeper.asgi import StoresMiddleware as AsgiStores
 from storekeeper.wsgi import StoresMiddleware as WsgiStores

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from webtest import TestApp
 
 from chat.model import Chat, Message, Score
-from conftest import PoolWatch, assert_kept, write_pair
+from integration_checks import PoolWatch, assert_kept, write_pair
 from storekeeper import App, BadInput, ConfigError
 
 

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from chat.model import Chat, User
-from conftest import PoolWatch, assert_kept, loop_engines, write_pair_async
+from integration_checks import PoolWatch, assert_kept, loop_engines, write_pair_async
 from storekeeper import App, BadInput, NotFound
 from storekeeper.starlette import StoreKeeper
 

@@ -1,4 +1,5 @@
-"""Async sessions, scoped sessions, with_store and SessionSet on SQLite and PostgreSQL."""
+"""Session scopes beyond app.session: async sessions, scoped sessions, with_store (a task)
+and SessionSet (a request), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
