@@ -149,6 +149,12 @@ def test_one_storekeeper_per_flask_app(chat_app: App) -> None:
         StoreKeeper().init_app(Flask("other"))
 
 
+def test_flask_shell_has_stores(chat_app: App) -> None:
+    flask_app, stores = make_flask(chat_app)
+    with flask_app.app_context():
+        assert flask_app.make_shell_context()["stores"] is stores
+
+
 def test_init_app_later(chat_app: App) -> None:
     stores = StoreKeeper(app=chat_app, default="scores_db")
     flask_app = Flask(__name__)

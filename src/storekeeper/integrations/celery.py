@@ -44,9 +44,13 @@ class StoreKeeper:
     def __init__(self, celery: Celery, app: App) -> None:
         self.celery = celery
         self.app = app
-        # Celery's signals are process-wide; weak=False keeps these bound methods alive.
-        signals.task_postrun.connect(self._task_done, weak=False)
-        signals.worker_process_shutdown.connect(self._process_ends, weak=False)
+        # Celery's signals are process-wide; weak=False keeps these bound methods alive, and
+        # the uid keeps one receiver per storekeeper app however many StoreKeepers are made.
+        uid = f"storekeeper:{app.name}:{id(app):x}"
+        signals.task_postrun.connect(self._task_done, weak=False, dispatch_uid=f"{uid}:postrun")
+        signals.worker_process_shutdown.connect(
+            self._process_ends, weak=False, dispatch_uid=f"{uid}:shutdown"
+        )
 
     def task(self, store: str, **options: Any) -> Callable[[Callable[..., R]], Any]:
         """``@stores.task("chat_db", bind=True)``: a Celery task given store ``store``'s

@@ -110,6 +110,8 @@ class StoreKeeper:
         keepers[self.app.name] = self
         flask_app.teardown_appcontext(self._teardown)
         flask_app.cli.add_command(self._commands())
+        # As Flask-SQLAlchemy offers db: `flask shell` starts with `stores` at hand.
+        flask_app.shell_context_processor(lambda: {"stores": self})
         return self
 
     # sessions -------------------------------------------------------------------------
