@@ -238,7 +238,9 @@ class App:
 
     def async_engine(self, name: str) -> AsyncEngine:
         """The asyncio engine of store ``name``: psycopg's async mode on PostgreSQL, aiosqlite
-        on SQLite; one per store per event loop, made on first use."""
+        on SQLite; one per store per event loop, made on first use. Before closing a loop of
+        your own, ``await app.site.dispose_async_engines()`` closes its connections (the
+        Starlette integration's lifespan does this at shutdown)."""
         where = self.placement(name)
         backend = self.site.backend(where.service)
         return self.site.async_engine(backend.database_url(where.database), backend)
