@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench postgres-binaries clean
+.PHONY: demo test lint typecheck pytest bench postgres-binaries redis-binaries clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,8 @@ $(VENV)/.demo-installed: pyproject.toml examples/gauges/pyproject.toml | $(BIN)/
 	touch $@
 
 # Test install: the same plus the test tools.
-$(VENV)/.test-installed: pyproject.toml examples/gauges/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]" -e examples/gauges
+$(VENV)/.test-installed: pyproject.toml examples/gauges/pyproject.toml examples/chat/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]" -e examples/gauges -e examples/chat
 	touch $@ $(VENV)/.demo-installed
 
 ## Run the stream gages example end to end on the embedded SQLite default.
@@ -24,7 +24,7 @@ demo: $(VENV)/.demo-installed
 
 ## Lint, type-check and run the whole suite against real PostgreSQL and SQLite.
 ## With no STOREKEEPER_TEST_POSTGRES_URL, the suite starts a throwaway PostgreSQL cluster.
-test: $(VENV)/.test-installed postgres-binaries lint typecheck pytest
+test: $(VENV)/.test-installed postgres-binaries redis-binaries lint typecheck pytest
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests bench examples
@@ -49,6 +49,18 @@ postgres-binaries:
 	        "STOREKEEPER_TEST_POSTGRES_URL to a server the tests may use" >&2; exit 2; \
 	 fi
 
+# The Celery tests start their own Redis (the broker); install redis-server when we can.
+redis-binaries:
+	@if command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ]; then :; \
+	 elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	   echo "installing Redis (apt-get install redis-server)"; \
+	   DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	 else \
+	   echo "redis-server not found: install Redis (Debian: apt-get install redis-server)" >&2; \
+	   exit 2; \
+	 fi
+
 ## Benchmarks (see bench/); QUICK=1 for the short runs.
 $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,bench]" -e examples/gauges
@@ -59,6 +71,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/testing.py $(if $(QUICK),--quick,)
 	$(BIN)/python bench/fanout.py $(if $(QUICK),--quick,)
 	$(BIN)/python bench/provision.py $(if $(QUICK),--quick,)
+	$(BIN)/python bench/web.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

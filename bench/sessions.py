@@ -91,6 +91,24 @@ def session_bench(service_url: str, folder: Path, rounds: int, ops: int) -> dict
         site.close()
 
 
+def on_both_dialects(
+    bench: Callable[[str, Path, int, int], dict[str, float]], rounds: int, ops: int
+) -> dict[str, dict[str, float]]:
+    """``bench(service_url, folder, rounds, ops)`` on PostgreSQL (a throwaway cluster, or
+    STOREKEEPER_TEST_POSTGRES_URL) and on SQLite, each in a temporary folder."""
+    with ExitStack() as stack:
+        pg_url = os.environ.get("STOREKEEPER_TEST_POSTGRES_URL")
+        if not pg_url:
+            from storekeeper.testing.server import PostgresServer
+
+            pg_url = stack.enter_context(PostgresServer()).url
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        return {
+            "postgresql": bench(pg_url, folder, rounds, ops),
+            "sqlite": bench("sqlite:///stores", folder, rounds, ops),
+        }
+
+
 def wall_ms(command: list[str], runs: int) -> float:
     times = []
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOREKEEPER_")}
@@ -107,17 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds, ops, runs = (5, 300, 5) if args.quick else (15, 1000, 15)
 
-    with ExitStack() as stack:
-        pg_url = os.environ.get("STOREKEEPER_TEST_POSTGRES_URL")
-        if not pg_url:
-            from storekeeper.testing.server import PostgresServer
-
-            pg_url = stack.enter_context(PostgresServer()).url
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        results = {
-            "postgresql": session_bench(pg_url, folder, rounds, ops),
-            "sqlite": session_bench("sqlite:///stores", folder, rounds, ops),
-        }
+    results = on_both_dialects(session_bench, rounds, ops)
 
     python = sys.executable
     cli = str(Path(python).with_name("storekeeper"))

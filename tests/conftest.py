@@ -166,3 +166,36 @@ def run_cli(
     return subprocess.run(
         [*CLI, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture
+def chat_app(site: Site, app_name: str) -> App:
+    """The chat example's two stores (``chat_db``, ``scores_db``) under a unique app name,
+    synced on the dialect under test; the integrations' tests share it."""
+    from chat.model import ChatBase, GameBase, init_chat_db, init_scores_db
+    from storekeeper import App, Store
+
+    app = App(
+        app_name,
+        stores=[
+            Store("chat_db", metadata=ChatBase.metadata, initializer=init_chat_db),
+            Store("scores_db", metadata=GameBase.metadata, initializer=init_scores_db),
+        ],
+    ).bind(site)
+    app.sync()
+    return app
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis server of our own (never the machine's): the broker of the Celery tests."""
+    from storekeeper.testing.redis import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+if TYPE_CHECKING:
+    # Below the fixtures that use them, so the module's head stays as the core tests need it.
+    from storekeeper import App
+    from storekeeper.testing.redis import RedisServer

@@ -18,7 +18,15 @@ from .errors import BadInput, InvalidName, NotFound
 from .naming import check_identifier, physical_name
 
 if TYPE_CHECKING:
+    import asyncio
+
     from sqlalchemy import URL, Connection, Engine, MetaData
+    from sqlalchemy.ext.asyncio import (
+        AsyncEngine,
+        AsyncSession,
+        async_scoped_session,
+        async_sessionmaker,
+    )
     from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
     # Inside App the name sessionmaker is the method; this alias names the class.
@@ -106,6 +114,14 @@ class App:
     _home: Path | None = field(default=None, repr=False)
     _site: Site | None = field(default=None, repr=False)
     _makers: dict[str, sessionmaker[Session]] = field(default_factory=dict, repr=False)
+    # store -> (event loop, factory): async engines are per loop, so is their factory.
+    _async_makers: dict[
+        str, tuple[asyncio.AbstractEventLoop | None, async_sessionmaker[AsyncSession]]
+    ] = field(default_factory=dict, repr=False)
+    _scoped: dict[str, scoped_session[Session]] = field(default_factory=dict, repr=False)
+    _async_scoped: dict[str, async_scoped_session[AsyncSession]] = field(
+        default_factory=dict, repr=False
+    )
     _joined: dict[str, tuple[Connection, sessionmaker[Session]]] = field(
         default_factory=dict, repr=False
     )
@@ -199,6 +215,9 @@ class App:
             self._site = site
             self._makers.clear()
             self._joined.clear()
+            self._async_makers.clear()
+        # Scoped sessions are kept (code holds them), and find the new site's factories.
+        self.remove_sessions()
         return self
 
     def placement(self, name: str) -> Placement:
@@ -237,10 +256,79 @@ class App:
         return _SessionScope(maker)
 
     def scoped_session(self, name: str) -> scoped_session[Session]:
-        """A thread-local ``scoped_session`` for store ``name``; call ``.remove()`` when done."""
-        from sqlalchemy.orm import scoped_session as scoped
+        """The thread-local ``scoped_session`` of store ``name`` (one per store); call
+        ``.remove()`` when done, or :meth:`remove_sessions` for every store at once."""
+        scoped = self._scoped.get(name)
+        if scoped is None:
+            from sqlalchemy.orm import scoped_session as make_scoped
 
-        return scoped(self.sessionmaker(name))
+            # The factory is looked up per new session, so a scoped session that code keeps
+            # (a module global) follows a refresh or a new site instead of a stale engine.
+            def factory(**options: Any) -> Session:
+                return (self._makers.get(name) or self.sessionmaker(name))(**options)
+
+            with self._lock:
+                scoped = self._scoped.get(name)
+                if scoped is None:
+                    scoped = make_scoped(factory)  # type: ignore[arg-type]
+                    self._scoped[name] = scoped
+        return scoped
+
+    def remove_sessions(self) -> None:
+        """Close and discard this thread's scoped session of every store (end of a request)."""
+        for scoped in list(self._scoped.values()):
+            scoped.remove()
+
+    def async_engine(self, name: str) -> AsyncEngine:
+        """The asyncio engine of store ``name``: psycopg's async mode on PostgreSQL, aiosqlite
+        on SQLite; one per store per event loop, made on first use. Before closing a loop of
+        your own, ``await app.site.dispose_async_engines()`` closes its connections (the
+        Starlette integration's lifespan does this at shutdown)."""
+        where = self.placement(name)
+        backend = self.site.backend(where.service)
+        return self.site.async_engine(backend.database_url(where.database), backend)
+
+    def async_sessionmaker(self, name: str) -> async_sessionmaker[AsyncSession]:
+        """An ``async_sessionmaker`` bound to store ``name``'s engine in the running loop."""
+        from .site import running_loop
+
+        loop = running_loop()
+        cached = self._async_makers.get(name)
+        if cached is not None and cached[0] is loop:
+            return cached[1]
+        from sqlalchemy.ext.asyncio import async_sessionmaker as make
+
+        maker = make(bind=self.async_engine(name), expire_on_commit=False)
+        self._async_makers[name] = (loop, maker)
+        return maker
+
+    def async_scoped_session(self, name: str) -> async_scoped_session[AsyncSession]:
+        """The ``async_scoped_session`` of store ``name``, one session per request (inside
+        :class:`storekeeper.asgi.StoresMiddleware`) or else per asyncio task; end it with
+        ``await ....remove()`` or :meth:`remove_async_sessions`."""
+        scoped = self._async_scoped.get(name)
+        if scoped is None:
+            from sqlalchemy.ext.asyncio import async_scoped_session as make_scoped
+
+            from .sessions import request_scope
+
+            # Resolved per new session: the factory depends on the running loop and the site.
+            def factory(**options: Any) -> AsyncSession:
+                return self.async_sessionmaker(name)(**options)
+
+            scoped = make_scoped(factory, scopefunc=request_scope)  # type: ignore[arg-type]
+            self._async_scoped[name] = scoped
+        return scoped
+
+    async def remove_async_sessions(self) -> None:
+        """Close and discard the current request's (or task's) async scoped sessions."""
+        for scoped in list(self._async_scoped.values()):
+            await scoped.remove()
+
+    def async_session(self, name: str) -> _AsyncSessionScope:
+        """``async with app.async_session("example_db") as s:`` commits on success, rolls back
+        on error, and always closes."""
+        return _AsyncSessionScope(self.async_sessionmaker(name))
 
     @contextmanager
     def sessions_joining(self, name: str, connection: Connection) -> Iterator[None]:
@@ -354,6 +442,10 @@ class App:
         """Drop cached session factories of store ``name`` (after a drop or reassignment)."""
         with self._lock:
             self._makers.pop(name, None)
+            self._async_makers.pop(name, None)
+            scoped = self._scoped.get(name)
+        if scoped is not None:
+            scoped.remove()
 
 
 class _SessionScope:
@@ -378,6 +470,29 @@ class _SessionScope:
                 session.rollback()
         finally:
             session.close()
+
+
+class _AsyncSessionScope:
+    """The async context manager behind :meth:`App.async_session`."""
+
+    __slots__ = ("_maker", "_session")
+
+    def __init__(self, maker: async_sessionmaker[AsyncSession]) -> None:
+        self._maker = maker
+
+    async def __aenter__(self) -> AsyncSession:
+        self._session = self._maker()
+        return self._session
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        session = self._session
+        try:
+            if exc_type is None:
+                await session.commit()
+            else:
+                await session.rollback()
+        finally:
+            await session.close()
 
 
 def _no_duplicates(app: str, what: str, names: list[str]) -> None:

@@ -7,6 +7,7 @@ variables; and it keeps one engine per database per process.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import weakref
@@ -24,6 +25,7 @@ from .naming import check_identifier, format_database_name
 
 if TYPE_CHECKING:
     from sqlalchemy import URL, Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 LOCAL_SERVICE = "local"
 LOCAL_URL = "sqlite:///var/stores"
@@ -39,6 +41,14 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or ``None``."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,9 @@ class Site:
         self._backends: dict[tuple[str, str], Backend] = {}
         self._engines: dict[str, Engine] = {}
         self._engines_lock = threading.Lock()
+        # Async connections belong to the event loop that opened them: one engine per
+        # database per loop (a web server has one loop; test clients may start several).
+        self._async_engines: dict[asyncio.AbstractEventLoop | None, dict[str, AsyncEngine]] = {}
         self._services: dict[str, Service] | None = None
         self._assignments: dict[tuple[str, str], Sourced] | None = None
         self._runtime: dict[tuple[str, str], RuntimeStore] | None = None
@@ -254,14 +267,66 @@ class Site:
 
     def dispose_engine(self, url: URL) -> None:
         """Close and forget the engine of database ``url`` (before it is dropped)."""
-        engine = self._engines.pop(url.render_as_string(hide_password=False), None)
+        key = url.render_as_string(hide_password=False)
+        engine = self._engines.pop(key, None)
         if engine is not None:
             engine.dispose()
+        for engines in self._async_engines.values():
+            async_engine = engines.pop(key, None)
+            if async_engine is not None:
+                # Its connections may belong to another loop: drop them, the drop ends them.
+                async_engine.sync_engine.dispose(close=False)
+
+    def async_engine(self, url: URL, backend: Backend, **options: Any) -> AsyncEngine:
+        """The asyncio engine for database ``url`` in the running event loop (made on first use).
+
+        Outside a running loop the engine is shared by every caller without a loop.
+        """
+        loop = running_loop()
+        key = url.render_as_string(hide_password=False)
+        engines = self._async_engines.get(loop)
+        engine = engines.get(key) if engines is not None else None
+        if engine is not None:
+            return engine
+        with self._engines_lock:
+            self._forget_closed_loops()
+            engines = self._async_engines.setdefault(loop, {})
+            engine = engines.get(key)
+            if engine is None:
+                from sqlalchemy.ext.asyncio import create_async_engine
+
+                engine = create_async_engine(
+                    backend.async_url(url), **{**backend.engine_options(), **options}
+                )
+                backend.prepare_engine(engine.sync_engine)
+                engines[key] = engine
+        return engine
+
+    def _forget_closed_loops(self) -> None:
+        # Connections of a closed loop cannot be closed any more; let them be collected.
+        for loop in [lp for lp in self._async_engines if lp is not None and lp.is_closed()]:
+            for engine in self._async_engines.pop(loop).values():
+                engine.sync_engine.dispose(close=False)
+
+    async def dispose_async_engines(self) -> None:
+        """Close the pooled connections of the running loop's asyncio engines (at shutdown;
+        the engines stay usable and open new connections if used again)."""
+        for engine in list(self._async_engines.get(running_loop(), {}).values()):
+            await engine.dispose()
+
+    def async_engines(self) -> Iterable[AsyncEngine]:
+        """The asyncio engines made so far, in every loop (for pool checks and monitoring)."""
+        return [e for engines in list(self._async_engines.values()) for e in engines.values()]
 
     def forget_connections(self) -> None:
         """After a fork: new pools for every engine, without touching the parent's sockets."""
         for engine in list(self._engines.values()):
             engine.dispose(close=False)
+        # The parent's event loops do not run in the child: forget their engines whole.
+        for engines in list(self._async_engines.values()):
+            for async_engine in engines.values():
+                async_engine.sync_engine.dispose(close=False)
+        self._async_engines.clear()
         for backend in self._backends.values():
             admin = getattr(backend, "_admin", None)
             if admin is not None:
@@ -274,6 +339,12 @@ class Site:
         for engine in self._engines.values():
             engine.dispose()
         self._engines.clear()
+        # Async connections are closed by awaiting dispose_async_engines() in their loop (the
+        # integrations' shutdown hooks do); here, outside any loop, they can only be dropped.
+        for engines in self._async_engines.values():
+            for async_engine in engines.values():
+                async_engine.sync_engine.dispose(close=False)
+        self._async_engines.clear()
         for backend in self._backends.values():
             backend.close()
         self._backends.clear()

@@ -101,6 +101,10 @@ class Backend(abc.ABC):
     def ping(self) -> str:
         """Connect and return a one-line description of the server; raise if unreachable."""
 
+    def async_url(self, url: URL) -> URL:
+        """``url`` with this dialect's asyncio driver (psycopg 3 is both sync and async)."""
+        return url
+
     def engine_options(self) -> dict[str, object]:
         """Extra ``create_engine`` options for this dialect's store engines."""
         return {}

@@ -167,6 +167,9 @@ class SqliteBackend(Backend):
             ) from None
         return f"SQLite {sqlite3.sqlite_version} in {folder}"
 
+    def async_url(self, url: URL) -> URL:
+        return url.set(drivername="sqlite+aiosqlite")
+
     def engine_options(self) -> dict[str, Any]:
         # Wait for a writer instead of failing with "database is locked" at once.
         return {"connect_args": {"timeout": 30}}

@@ -1,0 +1,1 @@
+"""The chat example (Aiopyramid's tutorial schema) served by every storekeeper integration."""

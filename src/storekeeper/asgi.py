@@ -1,0 +1,6 @@
+"""ASGI middleware that ends async scoped sessions per request; see
+:mod:`storekeeper.integrations.asgi`."""
+
+from .integrations.asgi import StoresMiddleware
+
+__all__ = ["StoresMiddleware"]

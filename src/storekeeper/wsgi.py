@@ -1,0 +1,6 @@
+"""WSGI middleware that ends scoped sessions per request; see
+:mod:`storekeeper.integrations.wsgi`."""
+
+from .integrations.wsgi import StoresMiddleware
+
+__all__ = ["StoresMiddleware"]
