@@ -518,3 +518,40 @@ def test_migration_checks_find_two_heads(inner: tuple[pytest.Pytester, str, list
     assert result.ret != 0
     assert "several head revisions: r2, r3" in output or "2 heads (r2, r3)" in output
     assert f"storekeeper revision {name}.main_db --merge" in output
+
+
+def test_async_dbsession_rolls_back_and_the_apps_async_sessions_join(
+    inner: tuple[pytest.Pytester, str, list[str]],
+) -> None:
+    pytester, name, options = inner
+    pytester.makepyfile(
+        test_async=COUNT
+        + textwrap.dedent(
+            f"""
+            import pytest
+            from {name} import Item
+
+            async def count(session):
+                return await session.scalar(select(func.count()).select_from(Item))
+
+            @pytest.mark.asyncio
+            async def test_1_commits(async_dbsession, storekeeper_app):
+                async_dbsession.add(Item(name="third"))
+                await async_dbsession.commit()
+                assert await count(async_dbsession) == 3
+                # Code under test on asyncio joins the same transaction.
+                async with storekeeper_app.async_session("main_db") as session:
+                    assert await count(session) == 3
+                    session.add(Item(name="from the app"))
+                assert await count(async_dbsession) == 4
+
+            @pytest.mark.asyncio
+            async def test_2_sees_a_clean_store(async_dbsession):
+                assert await count(async_dbsession) == 2
+
+            def test_3_and_so_does_a_sync_test(dbsession):
+                assert dbsession.scalar(select(func.count()).select_from(Item)) == 2
+            """
+        )
+    )
+    run(pytester, *options).assert_outcomes(passed=3)

@@ -27,9 +27,11 @@ if TYPE_CHECKING:
         async_scoped_session,
         async_sessionmaker,
     )
-    from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-    # Inside App the name sessionmaker is the method; this alias names the class.
+    # Inside App the names sessionmaker and async_sessionmaker are methods; these aliases
+    # name the classes.
+    from sqlalchemy.ext.asyncio import async_sessionmaker as AsyncSessionMaker
+    from sqlalchemy.orm import Session, scoped_session, sessionmaker
     from sqlalchemy.orm import sessionmaker as SessionMaker
 
     from .provision import StoreInfo, SyncReport
@@ -329,6 +331,30 @@ class App:
         """``async with app.async_session("example_db") as s:`` commits on success, rolls back
         on error, and always closes."""
         return _AsyncSessionScope(self.async_sessionmaker(name))
+
+    @contextmanager
+    def async_sessions_joining(
+        self, name: str, maker: AsyncSessionMaker[AsyncSession]
+    ) -> Iterator[None]:
+        """While inside, in the running event loop, async sessions of store ``name``
+        (``async_session``, ``async_sessionmaker`` and async scoped sessions) come from
+        ``maker``: a test's factory joined to its transaction."""
+        from .site import running_loop
+
+        loop = running_loop()
+        with self._lock:
+            previous = self._async_makers.get(name)
+            self._async_makers[name] = (loop, maker)
+        try:
+            yield
+        finally:
+            with self._lock:
+                current = self._async_makers.get(name)
+                if current is not None and current[1] is maker:
+                    if previous is None:
+                        self._async_makers.pop(name, None)
+                    else:
+                        self._async_makers[name] = previous
 
     @contextmanager
     def sessions_joining(self, name: str, connection: Connection) -> Iterator[None]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ import pytest
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
     from sqlalchemy.orm import Session
 
     from ..config import Config
@@ -249,6 +250,29 @@ class Stores:
                 self._connections.pop(ready.target, None)
                 conn.invalidate()
 
+    async def async_session(self, ready: StoreUnderTest) -> AsyncIterator[AsyncSession]:
+        """The same on asyncio: a connection of the test's own event loop, a transaction
+        rolled back after the test, and the app's async sessions joined to it meanwhile."""
+        from sqlalchemy.ext.asyncio import async_sessionmaker
+
+        engine = _async_test_engine(ready)
+        try:
+            async with engine.connect() as conn:
+                outer = await conn.begin()
+                maker = async_sessionmaker(
+                    bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False
+                )
+                session = maker()
+                try:
+                    with ready.app.async_sessions_joining(ready.store, maker):
+                        yield session
+                finally:
+                    if outer.is_active:
+                        await outer.rollback()
+                    await session.close()
+        finally:
+            await engine.dispose()
+
     def close(self) -> None:
         """Close the held connections and the engines made for them."""
         for conn in self._connections.values():
@@ -257,6 +281,28 @@ class Stores:
         for engine in self._engines.values():
             engine.dispose()
         self._engines.clear()
+
+
+def _async_test_engine(ready: StoreUnderTest) -> AsyncEngine:
+    """An asyncio engine on ``ready``'s database for one test (its connections belong to the
+    test's event loop), made to run savepoints on SQLite and not to auto-prepare statements."""
+    from sqlalchemy import event
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = ready.app.async_engine(ready.store).url
+    if url.get_backend_name() != "sqlite":
+        return create_async_engine(url, connect_args={"prepare_threshold": None})
+    engine = create_async_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
 
 
 def _held_connection_engine(engine: Engine) -> Engine:
@@ -396,3 +442,33 @@ def dbsession(_storekeeper_stores: Stores, request: pytest.FixtureRequest) -> It
     """A session on the chosen test store; everything the test does, commits included, is
     rolled back after it."""
     yield from _storekeeper_stores.session(_storekeeper_stores.choose(request))
+
+
+def _async_dbsession_fixture() -> Any:
+    """``async_dbsession`` through pytest-asyncio, or a fixture that says it is missing."""
+    try:
+        import pytest_asyncio
+    except ImportError:  # pragma: no cover - depends on the installation
+
+        @pytest.fixture(name="async_dbsession")
+        def missing() -> None:
+            raise pytest.UsageError(
+                "async_dbsession needs pytest-asyncio: pip install pytest-asyncio, and mark "
+                "async tests with @pytest.mark.asyncio (or set asyncio_mode = auto)"
+            )
+
+        return missing
+
+    @pytest_asyncio.fixture(name="async_dbsession")
+    async def fixture(
+        _storekeeper_stores: Stores, request: pytest.FixtureRequest
+    ) -> AsyncIterator[AsyncSession]:
+        async for session in _storekeeper_stores.async_session(_storekeeper_stores.choose(request)):
+            yield session
+
+    return fixture
+
+
+#: ``dbsession`` on asyncio: an ``AsyncSession`` whose test may commit freely; everything is
+#: rolled back after the test, and ``app.async_session(...)`` in the code under test joins it.
+async_dbsession = _async_dbsession_fixture()
