@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import BadInput, InvalidName, NotFound
 from .naming import check_identifier, physical_name
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
     from .provision import StoreInfo, SyncReport
     from .site import Placement, Site
+
+_Named = TypeVar("_Named", "Store", "ServerSetting", "Kind")
 
 #: ``initializer(engine, first_time)``: Tethys' contract for filling a store.
 Initializer = Callable[["Engine", bool], None]
@@ -162,32 +164,23 @@ class App:
 
     def store(self, name: str) -> Store:
         """The declared store called ``name``."""
-        for store in self.stores:
-            if store.name == name:
-                return store
-        raise NotFound(
-            f"app {self.name!r} declares no store {name!r}; its stores: "
-            f"{', '.join(s.name for s in self.stores) or 'none'}"
-        )
+        return self._declared(self.stores, name, "store", "stores")
 
     def server(self, name: str) -> ServerSetting:
         """The declared server setting called ``name``."""
-        for server in self.servers:
-            if server.name == name:
-                return server
-        raise NotFound(
-            f"app {self.name!r} declares no server setting {name!r}; its server settings: "
-            f"{', '.join(s.name for s in self.servers) or 'none'}"
-        )
+        return self._declared(self.servers, name, "server setting", "server settings")
 
     def kind(self, name: str) -> Kind:
         """The declared kind called ``name``."""
-        for kind in self.kinds:
-            if kind.name == name:
-                return kind
+        return self._declared(self.kinds, name, "kind", "kinds")
+
+    def _declared(self, items: Sequence[_Named], name: str, what: str, plural: str) -> _Named:
+        for item in items:
+            if item.name == name:
+                return item
         raise NotFound(
-            f"app {self.name!r} declares no kind {name!r}; its kinds: "
-            f"{', '.join(k.name for k in self.kinds) or 'none'}"
+            f"app {self.name!r} declares no {what} {name!r}; its {plural}: "
+            f"{', '.join(i.name for i in items) or 'none'}"
         )
 
     @property
