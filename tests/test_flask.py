@@ -259,7 +259,7 @@ def test_flask_stores_migrations_round_trip(
         r"op\.create_table\(\s*'items'", (scripts / "versions" / "r1_items.py").read_text()
     )
     # The store does not exist yet: sync creates it and brings it to head, as it would deploy.
-    assert run("sync").count("created") == 1
+    assert f"{app_name}.main_db: created" in run("sync")
     assert re.search(rf"{app_name}\.main_db\s+r1\s+r1\s+at head", run("current"))
     assert f"{app_name}.main_db: ok, models and schema agree" in run("check")
 
@@ -289,6 +289,13 @@ def test_flask_stores_migrations_round_trip(
     assert "price" not in column_names(items_v1)
     assert re.search(rf"{app_name}\.main_db\s+r1\s+r2\s+\S+\s+ok", run("stamp", "--to", "r2"))
     assert re.search(rf"{app_name}\.main_db\s+r2\s+r2\s+at head", run("current"))
+
+    # revision without --autogenerate: an empty migration to write by hand.
+    assert "new revision r3 (by hand)" in run("revision", "-m", "by hand", "--rev-id", "r3")
+    assert (
+        "def upgrade() -> None:\n    pass" in (scripts / "versions" / "r3_by_hand.py").read_text()
+    )
+    assert re.search(rf"{app_name}\.main_db\s+r2\s+r3\s+behind", run("current"))
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
@@ -340,3 +347,12 @@ def test_flask_stores_without_a_script_directory_says_how_to_make_one(
         assert missing in run(*verb, code=2), verb
     assert "next: flask db migrate main_db -m 'first tables'" in run("init")
     assert run("heads") == f"{app_name}.main_db: no revisions yet\n"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_flask_stores_needs_a_store_name_when_there_are_several(chat_app: App) -> None:
+    run = migration_commands(chat_app)
+    several = run("current", code=2)
+    assert f"Error: app {chat_app.name!r} has 2 stores (chat_db, scores_db): name the" in several
+    named = run("current", "scores_db", code=2)
+    assert "create it with: flask stores init scores_db" in named
