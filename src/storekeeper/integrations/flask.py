@@ -298,6 +298,8 @@ class StoreKeeper:
         @message_option
         @rev_id_option
         def migrate_command(store: str | None, message: str | None, rev_id: str | None) -> None:
+            # -m is left optional so that, when it is missing, the library's refusal (exit 2)
+            # says how to give it, as for the storekeeper command.
             with _click_errors():
                 app, name = keeper._migrated_store(store)
                 made = migrate.revision(app, name, message or "", autogenerate=True, rev_id=rev_id)
