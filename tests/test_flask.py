@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import html
 import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -13,6 +16,8 @@ from chat.model import Chat, Game, Message, User
 from integration_checks import PoolWatch, assert_kept, write_pair
 from storekeeper import App, BadInput, NotFound
 from storekeeper.flask import StoreKeeper
+from storekeeper.site import Site
+from test_migrate import declare, schema
 
 
 def make_flask(app: App) -> tuple[Flask, StoreKeeper]:
@@ -205,3 +210,149 @@ def test_flask_stores_sync_refresh_asks_first(chat_app: App) -> None:
 def channels_of(app: App) -> list[Chat]:
     with app.session("chat_db") as session:
         return list(session.scalars(select(Chat)))
+
+
+# flask stores init / migrate / upgrade / ...: Flask-Migrate's verbs, one store at a time ------
+
+
+def migration_commands(app: App, *, cli_group: str = "stores") -> Callable[..., str]:
+    """``run("upgrade", "--to", "r1", code=0)``: ``flask <cli_group> ...`` for a Flask app
+    serving ``app``; asserts the exit code and that no traceback was printed, returns the
+    output."""
+    flask_app = Flask(__name__)
+    StoreKeeper(flask_app, app, cli_group=cli_group)
+    runner = flask_app.test_cli_runner()
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(args=[cli_group, *args])
+        assert result.exit_code == code, result.output
+        assert "Traceback" not in result.output
+        return result.output
+
+    return run
+
+
+def column_names(app: App) -> list[str]:
+    """The columns of table ``items`` as the database has them."""
+    return [name for name, _type, _nullable in schema(app)["items"][0]]
+
+
+@pytest.fixture
+def items_v1(project: Path, site: Site, app_name: str, monkeypatch: pytest.MonkeyPatch) -> App:
+    """test_migrate's app (store ``main_db``, models v1: table ``items``), no migrations yet."""
+    monkeypatch.syspath_prepend(str(project))
+    return declare(project, site, app_name, 1)
+
+
+def test_flask_stores_migrations_round_trip(
+    project: Path, site: Site, app_name: str, items_v1: App, dialect: str
+) -> None:
+    run = migration_commands(items_v1)
+    scripts = project / "migrations" / "main_db"
+    assert f"{app_name}.main_db: script directory {scripts} created" in run("init")
+    assert (scripts / "env.py").is_file()
+    assert "already exists" in run("init", "main_db")
+
+    made = run("migrate", "-m", "items", "--rev-id", "r1")
+    assert f"new revision r1 (items) in {scripts / 'versions'}" in made
+    assert re.search(
+        r"op\.create_table\(\s*'items'", (scripts / "versions" / "r1_items.py").read_text()
+    )
+    # The store does not exist yet: sync creates it and brings it to head, as it would deploy.
+    assert f"{app_name}.main_db: created" in run("sync")
+    assert re.search(rf"{app_name}\.main_db\s+r1\s+r1\s+at head", run("current"))
+    assert f"{app_name}.main_db: ok, models and schema agree" in run("check")
+
+    # The developer changes the models: check names what the migrations lack.
+    run = migration_commands(declare(project, site, app_name, 2))
+    drift = run("check", code=1)
+    assert "column items.price (INTEGER) is in the models but not in the database" in drift
+    assert "table tags is in the models but not in the database" in drift
+    assert (
+        f"Error: check failed for {app_name}.main_db: write a migration (flask stores migrate "
+        "main_db -m MSG) or fix the models"
+    ) in drift
+
+    run("migrate", "main_db", "-m", "tags and prices", "--rev-id", "r2")
+    assert re.search(rf"{app_name}\.main_db\s+r1\s+r2\s+\S+\s+ok", run("upgrade"))
+    assert re.search(rf"{app_name}\.main_db\s+r2\s+r2\s+at head", run("current"))
+    assert "models and schema agree" in run("check")
+    assert "price" in column_names(items_v1)
+    assert run("history").splitlines() == [
+        "r1 -> r2 (head), tags and prices",
+        "<base> -> r1, items",
+    ]
+    assert run("heads").splitlines() == ["r2"]
+
+    assert re.search(rf"{app_name}\.main_db\s+r2\s+r1\s+\S+\s+ok", run("downgrade", "--to", "-1"))
+    assert re.search(rf"{app_name}\.main_db\s+r1\s+r2\s+behind", run("current"))
+    assert "price" not in column_names(items_v1)
+    assert re.search(rf"{app_name}\.main_db\s+r1\s+r2\s+\S+\s+ok", run("stamp", "--to", "r2"))
+    assert re.search(rf"{app_name}\.main_db\s+r2\s+r2\s+at head", run("current"))
+
+    # revision without --autogenerate: an empty migration to write by hand.
+    assert "new revision r3 (by hand)" in run("revision", "-m", "by hand", "--rev-id", "r3")
+    assert (
+        "def upgrade() -> None:\n    pass" in (scripts / "versions" / "r3_by_hand.py").read_text()
+    )
+    assert re.search(rf"{app_name}\.main_db\s+r2\s+r3\s+behind", run("current"))
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_flask_stores_refuses_an_unknown_store_and_revision_with_exit_2(
+    app_name: str, items_v1: App
+) -> None:
+    run = migration_commands(items_v1)
+    run("init")
+    run("migrate", "-m", "items", "--rev-id", "r1")
+    run("sync")
+
+    unknown_store = run("upgrade", "nope", code=2)
+    assert (
+        f"Error: app {app_name!r} has no store or kind 'nope'; its stores: main_db" in unknown_store
+    )
+    unknown_revision = run("upgrade", "--to", "zzz", code=2)
+    assert (
+        f"Error: unknown revision 'zzz' for {app_name}.main_db; its revisions: r1"
+        in unknown_revision
+    )
+    below_base = run("downgrade", "--to", "-2", code=2)
+    assert f"cannot downgrade {app_name}.main_db by 2 revision(s): it is at r1" in below_base
+    no_message = run("migrate", code=2)
+    assert "Error: a revision needs a message: -m 'what it changes'" in no_message
+    assert re.search(rf"{app_name}\.main_db\s+r1\s+r1\s+at head", run("current"))
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_flask_stores_without_a_script_directory_says_how_to_make_one(
+    project: Path, app_name: str, items_v1: App
+) -> None:
+    # The hint names the command the way this Flask app spells it: its cli_group.
+    run = migration_commands(items_v1, cli_group="db")
+    missing = (
+        f"Error: {app_name}.main_db has no migrations: no Alembic script directory at "
+        f"{project / 'migrations' / 'main_db'}; create it with: flask db init main_db"
+    )
+    for verb in (
+        ["migrate", "-m", "first"],
+        ["revision", "-m", "first"],
+        ["upgrade"],
+        ["downgrade", "--to", "-1"],
+        ["stamp", "--to", "head"],
+        ["current"],
+        ["history"],
+        ["heads"],
+        ["check"],
+    ):
+        assert missing in run(*verb, code=2), verb
+    assert "next: flask db migrate main_db -m 'first tables'" in run("init")
+    assert run("heads") == f"{app_name}.main_db: no revisions yet\n"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_flask_stores_needs_a_store_name_when_there_are_several(chat_app: App) -> None:
+    run = migration_commands(chat_app)
+    several = run("current", code=2)
+    assert f"Error: app {chat_app.name!r} has 2 stores (chat_db, scores_db): name the" in several
+    named = run("current", "scores_db", code=2)
+    assert "create it with: flask stores init scores_db" in named

@@ -18,7 +18,11 @@ from .errors import BadInput, StorekeeperError
 from .secret import mask
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .declare import App
+    from .migrate import MigrateResult, Revision, Scripts
+    from .migrate.commands import RevisionState
     from .provision import StoreResult
     from .site import Site
 
@@ -313,11 +317,7 @@ def cmd_revision(ctx: Context) -> int:
     if a.init:
         scripts = migrate.scripts_for(app, name)
         existed = scripts.exists
-        path = migrate.init(app, name)
-        say(
-            f"{scripts.label}: script directory {path} "
-            + ("already exists" if existed else "created")
-        )
+        print_init(scripts, migrate.init(app, name), existed=existed)
         if a.message is None:
             say(f"next: storekeeper revision {a.target} -m 'first tables' --autogenerate")
             return 0
@@ -329,8 +329,18 @@ def cmd_revision(ctx: Context) -> int:
     if a.json:
         emit_json(made.as_dict())
         return 0
-    say(f"new revision {made.revision} ({made.message}) in {made.path}")
+    print_revision(made)
     return 0
+
+
+def print_init(scripts: Scripts, path: Path, *, existed: bool) -> None:
+    """The line saying where the script directory is, and whether it was just made."""
+    say(f"{scripts.label}: script directory {path} " + ("already exists" if existed else "created"))
+
+
+def print_revision(made: Revision) -> None:
+    """The line saying where a new migration was written."""
+    say(f"new revision {made.revision} ({made.message}) in {made.path}")
 
 
 def _progress(result: Any, done: int, total: int) -> None:
@@ -382,21 +392,7 @@ def _run_many(ctx: Context, action: str, to: str) -> int:
     if not report.results:
         say(f"no stores to {action}")
         return 0
-    say(
-        table(
-            [
-                (
-                    f"{r.app}.{r.store}",
-                    r.before or "base",
-                    r.after or "base",
-                    f"{r.seconds:.2f}",
-                    ("ok" if r.changed else "up to date") if r.ok else "FAILED",
-                )
-                for r in report.results
-            ],
-            ["store", "from", "to", "seconds", "result"],
-        )
-    )
+    print_migrated(report.results)
     for r in report.failed:
         say(f"error: {r.app}.{r.store}: {r.error}", file=sys.stderr)
     if report.not_run:
@@ -408,6 +404,25 @@ def _run_many(ctx: Context, action: str, to: str) -> int:
     ok = len(report.results) - len(report.failed)
     say(f"{action}: {ok} ok, {len(report.failed)} failed, {len(report.not_run)} not run")
     return report.exit_code
+
+
+def print_migrated(results: Sequence[MigrateResult]) -> None:
+    """The table of what ``upgrade``, ``downgrade`` or ``stamp`` did, store by store."""
+    say(
+        table(
+            [
+                (
+                    f"{r.app}.{r.store}",
+                    r.before or "base",
+                    r.after or "base",
+                    f"{r.seconds:.2f}",
+                    ("ok" if r.changed else "up to date") if r.ok else "FAILED",
+                )
+                for r in results
+            ],
+            ["store", "from", "to", "seconds", "result"],
+        )
+    )
 
 
 def cmd_upgrade(ctx: Context) -> int:
@@ -429,16 +444,21 @@ def cmd_current(ctx: Context) -> int:
     if ctx.args.json:
         emit_json([r.as_dict() for r in rows])
         return 0
+    print_current(rows)
+    return 0
+
+
+def print_current(rows: Sequence[RevisionState]) -> None:
+    """The table of each store's revision against its head."""
     if not rows:
         say("no stores with migrations")
-        return 0
+        return
     say(
         table(
             [(r.store, r.revision or "base", r.head or "base", r.state) for r in rows],
             ["store", "revision", "head", "state"],
         )
     )
-    return 0
 
 
 def cmd_history(ctx: Context) -> int:
@@ -449,12 +469,17 @@ def cmd_history(ctx: Context) -> int:
     if ctx.args.json:
         emit_json([r.as_dict() for r in revisions])
         return 0
+    print_history(revisions, ctx.args.target)
+    return 0
+
+
+def print_history(revisions: Sequence[Revision], target: str) -> None:
+    """The migrations of ``target``, newest first, one line each."""
     if not revisions:
-        say(f"{ctx.args.target}: no revisions yet")
+        say(f"{target}: no revisions yet")
     for r in revisions:
         down = ",".join(r.down_revisions) or "<base>"
         say(f"{down} -> {r.revision}{' (head)' if r.is_head else ''}, {r.message}")
-    return 0
 
 
 def cmd_heads(ctx: Context) -> int:
@@ -465,14 +490,16 @@ def cmd_heads(ctx: Context) -> int:
     if ctx.args.json:
         emit_json(found)
         return 0
-    say("\n".join(found) if found else f"{ctx.args.target}: no revisions yet")
-    if len(found) > 1:
-        say(
-            f"several heads: merge them with storekeeper revision {ctx.args.target} --merge "
-            "-m 'merge heads'",
-            file=sys.stderr,
-        )
+    print_heads(found, ctx.args.target, f"storekeeper revision {ctx.args.target} --merge")
     return 0
+
+
+def print_heads(found: Sequence[str], target: str, merge: str) -> None:
+    """The head revisions of ``target``; when there are several, how to join them with
+    ``merge`` (the command that writes a merge migration, without its message)."""
+    say("\n".join(found) if found else f"{target}: no revisions yet")
+    if len(found) > 1:
+        say(f"several heads: merge them with {merge} -m 'merge heads'", file=sys.stderr)
 
 
 def cmd_check(ctx: Context) -> int:
@@ -483,13 +510,7 @@ def cmd_check(ctx: Context) -> int:
     if ctx.args.json:
         emit_json({"ok": not drifted, "differences": found})
         return 1 if drifted else 0
-    for label, differences in found.items():
-        if differences:
-            say(f"{label}: models and schema differ:")
-            for line in differences:
-                say(f"  - {line}")
-        else:
-            say(f"{label}: ok, models and schema agree")
+    print_check(found)
     if drifted:
         say(
             f"check failed for {', '.join(drifted)}: write a migration "
@@ -498,6 +519,17 @@ def cmd_check(ctx: Context) -> int:
         )
         return 1
     return 0
+
+
+def print_check(found: dict[str, list[str]]) -> None:
+    """Each store's or kind's differences between models and schema, or that they agree."""
+    for label, differences in found.items():
+        if differences:
+            say(f"{label}: models and schema differ:")
+            for line in differences:
+                say(f"  - {line}")
+        else:
+            say(f"{label}: ok, models and schema agree")
 
 
 def cmd_config_show(ctx: Context) -> int:

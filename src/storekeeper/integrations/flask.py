@@ -15,6 +15,11 @@ rolled back and closed when the context is torn down: commit what you want kept.
 Flask-SQLAlchemy: ``db.session`` -> ``stores.session``, ``db.get_or_404`` ->
 ``stores.get_or_404``, ``db.paginate`` -> ``stores.paginate``; ``Model.query.filter_by(...)``
 -> ``stores.session.scalars(select(Model).filter_by(...))`` (README.md has the whole table).
+
+``flask stores`` has ``sync`` and ``status``, and Flask-Migrate's verbs for one store at a time
+(the default store unless named): ``flask db migrate`` -> ``flask stores migrate``, and so on
+for ``init``, ``revision``, ``upgrade``, ``downgrade``, ``stamp``, ``current``, ``history``,
+``heads`` and ``check``.
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ from flask import Flask, abort, g, request
 
 from ..errors import BadInput, StorekeeperError
 from ..pagination import Page, paginate
+from ..secret import mask
 from ..sessions import SessionSet, default_store
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlalchemy import Select
     from sqlalchemy.orm import Session
 
     from ..declare import App
+    from ..migrate import MigrateResult
     from ..provision import StoreResult
 
 __all__ = ["StoreKeeper"]
@@ -250,7 +259,147 @@ class StoreKeeper:
             with _click_errors():
                 print_status(status([keeper.storekeeper_app]))
 
+        self._add_migration_commands(group)
         return group
+
+    def _add_migration_commands(self, group: click.Group) -> None:
+        """Flask-Migrate's ``flask db`` verbs, each on one store: the library does the work,
+        the ``storekeeper`` command's printers say what it did."""
+        from .. import migrate
+        from ..cli import (
+            print_check,
+            print_current,
+            print_heads,
+            print_history,
+            print_init,
+            print_migrated,
+            print_revision,
+            say,
+        )
+        from ..migrate.commands import revision_state
+
+        keeper = self
+        store_argument = click.argument("store", required=False)
+        message_option = click.option("-m", "--message", help="what the migration changes")
+        rev_id_option = click.option("--rev-id", help="the revision id instead of a random one")
+
+        @group.command("init", help="Create a store's Alembic script directory.")
+        @store_argument
+        def init_command(store: str | None) -> None:
+            with _click_errors():
+                app, name = keeper.storekeeper_app, store or keeper.default_store()
+                scripts = migrate.scripts_for(app, name)
+                existed = scripts.exists
+                print_init(scripts, migrate.init(app, name), existed=existed)
+            say(f"next: {keeper._command('migrate', name)} -m 'first tables'")
+
+        @group.command("migrate", help="New migration with what the models add or change.")
+        @store_argument
+        @message_option
+        @rev_id_option
+        def migrate_command(store: str | None, message: str | None, rev_id: str | None) -> None:
+            # -m is left optional so that, when it is missing, the library's refusal (exit 2)
+            # says how to give it, as for the storekeeper command.
+            with _click_errors():
+                app, name = keeper._migrated_store(store)
+                made = migrate.revision(app, name, message or "", autogenerate=True, rev_id=rev_id)
+            print_revision(made)
+
+        @group.command("revision", help="New migration, empty unless --autogenerate.")
+        @store_argument
+        @message_option
+        @click.option("--autogenerate", is_flag=True, help="fill it with what the models change")
+        @click.option("--merge", is_flag=True, help="a migration joining several heads")
+        @rev_id_option
+        def revision_command(
+            store: str | None,
+            message: str | None,
+            autogenerate: bool,
+            merge: bool,
+            rev_id: str | None,
+        ) -> None:
+            with _click_errors():
+                app, name = keeper._migrated_store(store)
+                made = migrate.revision(
+                    app, name, message or "", autogenerate=autogenerate, merge=merge, rev_id=rev_id
+                )
+            print_revision(made)
+
+        def add_move(
+            action: str, move: Callable[[App, str, str], MigrateResult], help: str, to: str | None
+        ) -> None:
+            # Downgrade and stamp (to=None) lose or hide schema: they go only where they are
+            # told; upgrade goes to head unless told.
+            to_option = (
+                click.option("--to", required=True, metavar="REV", help="revision, -1, base")
+                if to is None
+                else click.option("--to", default=to, metavar="REV", help=f"default: {to}")
+            )
+
+            @group.command(action, help=help)
+            @store_argument
+            @to_option
+            def move_command(store: str | None, to: str) -> None:
+                with _click_errors():
+                    app, name = keeper._migrated_store(store)
+                    result = move(app, name, to)
+                print_migrated([result])
+
+        add_move("upgrade", migrate.upgrade, "Migrate a store up to head (or --to REV).", "head")
+        add_move(
+            "downgrade", migrate.downgrade, "Migrate a store down to --to REV (-1, base).", None
+        )
+        add_move("stamp", migrate.stamp, "Record --to REV in a store, running nothing.", None)
+
+        @group.command("current", help="A store's revision against its head.")
+        @store_argument
+        def current_command(store: str | None) -> None:
+            with _click_errors():
+                state = revision_state(*keeper._migrated_store(store))
+            print_current([state])
+
+        @group.command("history", help="A store's migrations, newest first.")
+        @store_argument
+        def history_command(store: str | None) -> None:
+            with _click_errors():
+                app, name = keeper._migrated_store(store)
+                revisions = migrate.history(app, name)
+            print_history(revisions, f"{app.name}.{name}")
+
+        @group.command("heads", help="A store's head revision(s).")
+        @store_argument
+        def heads_command(store: str | None) -> None:
+            with _click_errors():
+                app, name = keeper._migrated_store(store)
+                found = migrate.heads(app, name)
+            print_heads(found, f"{app.name}.{name}", keeper._command("revision", name, "--merge"))
+
+        @group.command("check", help="Fail when a store's models and its schema drift apart.")
+        @store_argument
+        def check_command(store: str | None) -> None:
+            with _click_errors():
+                app, name = keeper._migrated_store(store)
+                differences = migrate.check(app, name)
+            label = f"{app.name}.{name}"
+            print_check({label: differences})
+            if differences:
+                raise click.ClickException(
+                    f"check failed for {label}: write a migration "
+                    f"({keeper._command('migrate', name)} -m MSG) or fix the models"
+                )
+
+    def _command(self, verb: str, *args: str) -> str:
+        """How a user types one of this extension's commands, for the hints in messages."""
+        return " ".join(["flask", self.cli_group, verb, *args])
+
+    def _migrated_store(self, store: str | None) -> tuple[App, str]:
+        """The app and the store a migration command names (the default store when none),
+        refused with the ``init`` command to run when it has no script directory yet."""
+        from ..migrate import scripts_for
+
+        app, name = self.storekeeper_app, store or self.default_store()
+        scripts_for(app, name).require(init_command=self._command("init", name))
+        return app, name
 
 
 class _BadInputError(click.ClickException):
@@ -258,16 +407,16 @@ class _BadInputError(click.ClickException):
 
 
 class _click_errors:
-    """Turn storekeeper's errors into click's: the message, no traceback, the CLI's exit code."""
+    """Turn storekeeper's errors into click's: the message (secrets masked), no traceback, the
+    exit code the ``storekeeper`` command gives them."""
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, BadInput):
-            raise _BadInputError(str(exc)) from None
         if isinstance(exc, StorekeeperError):
-            raise click.ClickException(str(exc)) from None
+            kind = _BadInputError if exc.exit_code == 2 else click.ClickException
+            raise kind(mask(str(exc))) from None
 
 
 def _not_found(description: str | None) -> NoReturn:

@@ -91,17 +91,19 @@ class Scripts:
         """Whether the directory has been made (it has an ``env.py``)."""
         return self.path is not None and (self.path / "env.py").is_file()
 
-    def require(self) -> Path:
-        """The directory's path; :class:`NotFound` with the ``--init`` command when missing."""
+    def require(self, *, init_command: str | None = None) -> Path:
+        """The directory's path; :class:`NotFound` with the command that makes it when missing
+        (``init_command``, by default ``storekeeper revision APP.STORE --init``)."""
         if self.path is None:
             raise NotFound(
                 f"store {self.app.name}.{self.name} was made at run time without a kind, so it "
                 "has no migrations; make stores that need migrations from a kind"
             )
         if not self.exists:
+            command = init_command or f"storekeeper revision {self.target} --init"
             raise NotFound(
                 f"{self.label} has no migrations: no Alembic script directory at {self.path}; "
-                f"create it with: storekeeper revision {self.target} --init"
+                f"create it with: {command}"
             )
         return self.path
 
