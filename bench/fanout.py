@@ -86,12 +86,10 @@ def postgres_url(stack: ExitStack, on_disk: bool) -> tuple[str, str]:
         return given, "STOREKEEPER_TEST_POSTGRES_URL"
     from storekeeper.testing.server import PostgresServer
 
-    shm = Path("/dev/shm")
-    if not on_disk and shm.is_dir() and os.access(shm, os.W_OK):
-        os.environ["TMPDIR"] = str(shm)
-    tempfile.tempdir = None  # read TMPDIR again
-    where = f"throwaway cluster in {tempfile.gettempdir()}"
-    return stack.enter_context(PostgresServer()).url, where
+    # The server keeps its data in RAM when it can; --on-disk puts it in the temporary folder.
+    server = PostgresServer(parent=tempfile.gettempdir() if on_disk else None)
+    url = stack.enter_context(server).url
+    return url, f"throwaway cluster in {server.folder.parent if server.folder else '?'}"
 
 
 def write_migrations(versions: Path, count: int) -> None:
