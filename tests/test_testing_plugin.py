@@ -555,3 +555,14 @@ def test_async_dbsession_rolls_back_and_the_apps_async_sessions_join(
         )
     )
     run(pytester, *options).assert_outcomes(passed=3)
+
+
+def test_a_bad_server_option_is_one_usage_error_at_start(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_many="\n".join(f"def test_{i}(dbsession):\n    pass\n" for i in range(3))
+    )
+    result = run(pytester, "--storekeeper-server=mysql")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert output.count("--storekeeper-server 'mysql' is not one of sqlite, postgresql") == 1
+    assert "test_0" not in result.stdout.str()

@@ -57,6 +57,8 @@ class Config:
     assignments: dict[tuple[str, str], Sourced] = field(default_factory=dict)
     #: Services marked ``production = true``: test tooling refuses to touch them.
     production_services: set[str] = field(default_factory=set)
+    #: The environment overlays the file has (``[env.test]`` gives ``"test"``).
+    overlays: set[str] = field(default_factory=set)
 
 
 def current_env() -> str | None:
@@ -130,6 +132,7 @@ def load(
         overlays = data.get("env", {})
         if not isinstance(overlays, dict):
             raise ConfigError(f"{where}: 'env' must be a table of tables like [env.test]")
+        config.overlays = set(overlays)
         if env_name and env_name in overlays:
             _apply_table(config, overlays[env_name], f"{where} [env.{env_name}]", top=False)
     _apply_environ(config, environ)

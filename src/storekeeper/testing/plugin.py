@@ -70,10 +70,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "storekeeper(store): the store ('app.store') that dbsession and storekeeper_app use",
     )
+    mode = _server_option(config)  # a bad value is one usage error at start
     if hasattr(config, "workerinput"):
         return  # an xdist worker: the controller chose the run's id and server
     config.stash[_RUN] = uuid.uuid4().hex[:12]
-    if _server_option(config) == "postgresql":
+    if mode == "postgresql":
         from .server import PostgresServer
 
         server = PostgresServer().start()
@@ -93,8 +94,12 @@ _SERVER_URL = pytest.StashKey[str]()
 
 
 def _server_option(config: pytest.Config) -> str:
+    """The ``--storekeeper-server`` (or ini) value, checked; empty when not given."""
     value = config.getoption("storekeeper_server") or config.getini("storekeeper_server")
-    return str(value or "").strip()
+    mode = str(value or "").strip()
+    if mode and mode not in ("sqlite", "postgresql", "config") and "://" not in mode:
+        raise pytest.UsageError(f"--storekeeper-server {mode!r} is not one of {SERVER_CHOICES}")
+    return mode
 
 
 def _worker(config: pytest.Config) -> tuple[str, str, str]:
@@ -132,20 +137,15 @@ def config_for_tests(config: pytest.Config, worker: str, server_url: str) -> Con
     loaded = config_mod.load(env="test", cwd=config.invocation_params.dir)
     folder = _state_folder(config)
     loaded.catalog = Sourced(f"sqlite:///{folder}/catalog-{worker}.sqlite", "pytest plugin")
-    mode = _server_option(config)
-    if not mode:
-        has_overlay = loaded.file is not None and _has_test_overlay(loaded.file)
-        mode = "config" if has_overlay else "sqlite"
+    mode = _server_option(config) or ("config" if "test" in loaded.overlays else "sqlite")
     if mode == "config":
         return loaded
     if mode == "sqlite":
         url = f"sqlite:///{folder}/stores"
     elif mode == "postgresql":
         url = server_url
-    elif "://" in mode:
-        url = mode
     else:
-        raise pytest.UsageError(f"--storekeeper-server {mode!r} is not one of {SERVER_CHOICES}")
+        url = mode
     source = f"pytest plugin ({mode.split('://')[0]})"
     loaded.services = {}
     loaded.env_services = {"test": Sourced(url, source)}
@@ -153,15 +153,6 @@ def config_for_tests(config: pytest.Config, worker: str, server_url: str) -> Con
     loaded.default_service = Sourced("test", source)
     loaded.production_services = set()
     return loaded
-
-
-def _has_test_overlay(file: Path) -> bool:
-    import tomllib
-
-    data = tomllib.loads(file.read_text())
-    if file.name == "pyproject.toml":
-        data = data.get("tool", {}).get("storekeeper", {})
-    return isinstance(data.get("env"), dict) and "test" in data["env"]
 
 
 def _apps(config: pytest.Config, loaded: Config) -> list[App]:
