@@ -1,17 +1,27 @@
 """What every store's ``env.py`` calls: ``from storekeeper.migrate.env import run; run()``.
 
-Run by storekeeper's commands, the connection (opened under the store's lock) and the metadata
-come in through ``config.attributes``. Run by plain ``alembic -c .../alembic.ini``, the store is
-the ``storekeeper_target`` of that file or ``-x store=APP.STORE``, and the app is found as the
-command line finds it (``storekeeper.toml``, entry points) or by ``-x app=MODULE:ATTR``.
+Where the migrations run, first match wins:
+
+1. storekeeper's own commands hand a :class:`Binding` (the store's connection, opened under
+   its lock, and its metadata) in ``config.attributes["storekeeper"]``;
+2. a database of the caller's own, as Alembic documents for programmatic use and as
+   pytest-alembic does: ``config.attributes["connection"]`` (a ``Connection``, or an
+   ``Engine``), ``config.attributes["engine"]``, ``config.attributes["url"]`` (a URL or its
+   string), or the ``sqlalchemy.url`` option. The migrations run on that database only; the
+   store named in ``alembic.ini`` is never opened, only its models are read (for
+   autogenerate; ``config.attributes["target_metadata"]`` overrides them);
+3. plain ``alembic -c .../alembic.ini``: the store is the ``storekeeper_target`` of that file
+   or ``-x store=APP.STORE``, and the app is found as the command line finds it
+   (``storekeeper.toml``, entry points) or by ``-x app=MODULE:ATTR``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +30,15 @@ from ..errors import BadInput
 if TYPE_CHECKING:
     from sqlalchemy import Connection, MetaData
 
+    from ..declare import App
+    from .scripts import Scripts
+
 #: The key of :class:`Binding` in ``alembic.config.Config.attributes``.
 ATTRIBUTE = "storekeeper"
+
+#: The keys of ``config.attributes`` that hand ``env.py`` a database of the caller's own, in
+#: the order they are looked at (then the ``sqlalchemy.url`` option).
+GIVEN = ("connection", "engine", "url")
 
 
 @dataclass
@@ -49,13 +66,22 @@ def configure_options(dialect: str, metadata: MetaData | None) -> dict[str, Any]
 
 
 def run() -> None:
-    """Run the migrations Alembic asked for on the store storekeeper (or ``-x``) names."""
+    """Run the migrations Alembic asked for: on storekeeper's store, on the database the
+    caller handed over, or on the store that ``alembic.ini`` (or ``-x``) names."""
     from alembic import context
 
     binding = context.config.attributes.get(ATTRIBUTE)
-    if binding is None:
-        _run_plain(context)
+    if binding is not None:
+        _run_bound(context, binding)
         return
+    given = _given(context.config)
+    if given is not None:
+        _run_given(context, *given)
+        return
+    _run_plain(context)
+
+
+def _run_bound(context: Any, binding: Binding) -> None:
     connection = binding.connection
     options = configure_options(connection.dialect.name, binding.metadata)
     if binding.on_version_apply is not None:
@@ -65,46 +91,141 @@ def run() -> None:
         context.run_migrations()
 
 
-def _run_plain(context: Any) -> None:
-    """Plain ``alembic``: find the app and store, then run as storekeeper would."""
-    from ..discover import import_app, load_apps, select
-    from ..site import Site
-    from .commands import store_connection
-    from .scripts import store_scripts
+def _given(config: Any) -> tuple[str, Any] | None:
+    """``(where, value)`` of the first database the caller handed over, else ``None``."""
+    for key in GIVEN:
+        value = config.attributes.get(key)
+        if value is not None:
+            return f"config.attributes[{key!r}]", value
+    url = config.get_main_option("sqlalchemy.url")
+    if url:
+        return "the sqlalchemy.url option", url
+    return None
+
+
+@contextlib.contextmanager
+def _given_connection(where: str, value: Any) -> Iterator[Connection]:
+    """A connection to the database ``value`` names: itself, one from an engine (closed
+    afterwards), or one from a pool-less engine on a URL (disposed afterwards)."""
+    from sqlalchemy import URL, Connection, Engine, create_engine
+    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.pool import NullPool
+
+    if isinstance(value, Connection):
+        yield value
+        return
+    if isinstance(value, Engine):
+        with value.connect() as connection:
+            yield connection
+        return
+    if not isinstance(value, str | URL):
+        raise BadInput(
+            f"{where} must be a SQLAlchemy Connection, Engine or URL, got {type(value).__name__}"
+        )
+    try:
+        engine = create_engine(value, poolclass=NullPool)
+    except ArgumentError:
+        raise BadInput(f"{where} is not a database URL") from None
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def _run_given(context: Any, where: str, value: Any) -> None:
+    """Run on the caller's database only; the store's models say what autogenerate wants."""
+    config = context.config
+    metadata = config.attributes.get("target_metadata")
+    if metadata is None:
+        metadata = _target_scripts(context, kind_ok=True)[1].metadata
+    if context.is_offline_mode() and not hasattr(value, "dialect"):
+        from sqlalchemy import make_url
+
+        url = make_url(value)
+        context.configure(
+            url=url, literal_binds=True, **configure_options(url.get_backend_name(), metadata)
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    with _given_connection(where, value) as connection:
+        context.configure(
+            connection=connection, **configure_options(connection.dialect.name, metadata)
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+def _target(context: Any) -> str | None:
+    x = context.get_x_argument(as_dictionary=True)
+    return (
+        x.get("store")
+        or os.environ.get("STOREKEEPER_STORE")
+        or context.config.get_main_option("storekeeper_target")
+    )
+
+
+def _target_scripts(context: Any, *, kind_ok: bool = False) -> tuple[str, Scripts]:
+    """The store (or, with ``kind_ok``, the kind) that ``-x store``, ``STOREKEEPER_STORE`` or
+    ``alembic.ini``'s ``storekeeper_target`` names, and its script directory."""
+    from .scripts import kind_scripts, store_scripts
 
     config = context.config
+    location = config.get_main_option("script_location")
+    target = _target(context)
+    if not target:
+        raise BadInput(
+            f"this script directory ({location}) names no store: its alembic.ini has no "
+            "storekeeper_target (or there is no alembic.ini); name the store with alembic -x "
+            "store=APP.STORE, or set storekeeper_target = APP.STORE in its alembic.ini"
+        )
+    if target.endswith(":*") and not kind_ok:
+        raise BadInput(
+            f"this script directory ({location}) is shared by the stores of kind "
+            f"{target[:-2]}: name one with alembic -x store=APP.STORE"
+        )
+    app_name, _, name = target.partition(".")
+    app = _find_app(context, app_name)
+    if name.endswith(":*"):
+        return name, kind_scripts(app, name[:-2])
+    return name, store_scripts(app, name)
+
+
+def _find_app(context: Any, app_name: str) -> App:
+    """The app named ``app_name``, bound to the project's site (``-x app``, the ini's
+    ``storekeeper_app``, else as the command line finds apps); connects to nothing."""
+    from ..discover import import_app, load_apps, select
+    from ..site import Site
+
+    config = context.config
+    site = Site.default()
+    # The project's modules import as when the project runs (alembic's own script does not
+    # put the working folder on the path).
+    if str(site.config.root) not in sys.path:
+        sys.path.insert(0, str(site.config.root))
+    x = context.get_x_argument(as_dictionary=True)
+    spec = x.get("app") or config.get_main_option("storekeeper_app")
+    if spec:
+        app = import_app(spec, origin="storekeeper_app")
+    else:
+        (app,) = select(load_apps([], site.config.apps, site.config.root), [app_name])
+    app.bind(site)
+    return app
+
+
+def _run_plain(context: Any) -> None:
+    """Plain ``alembic``: find the app and store, then run as storekeeper would."""
+    from .commands import store_connection
+
     if not logging.getLogger().handlers:
         # What alembic's own env.py shows: one line per migration run.
         logging.basicConfig(
             level=logging.WARNING, format="%(levelname)-5.5s [%(name)s] %(message)s"
         )
         logging.getLogger("alembic").setLevel(logging.INFO)
-    x = context.get_x_argument(as_dictionary=True)
-    target = (
-        x.get("store")
-        or os.environ.get("STOREKEEPER_STORE")
-        or config.get_main_option("storekeeper_target")
-    )
-    if not target or target.endswith(":*"):
-        raise BadInput(
-            f"this script directory ({config.get_main_option('script_location')}) is shared by "
-            "the stores of a kind: name one with alembic -x store=APP.STORE"
-        )
-    app_name, _, store = target.partition(".")
-    site = Site.default()
-    # The project's modules import as when the project runs (alembic's own script does not
-    # put the working folder on the path).
-    if str(site.config.root) not in sys.path:
-        sys.path.insert(0, str(site.config.root))
-    spec = x.get("app") or config.get_main_option("storekeeper_app")
-    if spec:
-        app = import_app(spec, origin="storekeeper_app")
-        app.bind(site)
-    else:
-        apps = load_apps([], site.config.apps, site.config.root)
-        (app,) = select(apps, [app_name])
-        app.bind(site)
-    scripts = store_scripts(app, store)
+    store, scripts = _target_scripts(context)
+    app = scripts.app
     if context.is_offline_mode():
         # alembic ... --sql: print the SQL for the store's dialect, connecting to nothing.
         url = app.url(store)
