@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from conftest import run_cli, write_app, write_config
+from conftest import CLI, run_cli, write_app, write_config
 from storekeeper.cli import main
 from storekeeper.site import Site
 
@@ -687,3 +688,48 @@ def test_migration_verbs_refuse_bad_input_with_exit_2(
     assert (code, err.strip()) == (2, "error: a revision needs a message: -m 'what it changes'")
     code, _, err = cli(capsys, "revision", f"{app}.main_db", "-m", "m", "--merge")
     assert code == 2 and "has 1 head revision(s); there is nothing to merge" in err
+
+
+# environments ---------------------------------------------------------------------------
+
+
+def run_outside_pytest(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m storekeeper ARGS`` in a process that does not look like pytest's."""
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("STOREKEEPER_", "PYTEST_"))
+    }
+    full_env.update(env or {})
+    return subprocess.run(
+        [*CLI, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_an_undefined_environment_exits_2_naming_the_defined_ones(project: Path) -> None:
+    write_config(
+        project,
+        """
+        [env.production]
+        default_service = ""
+        [env.staging]
+        """,
+    )
+    for args, env, named in [
+        (("status", "--env", "prod"), {}, "'prod'"),
+        (("sync",), {"STOREKEEPER_ENV": "prodution"}, "'prodution' (from STOREKEEPER_ENV)"),
+        (("--env", "test", "config", "show"), {}, "'test'"),
+    ]:
+        result = run_outside_pytest(*args, cwd=project, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert named in result.stderr, (args, result.stderr)
+        assert "production, staging" in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in project.iterdir()) == ["storekeeper.toml"]  # nothing made
+
+    # Once the name is right, the production guard is in force.
+    result = run_outside_pytest("--env", "production", "config", "show", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["environment"] == "production"
+    assert shown["default_service"]["value"] == ""
