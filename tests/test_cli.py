@@ -733,3 +733,116 @@ def test_an_undefined_environment_exits_2_naming_the_defined_ones(project: Path)
     shown = json.loads(result.stdout)
     assert shown["environment"] == "production"
     assert shown["default_service"]["value"] == ""
+
+
+# sync tries every store -----------------------------------------------------------------
+
+THREE_STORES_APP = '''
+"""Three stores; the middle one's initializer fails, the first one's prints."""
+import os
+import subprocess
+import sys
+
+from sqlalchemy import Integer
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from storekeeper import App, Store
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+def chatty(engine, first_time):
+    print("seeding a_db", first_time)
+    sys.stdout.flush()
+    subprocess.run(["echo", "a child process writes here too"], check=True)
+
+
+def failing(engine, first_time):
+    raise RuntimeError("the river is dry")
+
+
+app = App(
+    "{name}",
+    stores=[
+        Store("a_db", metadata=Base.metadata, initializer=chatty),
+        Store("b_db", metadata=Base.metadata, initializer=failing),
+        Store("c_db", metadata=Base.metadata),
+    ],
+)
+'''
+
+
+@pytest.fixture
+def three_stores(project: Path, site: Site, app_name: str, service_url: str) -> str:
+    """App ``app_name`` with stores a_db (prints), b_db (its initializer fails) and c_db."""
+    (project / f"{app_name}_three.py").write_text(THREE_STORES_APP.format(name=app_name))
+    write_config(
+        project,
+        f"""
+        default_service = "main"
+        apps = ["{app_name}_three:app"]
+        [services]
+        main = "{service_url}"
+        """,
+    )
+    return app_name
+
+
+def exists(site: Site, database: str) -> bool:
+    return site.backend(site.service("main")).exists(database)
+
+
+@SQLITE_ONLY
+def test_sync_tries_every_store_and_reports_each(
+    project: Path, site: Site, three_stores: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = three_stores
+    code, out, err = cli(capsys, "sync", app)
+    assert code == 1, err
+    assert exists(site, f"{app}_a_db") and exists(site, f"{app}_c_db")
+    assert not exists(site, f"{app}_b_db")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:4]}
+    assert out.splitlines()[0].split()[:2] == ["STORE", "SERVICE"]
+    assert rows[f"{app}.a_db"][-1] == "created"
+    assert rows[f"{app}.b_db"][-1] == "FAILED"
+    assert rows[f"{app}.c_db"][-1] == "created"
+    assert out.rstrip().endswith("sync: 2 created, 1 failed")
+    (error,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert f"{app}.b_db" in error and "the river is dry" in error
+    assert "seeding a_db True" in err and "seeding a_db" not in out
+
+    code, out, err = cli(capsys, "sync", app)
+    assert code == 1
+    assert out.rstrip().endswith("sync: 2 up to date, 1 failed")
+
+
+@SQLITE_ONLY
+def test_sync_json_is_valid_on_failure_and_initializer_output_goes_to_stderr(
+    project: Path, site: Site, three_stores: str
+) -> None:
+    app = three_stores
+    result = run_cli("sync", "--json", cwd=project)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["failed"] == [f"{app}.b_db"]
+    assert report["changed"] is True
+    stores = {s["store"]: s for s in report["stores"] if s["app"] == app}
+    assert [stores[n]["ok"] for n in ("a_db", "b_db", "c_db")] == [True, False, True]
+    assert "the river is dry" in stores["b_db"]["error"]
+    assert stores["a_db"]["error"] == "" and stores["a_db"]["action"] == "created"
+    assert "seeding a_db True" in result.stderr
+    assert "a child process writes here too" in result.stderr
+    assert exists(site, f"{app}_c_db")
+
+    # Bad input stops before any store: still one JSON document, and exit 2.
+    result = run_cli("sync", "nosuchapp", "--json", cwd=project)
+    assert result.returncode == 2
+    assert "unknown app 'nosuchapp'" in json.loads(result.stdout)["error"]
+    assert "unknown app 'nosuchapp'" in result.stderr

@@ -11,7 +11,8 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import BadInput, StorekeeperError
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from .declare import App
     from .migrate import MigrateResult, Revision, Scripts
     from .migrate.commands import RevisionState
-    from .provision import StoreResult
+    from .provision import StoreResult, SyncReport
     from .site import Site
 
 DEMO_APP = "gauges.stores:app"
@@ -195,6 +196,8 @@ def _confirm_refresh(apps: list[App], stores: list[str] | None, assume_yes: bool
 
 
 def _describe(result: StoreResult) -> str:
+    if not result.ok:
+        return f"FAILED: {result.error}"
     parts = [result.action]
     if result.tables_added:
         parts.append(f"tables added: {', '.join(result.tables_added)}")
@@ -204,6 +207,49 @@ def _describe(result: StoreResult) -> str:
 
 
 def cmd_sync(ctx: Context) -> int:
+    try:
+        report = _sync(ctx)
+    except Exception as exc:
+        if ctx.args.json:  # a script reading the output gets one JSON document, always
+            error = (
+                str(exc)
+                if isinstance(exc, StorekeeperError)
+                else f"unexpected {type(exc).__name__}: {exc}"
+            )
+            emit_json({"changed": False, "stores": [], "failed": [], "error": error})
+        raise
+    if ctx.args.json:
+        emit_json(
+            {
+                "changed": report.changed,
+                "stores": [r.as_dict() for r in report.results],
+                "failed": [f"{r.app}.{r.store}" for r in report.failed],
+            }
+        )
+        return report.exit_code
+    if not report.results:
+        say("no stores to sync")
+        return 0
+    print_synced(report.results)
+    for r in report.failed:
+        label = f"{r.app}.{r.store}"
+        say(f"error: {r.error if label in r.error else f'{label}: {r.error}'}", file=sys.stderr)
+    counts: dict[str, int] = {}
+    for r in report.results:
+        if r.ok:
+            counts[r.action] = counts.get(r.action, 0) + 1
+    done = ", ".join(f"{n} {action}" for action, n in counts.items())
+    if report.failed:
+        say(f"sync: {done + ', ' if done else ''}{len(report.failed)} failed")
+    elif report.changed:
+        say(f"synced: {done}")
+    else:
+        say(f"no changes: all {len(report.results)} stores are up to date")
+    return report.exit_code
+
+
+def _sync(ctx: Context) -> SyncReport:
+    """Check the arguments, then sync every chosen store, going on past failures."""
     a = ctx.args
     apps = ctx.select(a.apps)
     stores = a.store or None
@@ -223,22 +269,56 @@ def cmd_sync(ctx: Context) -> int:
 
     from .provision import sync
 
-    report = sync(
-        apps, stores=stores, refresh=a.refresh, first_time=a.first_time, progress=progress
+    # stdout is the command's answer (a table, or JSON); what initializers print is not.
+    with stdout_to_stderr():
+        return sync(
+            apps,
+            stores=stores,
+            refresh=a.refresh,
+            first_time=a.first_time,
+            progress=progress,
+            continue_on_error=True,
+        )
+
+
+def print_synced(results: Sequence[StoreResult]) -> None:
+    """The table of what ``sync`` did, store by store."""
+    say(
+        table(
+            [
+                (
+                    f"{r.app}.{r.store}",
+                    r.service,
+                    f"{r.seconds:.2f}",
+                    r.action if r.ok else "FAILED",
+                )
+                for r in results
+            ],
+            ["store", "service", "seconds", "result"],
+        )
     )
-    if a.json:
-        emit_json({"changed": report.changed, "stores": [r.as_dict() for r in report.results]})
-        return 0
-    if not report.results:
-        say("no stores to sync")
-    elif report.changed:
-        counts: dict[str, int] = {}
-        for r in report.results:
-            counts[r.action] = counts.get(r.action, 0) + 1
-        say("synced: " + ", ".join(f"{n} {action}" for action, n in counts.items()))
-    else:
-        say(f"no changes: all {len(report.results)} stores are up to date")
-    return 0
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to standard output meanwhile to standard error instead: Python's
+    ``sys.stdout`` and, in a real process, file descriptor 1 (child processes, C code)."""
+    sys.stdout.flush()
+    try:
+        out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced streams (tests, embedding)
+        out_fd = err_fd = -1
+    saved = os.dup(out_fd) if out_fd >= 0 else -1
+    if saved >= 0:
+        os.dup2(err_fd, out_fd)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved >= 0:
+            os.dup2(saved, out_fd)
+            os.close(saved)
 
 
 def cmd_status(ctx: Context) -> int:
