@@ -173,6 +173,33 @@ def test_service_test_on_a_closed_port_exits_1_with_a_clear_message(
 
 
 @SQLITE_ONLY
+def test_a_failing_service_test_suggests_where_to_fix_the_url_not_itself(
+    project: Path, site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = f"postgresql+psycopg://app:{SECRET}@127.0.0.1:{closed_port()}/postgres"
+    assert cli(capsys, "service", "add", "dead", dead)[0] == 0
+    code, out, err = cli(capsys, "service", "test", "dead")
+    assert code == 1
+    assert "cannot connect to service 'dead'" in err
+    assert "storekeeper service test" not in err
+    assert "storekeeper service add dead URL --replace" in err
+
+    with (project / "storekeeper.toml").open("a") as fh:
+        fh.write(f'filed = "{dead}"\n')
+    code, _, err = cli(capsys, "service", "test", "filed")
+    assert code == 1
+    assert "storekeeper service test" not in err
+    assert "services.filed in storekeeper.toml" in err
+
+    monkeypatch.setenv("STOREKEEPER_SERVICE_FROM_ENV", dead)
+    code, _, err = cli(capsys, "service", "test", "from_env")
+    assert code == 1
+    assert "storekeeper service test" not in err
+    assert "environment variable STOREKEEPER_SERVICE_FROM_ENV" in err
+    assert SECRET not in err
+
+
+@SQLITE_ONLY
 def test_service_test_with_a_wrong_password_exits_1_without_echoing_it(
     project: Path,
     site: Site,

@@ -21,6 +21,7 @@ from .secret import mask
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .backends import Service
     from .declare import App
     from .migrate import MigrateResult, Revision, Scripts
     from .migrate.commands import RevisionState
@@ -155,11 +156,37 @@ def cmd_service_remove(ctx: Context) -> int:
 
 
 def cmd_service_test(ctx: Context) -> int:
+    from .errors import ServiceUnavailable
+
     site = ctx.site
     service = site.service(ctx.args.name)
-    description = site.backend(service).ping()
+    try:
+        description = site.backend(service).ping()
+    except ServiceUnavailable as exc:
+        # Its message ends by suggesting this very command; say where the URL can be fixed.
+        message = str(exc).replace(f" (storekeeper service test {service.name})", "")
+        raise ServiceUnavailable(f"{message}; {_where_to_fix(service)}") from None
     say(f"ok: service {service.name!r} reached: {description}")
     return 0
+
+
+def _where_to_fix(service: Service) -> str:
+    """Where the URL of ``service`` comes from, and how to change it there."""
+    from .config import BUILTIN
+
+    if service.source == "catalog":
+        return (
+            "the URL comes from the catalog: change it with: storekeeper service add "
+            f"{service.name} URL --replace"
+        )
+    if service.source.startswith("env "):
+        return f"the URL comes from environment variable {service.source[4:]}: change it there"
+    if service.source == BUILTIN:
+        return (
+            f"{service.name!r} is the built-in service; put another in its place with: "
+            f"storekeeper service add {service.name} URL"
+        )
+    return f"the URL comes from services.{service.name} in {service.source}: change it there"
 
 
 def cmd_assign(ctx: Context) -> int:
