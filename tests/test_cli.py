@@ -179,6 +179,7 @@ def test_a_failing_service_test_suggests_where_to_fix_the_url_not_itself(
     dead = f"postgresql+psycopg://app:{SECRET}@127.0.0.1:{closed_port()}/postgres"
     assert cli(capsys, "service", "add", "dead", dead)[0] == 0
     code, out, err = cli(capsys, "service", "test", "dead")
+    assert out == ""
     assert code == 1
     assert "cannot connect to service 'dead'" in err
     assert "storekeeper service test" not in err
