@@ -347,6 +347,8 @@ def test_assign_then_sync_places_the_store_on_that_service(
         ("{app}.main_db", "ghost", "unknown service 'ghost'"),
         ("nodot", "main", "'nodot'"),
         ("{app}.Bad", "main", "'Bad'"),
+        ("my.{app}.main_db", "main", "unknown app 'my' in 'my.{app}.main_db'"),
+        ("{app}.main_db.x", "main", "'{app}.main_db.x': app '{app}' has no store or server"),
     ],
 )
 def test_assign_bad_input_exits_2_and_assigns_nothing(
@@ -359,7 +361,7 @@ def test_assign_bad_input_exits_2_and_assigns_nothing(
 ) -> None:
     code, _, err = cli(capsys, "assign", target.format(app=app), service)
     assert code == 2
-    assert shown in err
+    assert shown.format(app=app) in err
     assert "Traceback" not in err
     assert cli_json(capsys, "config", "show")["assignments"] == {}
 

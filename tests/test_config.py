@@ -400,3 +400,9 @@ def test_test_under_pytest_needs_no_overlay(project: Path) -> None:
     assert config.load().env == "test"  # chosen because this runs under pytest
     assert config.load(env="test").env == "test"  # as the pytest plugin asks for it
     assert config.load(env="test").default_service == Sourced("local", BUILTIN)
+
+
+def test_a_bad_assign_key_in_the_file_names_the_key_as_written(project: Path) -> None:
+    write_config(project, '[assign]\n"my.app.main" = "local"\n')
+    with pytest.raises(InvalidName, match=r"storekeeper.toml: assign key 'my.app.main': "):
+        config.load()

@@ -190,20 +190,39 @@ def _where_to_fix(service: Service) -> str:
 
 
 def cmd_assign(ctx: Context) -> int:
-    from .naming import split_target
+    app, setting = _setting_target(ctx, ctx.args.target)
+    service = ctx.site.assign(app.name, setting, ctx.args.service)
+    say(f"{app.name}.{setting} -> {service.name} ({service.display_url})")
+    return 0
 
-    app_name, setting = split_target(ctx.args.target)
-    (app,) = ctx.select([app_name])
-    if setting not in app.setting_names():
-        from .errors import NotFound
 
+def _setting_target(ctx: Context, target: str) -> tuple[App, str]:
+    """``APP.SETTING`` split as ``sync`` and ``upgrade`` split targets: the app name up to the
+    first dot, then one of that app's settings; errors name the target as typed."""
+    from .errors import InvalidName, NotFound
+    from .naming import check_identifier
+
+    app_name, dot, setting = target.partition(".")
+    if not dot or not app_name or not setting:
+        raise InvalidName(f"expected APP.SETTING (like 'my_app.example_db'), got {target!r}")
+    try:
+        check_identifier(app_name, "app")
+    except InvalidName as exc:
+        raise InvalidName(f"{target!r}: {exc}") from None
+    apps = {a.name: a for a in ctx.apps}
+    if app_name not in apps:
         raise NotFound(
-            f"app {app_name!r} has no store or server setting {setting!r}; it has: "
+            f"unknown app {app_name!r} in {target!r} (known: {', '.join(apps) or 'none found'}); "
+            "a target is an app's name, a dot and one of its stores or server settings, like "
+            "'my_app.example_db'"
+        )
+    app = apps[app_name]
+    if setting not in app.setting_names():
+        raise NotFound(
+            f"{target!r}: app {app_name!r} has no store or server setting {setting!r}; it has: "
             f"{', '.join(app.setting_names()) or 'none'}"
         )
-    service = ctx.site.assign(app_name, setting, ctx.args.service)
-    say(f"{app_name}.{setting} -> {service.name} ({service.display_url})")
-    return 0
+    return app, setting
 
 
 def _confirm_refresh(apps: list[App], stores: list[str] | None, assume_yes: bool) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidName
 from .naming import check_identifier, split_target
 
 CONFIG_FILE = "storekeeper.toml"
@@ -214,9 +214,11 @@ def _apply_table(config: Config, data: Any, where: str, *, top: bool) -> None:
     for target, service in assign.items():
         if not isinstance(service, str):
             raise ConfigError(f"{where}: assign.{target} must be a service name")
-        config.assignments[split_target(target)] = Sourced(
-            check_identifier(service, "service"), where
-        )
+        try:
+            key = split_target(target)
+        except InvalidName as exc:
+            raise InvalidName(f"{where}: assign key {target!r}: {exc}") from None
+        config.assignments[key] = Sourced(check_identifier(service, "service"), where)
 
 
 def _service_url(name: str, spec: Any, where: str, config: Config) -> str:
