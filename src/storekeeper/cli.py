@@ -349,10 +349,10 @@ def print_synced(results: Sequence[StoreResult]) -> None:
 def stdout_to_stderr() -> Iterator[None]:
     """Send what is written to standard output meanwhile to standard error instead: Python's
     ``sys.stdout`` and, in a real process, file descriptor 1 (child processes, C code)."""
-    sys.stdout.flush()
     try:
+        sys.stdout.flush()
         out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # replaced streams (tests, embedding)
+    except (AttributeError, OSError, ValueError):  # closed or replaced streams (tests, embedding)
         out_fd = err_fd = -1
     saved = os.dup(out_fd) if out_fd >= 0 else -1
     if saved >= 0:
@@ -361,7 +361,8 @@ def stdout_to_stderr() -> Iterator[None]:
         with redirect_stdout(sys.stderr):
             yield
     finally:
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
         if saved >= 0:
             os.dup2(saved, out_fd)
             os.close(saved)
