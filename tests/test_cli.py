@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from conftest import run_cli, write_app, write_config
+from conftest import CLI, run_cli, write_app, write_config
 from storekeeper.cli import main
 from storekeeper.site import Site
 
@@ -172,6 +173,34 @@ def test_service_test_on_a_closed_port_exits_1_with_a_clear_message(
 
 
 @SQLITE_ONLY
+def test_a_failing_service_test_suggests_where_to_fix_the_url_not_itself(
+    project: Path, site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = f"postgresql+psycopg://app:{SECRET}@127.0.0.1:{closed_port()}/postgres"
+    assert cli(capsys, "service", "add", "dead", dead)[0] == 0
+    code, out, err = cli(capsys, "service", "test", "dead")
+    assert out == ""
+    assert code == 1
+    assert "cannot connect to service 'dead'" in err
+    assert "storekeeper service test" not in err
+    assert "storekeeper service add dead URL --replace" in err
+
+    with (project / "storekeeper.toml").open("a") as fh:
+        fh.write(f'filed = "{dead}"\n')
+    code, _, err = cli(capsys, "service", "test", "filed")
+    assert code == 1
+    assert "storekeeper service test" not in err
+    assert "services.filed in storekeeper.toml" in err
+
+    monkeypatch.setenv("STOREKEEPER_SERVICE_FROM_ENV", dead)
+    code, _, err = cli(capsys, "service", "test", "from_env")
+    assert code == 1
+    assert "storekeeper service test" not in err
+    assert "environment variable STOREKEEPER_SERVICE_FROM_ENV" in err
+    assert SECRET not in err
+
+
+@SQLITE_ONLY
 def test_service_test_with_a_wrong_password_exits_1_without_echoing_it(
     project: Path,
     site: Site,
@@ -318,6 +347,8 @@ def test_assign_then_sync_places_the_store_on_that_service(
         ("{app}.main_db", "ghost", "unknown service 'ghost'"),
         ("nodot", "main", "'nodot'"),
         ("{app}.Bad", "main", "'Bad'"),
+        ("my.{app}.main_db", "main", "unknown app 'my' in 'my.{app}.main_db'"),
+        ("{app}.main_db.x", "main", "'{app}.main_db.x': app '{app}' has no store or server"),
     ],
 )
 def test_assign_bad_input_exits_2_and_assigns_nothing(
@@ -330,7 +361,7 @@ def test_assign_bad_input_exits_2_and_assigns_nothing(
 ) -> None:
     code, _, err = cli(capsys, "assign", target.format(app=app), service)
     assert code == 2
-    assert shown in err
+    assert shown.format(app=app) in err
     assert "Traceback" not in err
     assert cli_json(capsys, "config", "show")["assignments"] == {}
 
@@ -687,3 +718,161 @@ def test_migration_verbs_refuse_bad_input_with_exit_2(
     assert (code, err.strip()) == (2, "error: a revision needs a message: -m 'what it changes'")
     code, _, err = cli(capsys, "revision", f"{app}.main_db", "-m", "m", "--merge")
     assert code == 2 and "has 1 head revision(s); there is nothing to merge" in err
+
+
+# environments ---------------------------------------------------------------------------
+
+
+def run_outside_pytest(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m storekeeper ARGS`` in a process that does not look like pytest's."""
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("STOREKEEPER_", "PYTEST_"))
+    }
+    full_env.update(env or {})
+    return subprocess.run(
+        [*CLI, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_an_undefined_environment_exits_2_naming_the_defined_ones(project: Path) -> None:
+    write_config(
+        project,
+        """
+        [env.production]
+        default_service = ""
+        [env.staging]
+        """,
+    )
+    for args, env, named in [
+        (("status", "--env", "prod"), {}, "'prod'"),
+        (("sync",), {"STOREKEEPER_ENV": "prodution"}, "'prodution' (from STOREKEEPER_ENV)"),
+        (("--env", "test", "config", "show"), {}, "'test'"),
+    ]:
+        result = run_outside_pytest(*args, cwd=project, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert named in result.stderr, (args, result.stderr)
+        assert "production, staging" in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in project.iterdir()) == ["storekeeper.toml"]  # nothing made
+
+    # Once the name is right, the production guard is in force.
+    result = run_outside_pytest("--env", "production", "config", "show", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["environment"] == "production"
+    assert shown["default_service"]["value"] == ""
+
+
+# sync tries every store -----------------------------------------------------------------
+
+THREE_STORES_APP = '''
+"""Three stores; the middle one's initializer fails, the first one's prints."""
+import os
+import subprocess
+import sys
+
+from sqlalchemy import Integer
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from storekeeper import App, Store
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+def chatty(engine, first_time):
+    print("seeding a_db", first_time)
+    sys.stdout.flush()
+    subprocess.run(["echo", "a child process writes here too"], check=True)
+
+
+def failing(engine, first_time):
+    raise RuntimeError("the river is dry")
+
+
+app = App(
+    "{name}",
+    stores=[
+        Store("a_db", metadata=Base.metadata, initializer=chatty),
+        Store("b_db", metadata=Base.metadata, initializer=failing),
+        Store("c_db", metadata=Base.metadata),
+    ],
+)
+'''
+
+
+@pytest.fixture
+def three_stores(project: Path, site: Site, app_name: str, service_url: str) -> str:
+    """App ``app_name`` with stores a_db (prints), b_db (its initializer fails) and c_db."""
+    (project / f"{app_name}_three.py").write_text(THREE_STORES_APP.format(name=app_name))
+    write_config(
+        project,
+        f"""
+        default_service = "main"
+        apps = ["{app_name}_three:app"]
+        [services]
+        main = "{service_url}"
+        """,
+    )
+    return app_name
+
+
+def exists(site: Site, database: str) -> bool:
+    return site.backend(site.service("main")).exists(database)
+
+
+@SQLITE_ONLY
+def test_sync_tries_every_store_and_reports_each(
+    project: Path, site: Site, three_stores: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = three_stores
+    code, out, err = cli(capsys, "sync", app)
+    assert code == 1, err
+    assert exists(site, f"{app}_a_db") and exists(site, f"{app}_c_db")
+    assert not exists(site, f"{app}_b_db")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:4]}
+    assert out.splitlines()[0].split()[:2] == ["STORE", "SERVICE"]
+    assert rows[f"{app}.a_db"][-1] == "created"
+    assert rows[f"{app}.b_db"][-1] == "FAILED"
+    assert rows[f"{app}.c_db"][-1] == "created"
+    assert out.rstrip().endswith("sync: 2 created, 1 failed")
+    (error,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert f"{app}.b_db" in error and "the river is dry" in error
+    assert "seeding a_db True" in err and "seeding a_db" not in out
+
+    code, out, err = cli(capsys, "sync", app)
+    assert code == 1
+    assert out.rstrip().endswith("sync: 2 up to date, 1 failed")
+
+
+@SQLITE_ONLY
+def test_sync_json_is_valid_on_failure_and_initializer_output_goes_to_stderr(
+    project: Path, site: Site, three_stores: str
+) -> None:
+    app = three_stores
+    result = run_cli("sync", "--json", cwd=project)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["failed"] == [f"{app}.b_db"]
+    assert report["changed"] is True
+    stores = {s["store"]: s for s in report["stores"] if s["app"] == app}
+    assert [stores[n]["ok"] for n in ("a_db", "b_db", "c_db")] == [True, False, True]
+    assert "the river is dry" in stores["b_db"]["error"]
+    assert stores["a_db"]["error"] == "" and stores["a_db"]["action"] == "created"
+    assert "seeding a_db True" in result.stderr
+    assert "a child process writes here too" in result.stderr
+    assert exists(site, f"{app}_c_db")
+
+    # Bad input stops before any store: still one JSON document, and exit 2.
+    result = run_cli("sync", "nosuchapp", "--json", cwd=project)
+    assert result.returncode == 2
+    assert "unknown app 'nosuchapp'" in json.loads(result.stdout)["error"]
+    assert "unknown app 'nosuchapp'" in result.stderr

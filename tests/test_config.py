@@ -353,3 +353,56 @@ def test_a_bad_service_name_in_the_environment_names_the_variable(
     monkeypatch.setenv("STOREKEEPER_SERVICE_1BAD", "sqlite:///x")
     with pytest.raises(InvalidName, match="STOREKEEPER_SERVICE_1BAD"):
         config.load()
+
+
+# the environment must be one the configuration defines ---------------------------------
+
+
+def test_a_misspelled_storekeeper_env_is_an_error_naming_the_known_ones(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(project, OVERLAYS)
+    monkeypatch.setenv("STOREKEEPER_ENV", "prodution")
+    with pytest.raises(ConfigError) as info:
+        config.load()
+    message = str(info.value)
+    assert "'prodution'" in message and "STOREKEEPER_ENV" in message
+    assert "production, test" in message
+    assert "storekeeper.toml" in message
+
+
+def test_an_environment_given_by_name_must_be_defined(project: Path) -> None:
+    write_config(project, OVERLAYS)
+    with pytest.raises(ConfigError, match=r"'prod'.*production, test"):
+        config.load(env="prod")
+
+
+def test_an_environment_without_any_configuration_file_is_an_error(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STOREKEEPER_ENV", "production")
+    with pytest.raises(ConfigError, match=r"'production'.*no configuration file"):
+        config.load()
+
+
+def test_an_explicit_empty_overlay_is_a_defined_environment(project: Path) -> None:
+    write_config(project, 'default_service = "main"\n[services]\nmain = "sqlite:///s"\n')
+    with (project / "storekeeper.toml").open("a") as fh:
+        fh.write("[env.staging]\n")
+    cfg = config.load(env="staging")
+    assert cfg.env == "staging"
+    assert cfg.overlays == {"staging"}
+    assert cfg.default_service == Sourced("main", "storekeeper.toml")
+
+
+def test_test_under_pytest_needs_no_overlay(project: Path) -> None:
+    write_config(project, '[env.production]\ndefault_service = ""\n')
+    assert config.load().env == "test"  # chosen because this runs under pytest
+    assert config.load(env="test").env == "test"  # as the pytest plugin asks for it
+    assert config.load(env="test").default_service == Sourced("local", BUILTIN)
+
+
+def test_a_bad_assign_key_in_the_file_names_the_key_as_written(project: Path) -> None:
+    write_config(project, '[assign]\n"my.app.main" = "local"\n')
+    with pytest.raises(InvalidName, match=r"storekeeper.toml: assign key 'my.app.main': "):
+        config.load()

@@ -11,7 +11,8 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import BadInput, StorekeeperError
@@ -20,10 +21,11 @@ from .secret import mask
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .backends import Service
     from .declare import App
     from .migrate import MigrateResult, Revision, Scripts
     from .migrate.commands import RevisionState
-    from .provision import StoreResult
+    from .provision import StoreResult, SyncReport
     from .site import Site
 
 DEMO_APP = "gauges.stores:app"
@@ -154,28 +156,73 @@ def cmd_service_remove(ctx: Context) -> int:
 
 
 def cmd_service_test(ctx: Context) -> int:
+    from .errors import ServiceUnavailable
+
     site = ctx.site
     service = site.service(ctx.args.name)
-    description = site.backend(service).ping()
+    try:
+        description = site.backend(service).ping()
+    except ServiceUnavailable as exc:
+        # Its message ends by suggesting this very command; say where the URL can be fixed.
+        message = str(exc).replace(f" (storekeeper service test {service.name})", "")
+        raise ServiceUnavailable(f"{message}; {_where_to_fix(service)}") from None
     say(f"ok: service {service.name!r} reached: {description}")
     return 0
 
 
+def _where_to_fix(service: Service) -> str:
+    """Where the URL of ``service`` comes from, and how to change it there."""
+    from .config import BUILTIN
+
+    if service.source == "catalog":
+        return (
+            "the URL comes from the catalog: change it with: storekeeper service add "
+            f"{service.name} URL --replace"
+        )
+    if service.source.startswith("env "):
+        return f"the URL comes from environment variable {service.source[4:]}: change it there"
+    if service.source == BUILTIN:
+        return (
+            f"{service.name!r} is the built-in service; put another in its place with: "
+            f"storekeeper service add {service.name} URL"
+        )
+    return f"the URL comes from services.{service.name} in {service.source}: change it there"
+
+
 def cmd_assign(ctx: Context) -> int:
-    from .naming import split_target
+    app, setting = _setting_target(ctx, ctx.args.target)
+    service = ctx.site.assign(app.name, setting, ctx.args.service)
+    say(f"{app.name}.{setting} -> {service.name} ({service.display_url})")
+    return 0
 
-    app_name, setting = split_target(ctx.args.target)
-    (app,) = ctx.select([app_name])
-    if setting not in app.setting_names():
-        from .errors import NotFound
 
+def _setting_target(ctx: Context, target: str) -> tuple[App, str]:
+    """``APP.SETTING`` split as ``sync`` and ``upgrade`` split targets: the app name up to the
+    first dot, then one of that app's settings; errors name the target as typed."""
+    from .errors import InvalidName, NotFound
+    from .naming import check_identifier
+
+    app_name, dot, setting = target.partition(".")
+    if not dot or not app_name or not setting:
+        raise InvalidName(f"expected APP.SETTING (like 'my_app.example_db'), got {target!r}")
+    try:
+        check_identifier(app_name, "app")
+    except InvalidName as exc:
+        raise InvalidName(f"{target!r}: {exc}") from None
+    apps = {a.name: a for a in ctx.apps}
+    if app_name not in apps:
         raise NotFound(
-            f"app {app_name!r} has no store or server setting {setting!r}; it has: "
+            f"unknown app {app_name!r} in {target!r} (known: {', '.join(apps) or 'none found'}); "
+            "a target is an app's name, a dot and one of its stores or server settings, like "
+            "'my_app.example_db'"
+        )
+    app = apps[app_name]
+    if setting not in app.setting_names():
+        raise NotFound(
+            f"{target!r}: app {app_name!r} has no store or server setting {setting!r}; it has: "
             f"{', '.join(app.setting_names()) or 'none'}"
         )
-    service = ctx.site.assign(app_name, setting, ctx.args.service)
-    say(f"{app_name}.{setting} -> {service.name} ({service.display_url})")
-    return 0
+    return app, setting
 
 
 def _confirm_refresh(apps: list[App], stores: list[str] | None, assume_yes: bool) -> None:
@@ -195,6 +242,8 @@ def _confirm_refresh(apps: list[App], stores: list[str] | None, assume_yes: bool
 
 
 def _describe(result: StoreResult) -> str:
+    if not result.ok:
+        return f"FAILED: {result.error}"
     parts = [result.action]
     if result.tables_added:
         parts.append(f"tables added: {', '.join(result.tables_added)}")
@@ -204,6 +253,49 @@ def _describe(result: StoreResult) -> str:
 
 
 def cmd_sync(ctx: Context) -> int:
+    try:
+        report = _sync(ctx)
+    except Exception as exc:
+        if ctx.args.json:  # a script reading the output gets one JSON document, always
+            error = (
+                str(exc)
+                if isinstance(exc, StorekeeperError)
+                else f"unexpected {type(exc).__name__}: {exc}"
+            )
+            emit_json({"changed": False, "stores": [], "failed": [], "error": error})
+        raise
+    if ctx.args.json:
+        emit_json(
+            {
+                "changed": report.changed,
+                "stores": [r.as_dict() for r in report.results],
+                "failed": [f"{r.app}.{r.store}" for r in report.failed],
+            }
+        )
+        return report.exit_code
+    if not report.results:
+        say("no stores to sync")
+        return 0
+    print_synced(report.results)
+    for r in report.failed:
+        label = f"{r.app}.{r.store}"
+        say(f"error: {r.error if label in r.error else f'{label}: {r.error}'}", file=sys.stderr)
+    counts: dict[str, int] = {}
+    for r in report.results:
+        if r.ok:
+            counts[r.action] = counts.get(r.action, 0) + 1
+    done = ", ".join(f"{n} {action}" for action, n in counts.items())
+    if report.failed:
+        say(f"sync: {done + ', ' if done else ''}{len(report.failed)} failed")
+    elif report.changed:
+        say(f"synced: {done}")
+    else:
+        say(f"no changes: all {len(report.results)} stores are up to date")
+    return report.exit_code
+
+
+def _sync(ctx: Context) -> SyncReport:
+    """Check the arguments, then sync every chosen store, going on past failures."""
     a = ctx.args
     apps = ctx.select(a.apps)
     stores = a.store or None
@@ -223,22 +315,57 @@ def cmd_sync(ctx: Context) -> int:
 
     from .provision import sync
 
-    report = sync(
-        apps, stores=stores, refresh=a.refresh, first_time=a.first_time, progress=progress
+    # stdout is the command's answer (a table, or JSON); what initializers print is not.
+    with stdout_to_stderr():
+        return sync(
+            apps,
+            stores=stores,
+            refresh=a.refresh,
+            first_time=a.first_time,
+            progress=progress,
+            continue_on_error=True,
+        )
+
+
+def print_synced(results: Sequence[StoreResult]) -> None:
+    """The table of what ``sync`` did, store by store."""
+    say(
+        table(
+            [
+                (
+                    f"{r.app}.{r.store}",
+                    r.service,
+                    f"{r.seconds:.2f}",
+                    r.action if r.ok else "FAILED",
+                )
+                for r in results
+            ],
+            ["store", "service", "seconds", "result"],
+        )
     )
-    if a.json:
-        emit_json({"changed": report.changed, "stores": [r.as_dict() for r in report.results]})
-        return 0
-    if not report.results:
-        say("no stores to sync")
-    elif report.changed:
-        counts: dict[str, int] = {}
-        for r in report.results:
-            counts[r.action] = counts.get(r.action, 0) + 1
-        say("synced: " + ", ".join(f"{n} {action}" for action, n in counts.items()))
-    else:
-        say(f"no changes: all {len(report.results)} stores are up to date")
-    return 0
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to standard output meanwhile to standard error instead: Python's
+    ``sys.stdout`` and, in a real process, file descriptor 1 (child processes, C code)."""
+    try:
+        sys.stdout.flush()
+        out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # closed or replaced streams (tests, embedding)
+        out_fd = err_fd = -1
+    saved = os.dup(out_fd) if out_fd >= 0 else -1
+    if saved >= 0:
+        os.dup2(err_fd, out_fd)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        if saved >= 0:
+            os.dup2(saved, out_fd)
+            os.close(saved)
 
 
 def cmd_status(ctx: Context) -> int:

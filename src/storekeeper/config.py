@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidName
 from .naming import check_identifier, split_target
 
 CONFIG_FILE = "storekeeper.toml"
@@ -61,14 +61,44 @@ class Config:
     overlays: set[str] = field(default_factory=set)
 
 
-def current_env() -> str | None:
+def current_env(environ: Mapping[str, str] | None = None) -> str | None:
     """The environment overlay in force: ``STOREKEEPER_ENV``, else ``test`` under pytest."""
-    value = os.environ.get("STOREKEEPER_ENV")
+    environ = os.environ if environ is None else environ
+    value = environ.get("STOREKEEPER_ENV")
     if value is not None:
         return value or None
-    if "pytest" in sys.modules or "PYTEST_CURRENT_TEST" in os.environ:
+    if _under_pytest(environ):
         return "test"
     return None
+
+
+def _under_pytest(environ: Mapping[str, str]) -> bool:
+    return "pytest" in sys.modules or "PYTEST_CURRENT_TEST" in environ
+
+
+def _check_env(
+    name: str, overlays: Mapping[str, Any], where: str | None, environ: Mapping[str, str]
+) -> None:
+    """Refuse an environment the configuration does not define.
+
+    A misspelled name would silently leave out its overlay, and with it guards such as
+    production's ``default_service = ""``. ``test`` under pytest needs no overlay: the test
+    tooling brings its own defaults.
+    """
+    if name in overlays or (name == "test" and _under_pytest(environ)):
+        return
+    origin = " (from STOREKEEPER_ENV)" if environ.get("STOREKEEPER_ENV") == name else ""
+    if where is None:
+        raise ConfigError(
+            f"environment {name!r}{origin} is not defined: there is no configuration file "
+            f"({CONFIG_FILE}, or [tool.storekeeper] in pyproject.toml) with an [env.{name}] "
+            "table; unset the environment, or write that file"
+        )
+    known = ", ".join(sorted(overlays)) or "none"
+    raise ConfigError(
+        f"environment {name!r}{origin} is not defined in {where}; its environments: {known}. "
+        f"Choose one of those, or add an [env.{name}] table (it may be empty)"
+    )
 
 
 def find_config_file(start: Path) -> tuple[Path | None, dict[str, Any]]:
@@ -109,7 +139,9 @@ def load(
 
     ``path`` names a config file (else ``STOREKEEPER_CONFIG``, else the nearest
     ``storekeeper.toml`` / ``pyproject.toml`` from ``cwd`` up). ``env`` picks the overlay:
-    ``True`` means :func:`current_env`, ``None``/``False`` none, a string that one.
+    ``True`` means :func:`current_env`, ``None``/``False`` none, a string that one. An
+    environment the file does not define is a :class:`ConfigError` (``test`` under pytest
+    excepted), so a misspelled name never drops its overlay's guards silently.
     """
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
@@ -124,14 +156,19 @@ def load(
             data = data.get("tool", {}).get("storekeeper", {})
     else:
         file, data = find_config_file(cwd.absolute())
-    env_name = current_env() if env is True else (env or None)
+    env_name = current_env(environ) if env is True else (env or None)
     config = Config(root=file.parent if file else cwd.absolute(), file=file, env=env_name)
-    if file is not None:
+    if file is None:
+        if env_name:
+            _check_env(env_name, {}, None, environ)
+    else:
         where = file.name if file.name == CONFIG_FILE else f"{file.name} [tool.storekeeper]"
-        _apply_table(config, data, where, top=True)
         overlays = data.get("env", {})
         if not isinstance(overlays, dict):
             raise ConfigError(f"{where}: 'env' must be a table of tables like [env.test]")
+        if env_name:
+            _check_env(env_name, overlays, where, environ)
+        _apply_table(config, data, where, top=True)
         config.overlays = set(overlays)
         if env_name and env_name in overlays:
             _apply_table(config, overlays[env_name], f"{where} [env.{env_name}]", top=False)
@@ -177,9 +214,11 @@ def _apply_table(config: Config, data: Any, where: str, *, top: bool) -> None:
     for target, service in assign.items():
         if not isinstance(service, str):
             raise ConfigError(f"{where}: assign.{target} must be a service name")
-        config.assignments[split_target(target)] = Sourced(
-            check_identifier(service, "service"), where
-        )
+        try:
+            key = split_target(target)
+        except InvalidName as exc:
+            raise InvalidName(f"{where}: assign key {target!r}: {exc}") from None
+        config.assignments[key] = Sourced(check_identifier(service, "service"), where)
 
 
 def _service_url(name: str, spec: Any, where: str, config: Config) -> str:

@@ -54,6 +54,11 @@ class StoreResult:
     revision: str | None = None
     migrations_applied: list[str] = field(default_factory=list)
     from_template: bool = False
+    #: A store that failed in a ``sync`` that goes on past failures: why, and the exit code
+    #: its error calls for (2 for bad input, else 1).
+    ok: bool = True
+    error: str = ""
+    exit_code: int = 0
 
     @property
     def changed(self) -> bool:
@@ -83,6 +88,19 @@ class SyncReport:
     def changed(self) -> bool:
         """Whether anything changed (a second sync of the same code reports ``False``)."""
         return any(r.changed for r in self.results)
+
+    @property
+    def failed(self) -> list[StoreResult]:
+        """The stores that failed."""
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every store synced; 2 when every failure was bad input; else 1."""
+        codes = {r.exit_code for r in self.failed}
+        if not codes:
+            return 0
+        return 2 if codes == {2} else 1
 
 
 def resolve_initializer(spec: InitializerSpec, where: str) -> Initializer | None:
@@ -268,12 +286,15 @@ def sync(
     refresh: bool = False,
     first_time: bool = False,
     progress: Callable[[StoreResult], None] | None = None,
+    continue_on_error: bool = False,
 ) -> SyncReport:
     """For each declared store: create it if missing, create missing tables, run the initializer
     (``first_time`` true only when created in this run, or when ``first_time`` is given).
 
     Every store is checked first (names, assignments, initializers): bad input raises before
-    anything is changed. ``stores`` limits the run to those store names.
+    anything is changed. ``stores`` limits the run to those store names. A store that fails
+    raises its error, unless ``continue_on_error``: then every store is tried and each failure
+    is a result with ``ok`` false (see :attr:`SyncReport.failed`).
     """
     wanted = list(stores) if stores is not None else None
     plans: list[_Plan | StoreResult] = []
@@ -305,12 +326,38 @@ def sync(
     for plan in plans:
         if isinstance(plan, StoreResult):
             result = plan
+        elif continue_on_error:
+            result = _attempt(plan, refresh=refresh, first_time=first_time)
         else:
             result = _provision(plan, refresh=refresh, first_time=first_time, runtime=None)
         report.results.append(result)
         if progress is not None:
             progress(result)
     return report
+
+
+def _attempt(plan: _Plan, *, refresh: bool, first_time: bool) -> StoreResult:
+    """Provision one store of a ``sync``; a failure is returned in the result, not raised."""
+    started = time.perf_counter()
+    service = plan.placement.service
+    try:
+        return _provision(plan, refresh=refresh, first_time=first_time, runtime=None)
+    except StorekeeperError as exc:
+        error, code = str(exc), exc.exit_code
+    except Exception as exc:  # one store's surprise must not leave the others untried
+        error = mask(f"unexpected {type(exc).__name__}: {exc}", service.url.password)
+        code = 1
+    return StoreResult(
+        plan.app.name,
+        plan.store,
+        service.name,
+        plan.placement.database,
+        "failed",
+        seconds=time.perf_counter() - started,
+        ok=False,
+        error=error,
+        exit_code=code,
+    )
 
 
 def create_store(
