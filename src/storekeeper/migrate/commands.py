@@ -8,10 +8,10 @@ own transaction: a failing one leaves the store at the last good revision.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -137,11 +137,7 @@ def alembic_config(scripts: Scripts, binding: Binding | None = None) -> Config:
     path = scripts.require()
     ini = path / "alembic.ini"
     # Alembic's own "Generating ..." lines would go to stdout; callers report what was made.
-    config = Config(
-        str(ini) if ini.is_file() else None,
-        stdout=io.StringIO(),
-        cmd_opts=argparse.Namespace(quiet=True, x=None),
-    )
+    config = Config(str(ini) if ini.is_file() else None, stdout=io.StringIO())
     config.set_main_option("script_location", str(path))
     if binding is not None:
         config.attributes[ATTRIBUTE] = binding
@@ -261,10 +257,11 @@ def _joined(revs: Sequence[str]) -> str | None:
 def is_known(directory: ScriptDirectory, rev: str) -> bool:
     """Whether the migrations of ``directory`` have revision ``rev``."""
     from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
 
     try:
-        directory.revision_map.get_revision(rev)
-    except RevisionError:
+        directory.get_revision(rev)
+    except (CommandError, RevisionError):
         return False
     return True
 
@@ -283,6 +280,35 @@ def _check_known(
             ) from None
 
 
+#: Alembic's relative targets: ``[BRANCH@][SYMBOL]+N`` or ``-N``, where SYMBOL is ``head``,
+#: ``heads``, ``base`` or a revision (``-1``, ``+2``, ``head-1``, ``base+1``, ``ae10+2``).
+#: Alembic tries this at the start of a target; it must match the whole of it here, or the
+#: target is a revision id (Alembic forbids ``-``, ``+``, ``@`` and ``:`` in those).
+_RELATIVE = re.compile(r"(?:(?P<branch>[^@]+)@)?(?P<symbol>\w+)?(?P<steps>[+-]\d+)")
+_SYMBOLS = ("head", "heads", "base")
+#: What Alembic refuses in a revision id (``Script.verify_rev_id``).
+_NOT_IN_IDS = "-+@:"
+
+
+def _unknown(directory: ScriptDirectory, scripts: Scripts, label: str, what: str) -> BadRevision:
+    return BadRevision(
+        f"unknown revision {what} for {label}; its revisions: {_revision_list(directory)} "
+        f"(see storekeeper history {scripts.target if scripts.kind else label})"
+    )
+
+
+def _has(directory: ScriptDirectory, revs: str) -> bool:
+    """Whether Alembic finds ``revs`` (a revision id, a prefix of one, ``branch@rev``)."""
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    try:
+        directory.get_revisions(revs)
+    except (CommandError, RevisionError):
+        return False
+    return True
+
+
 def _check_target(
     directory: ScriptDirectory,
     scripts: Scripts,
@@ -291,35 +317,39 @@ def _check_target(
     at: Sequence[str] | None,
     label: str,
 ) -> None:
-    """Refuse a target revision the migrations lack, several heads for ``head``, and a
-    relative downgrade below base (when ``at``, the store's revisions, is known)."""
-    from alembic.script.revision import RevisionError
-
-    if to in ("head", "heads", "base"):
+    """Refuse a target revision the migrations lack, several heads for ``head``, a relative
+    move the wrong way, and a relative downgrade below base (when ``at``, the store's
+    revisions, is known)."""
+    if to in _SYMBOLS:
         if to == "head" and action != "downgrade":
             _single_head(directory, scripts)
         return
-    relative = to.lstrip("+-")
-    if to[:1] in "+-" and relative.isdigit():
-        steps = int(relative)
-        if action == "downgrade" and to.startswith("-") and at is not None:
-            depth = len(list(directory.iterate_revisions(at[0], "base"))) if at else 0
-            if len(at) > 1:
-                depth = min(len(list(directory.iterate_revisions(r, "base"))) for r in at)
-            if steps > depth:
-                raise BadRevision(
-                    f"cannot downgrade {label} by {steps} revision(s): it is at "
-                    f"{_joined(at) or 'base'}, {depth} revision(s) above base; "
-                    "--to base undoes them all"
-                )
+    relative = _RELATIVE.fullmatch(to)
+    if relative is None:
+        if not to.strip() or (set(to) & set(_NOT_IN_IDS) and to.count("@") != 1):
+            raise _unknown(directory, scripts, label, repr(to))
+        if not _has(directory, to):
+            raise _unknown(directory, scripts, label, repr(to))
         return
-    try:
-        directory.revision_map.get_revisions(to.split("@")[-1].split("+")[0].split("-")[0])
-    except RevisionError:
+    symbol, steps = relative["symbol"], int(relative["steps"])
+    if symbol is not None and symbol not in _SYMBOLS and not _has(directory, symbol):
+        raise _unknown(directory, scripts, label, f"{symbol!r} in {to!r}")
+    if symbol is None and action == "upgrade" and steps < 0:
         raise BadRevision(
-            f"unknown revision {to!r} for {label}; its revisions: {_revision_list(directory)} "
-            f"(see storekeeper history {scripts.target if scripts.kind else label})"
-        ) from None
+            f"upgrade goes up: {to!r} would move {label} down; use storekeeper downgrade --to {to}"
+        )
+    if symbol is None and action == "downgrade" and steps > 0:
+        raise BadRevision(
+            f"downgrade goes down: {to!r} would move {label} up; use storekeeper upgrade --to {to}"
+        )
+    if symbol is None and action == "downgrade" and at is not None:
+        depth = min((len(list(directory.iterate_revisions(r, "base"))) for r in at), default=0)
+        if -steps > depth:
+            raise BadRevision(
+                f"cannot downgrade {label} by {-steps} revision(s): it is at "
+                f"{_joined(at) or 'base'}, {depth} revision(s) above base; "
+                "--to base undoes them all"
+            )
 
 
 def _failed_migration(directory: ScriptDirectory, exc: BaseException) -> str | None:
@@ -361,7 +391,7 @@ def migrate_database(
     :class:`MigrationError` naming the failing migration (the store then stays at the last
     good revision).
     """
-    from alembic.runtime.environment import EnvironmentContext
+    from alembic import command
     from alembic.script.revision import RevisionError
     from alembic.util import CommandError
 
@@ -384,22 +414,13 @@ def migrate_database(
         exc.before = exc.after = result.before
         raise
 
-    def steps(rev: Any, _context: Any) -> Any:
-        if action == "upgrade":
-            return directory._upgrade_revs(to, rev)
-        if action == "downgrade":
-            return directory._downgrade_revs(to, rev)
-        return directory._stamp_revs(to, rev)
-
     def applied(*, step: Any, **_: Any) -> None:
         result.applied.append(str(step.up_revision_id))
 
+    move = {"upgrade": command.upgrade, "downgrade": command.downgrade, "stamp": command.stamp}
     binding = Binding(connection, scripts.metadata, on_version_apply=applied)
     try:
-        with EnvironmentContext(
-            alembic_config(scripts, binding), directory, fn=steps, destination_rev=to
-        ):
-            directory.run_env()
+        move[action](alembic_config(scripts, binding), to)
     except (CommandError, RevisionError) as exc:
         raise BadRevision(f"cannot {action} {label} to {to!r}: {exc}") from None
     except Exception as exc:
@@ -537,6 +558,26 @@ def scratch_database(scripts: Scripts) -> Iterator[Connection]:
         backend.drop(name)
 
 
+def _check_rev_id(directory: ScriptDirectory, scripts: Scripts, rev_id: str) -> None:
+    """Refuse a revision id Alembic could not target (or store), and one already taken."""
+    bad = sorted(set(rev_id) & set(_NOT_IN_IDS))
+    if bad or not rev_id.strip() or rev_id != rev_id.strip():
+        raise BadInput(
+            f"revision id {rev_id!r} cannot be used: "
+            + (
+                f"it has {', '.join(repr(c) for c in bad)}, which Alembic reads as part of a "
+                "target (rev-1, rev+2, branch@rev)"
+                if bad
+                else "it is empty or has spaces around it"
+            )
+            + "; choose another --rev-id (letters, digits, _)"
+        )
+    if any(s.revision == rev_id for s in directory.walk_revisions()):
+        raise BadRevision(
+            f"revision id {rev_id!r} is taken in {scripts.label}; choose another --rev-id"
+        )
+
+
 def revision(
     app: App,
     name: str,
@@ -557,6 +598,8 @@ def revision(
     directory = script_directory(scripts)
     if not message or not message.strip():
         raise BadInput("a revision needs a message: -m 'what it changes'")
+    if rev_id is not None:
+        _check_rev_id(directory, scripts, rev_id)
     if merge:
         tops = directory.get_heads()
         if len(tops) < 2:
