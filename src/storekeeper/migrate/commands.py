@@ -138,7 +138,7 @@ def alembic_config(scripts: Scripts, binding: Binding | None = None) -> Config:
 
     path = scripts.require()
     ini = path / "alembic.ini"
-    # Alembic's own "Generating ..." lines would go to stdout; callers report what was made.
+    # What Alembic prints through the config stays out of stdout; callers report what was done.
     config = Config(str(ini) if ini.is_file() else None, stdout=io.StringIO())
     config.set_main_option("script_location", str(path))
     if binding is not None:
@@ -283,12 +283,13 @@ def stamp_hint(directory: ScriptDirectory, label: str) -> str:
 
 def _adoption_error(directory: ScriptDirectory, tables: Sequence[str], label: str) -> str:
     shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
-    hint, then = stamp_hint(directory, label), f"; then storekeeper upgrade {label}"
+    # With one revision, stamping it is the whole way out; with more, upgrade after it.
+    then = "" if _roots(directory) == list(directory.get_heads()) else f"; then upgrade {label}"
     return (
         f"store {label} has tables ({shown}) but no migration history: they were made before "
         "it had migrations (by create_all), and running its migrations would make them "
         f"again. When its schema is that of a revision, record it without running anything: "
-        f"{hint}" + ("" if hint.endswith(tuple(directory.get_heads())) else then)
+        f"{stamp_hint(directory, label)}{then}"
     )
 
 
@@ -681,7 +682,7 @@ def revision(
         return None
     notes: tuple[str, ...] = ()
     if autogenerate and scripts.kind is None:
-        notes = _adoption_notes(app, name, scripts, script_directory(scripts), script.revision)
+        notes = _adoption_notes(app, name, scripts, script.revision)
     return Revision(
         script.revision, _down_revisions(script), message.strip(), True, str(script.path), notes
     )
@@ -720,20 +721,20 @@ def _autogenerate(
             raise MigrationError(f"autogenerate for {scripts.label} failed: {exc}") from None
 
 
-def _adoption_notes(
-    app: App, store: str, scripts: Scripts, directory: ScriptDirectory, rev: str
-) -> tuple[str, ...]:
+def _adoption_notes(app: App, store: str, scripts: Scripts, rev: str) -> tuple[str, ...]:
     """For a store made by ``create_all`` before it had migrations: how to adopt it, from a
     comparison of its real tables with the models (empty for any other store)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     label = f"{app.name}.{store}"
-    placement = app.placement(store)
     try:
+        placement = app.placement(store)
         if not app.site.backend(placement.service).exists(placement.database):
             return ()
         with store_connection(app, store, lock=False) as connection:
             tables = untracked_tables(connection, scripts.metadata)
             differences = compare(connection, scripts.metadata) if tables else []
-    except StorekeeperError:
+    except (StorekeeperError, SQLAlchemyError):
         return ()  # the store cannot be looked at now; the revision is written all the same
     if not tables:
         return ()
