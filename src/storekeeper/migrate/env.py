@@ -68,8 +68,9 @@ def configure_options(dialect: str, metadata: MetaData | None) -> dict[str, Any]
 
 
 def run() -> None:
-    """Run the migrations Alembic asked for: on storekeeper's store, on the database the
-    caller handed over, or on the store that ``alembic.ini`` (or ``-x``) names."""
+    """Run the migrations Alembic asked for: on the database the caller handed over, else on
+    the store storekeeper's command locked, else on the store ``alembic.ini`` (or ``-x``)
+    names."""
     from alembic import context
 
     config = context.config
