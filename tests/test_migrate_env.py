@@ -143,31 +143,31 @@ def test_env_py_honours_a_given_connection_so_pytest_alembic_runs_on_a_scratch_d
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])
-@pytest.mark.parametrize("given", ["connection", "engine", "url", "sqlalchemy.url"])
 def test_env_py_runs_only_on_a_given_connection_engine_or_url(
-    project: Path, store_with_sentinel: App, scratch_url: str, given: str
+    project: Path, store_with_sentinel: App, scratch_url: str
 ) -> None:
     app = store_with_sentinel
-    config = Config(str(project / "migrations" / "main_db" / "alembic.ini"))
     engine = create_engine(scratch_url, poolclass=NullPool)
     try:
-        with engine.connect() as conn:
-            if given == "connection":
-                config.attributes["connection"] = conn
-            elif given == "engine":
-                config.attributes["engine"] = engine
-            elif given == "url":
-                config.attributes["url"] = scratch_url
-            else:
-                config.set_main_option("sqlalchemy.url", scratch_url.replace("%", "%%"))
-            command.upgrade(config, "head")
-            assert scratch_state(scratch_url) == (["alembic_version", "items"], ["r2"])
-            # Downgrading the scratch database to base must not drop the store's tables.
-            command.downgrade(config, "base")
-            assert scratch_state(scratch_url) == (["alembic_version"], [])
+        for given in ("connection", "engine", "url", "sqlalchemy.url"):
+            config = Config(str(project / "migrations" / "main_db" / "alembic.ini"))
+            with engine.connect() as conn:
+                if given == "sqlalchemy.url":
+                    config.set_main_option("sqlalchemy.url", scratch_url.replace("%", "%%"))
+                else:
+                    config.attributes[given] = {
+                        "connection": conn,
+                        "engine": engine,
+                        "url": scratch_url,
+                    }[given]
+                command.upgrade(config, "head")
+                assert scratch_state(scratch_url) == (["alembic_version", "items"], ["r2"]), given
+                # Downgrading the scratch database to base must not drop the store's tables.
+                command.downgrade(config, "base")
+                assert scratch_state(scratch_url) == (["alembic_version"], []), given
+            assert_store_untouched(app)
     finally:
         engine.dispose()
-    assert_store_untouched(app)
 
 
 def test_a_store_directory_without_a_target_is_not_called_a_kinds(v1: App, app_name: str) -> None:
@@ -187,3 +187,21 @@ def test_a_store_directory_without_a_target_is_not_called_a_kinds(v1: App, app_n
     config = Config(str(kind_path / "alembic.ini"))
     with pytest.raises(BadInput, match=rf"shared by the stores of kind {app_name}\.tenant"):
         command.upgrade(config, "head")
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_a_sqlalchemy_url_in_alembic_ini_never_turns_storekeepers_commands_away(
+    project: Path, store_with_sentinel: App, scratch_url: str
+) -> None:
+    app = store_with_sentinel
+    ini = project / "migrations" / "main_db" / "alembic.ini"
+    with ini.open("a") as file:
+        file.write(f"sqlalchemy.url = {scratch_url.replace('%', '%%')}\n")
+    assert migrate.downgrade(app, "main_db", "-1").after == "r1"
+    assert migrate.upgrade(app, "main_db").after == "r2"
+    assert_store_untouched(app)
+    assert scratch_state(scratch_url) == ([], [])
+    # Plain Alembic on that file: the URL it names is the database it runs on.
+    command.upgrade(Config(str(ini)), "head")
+    assert scratch_state(scratch_url) == (["alembic_version", "items"], ["r2"])
+    assert_store_untouched(app)

@@ -451,10 +451,16 @@ def cmd_revision(ctx: Context) -> int:
     if a.message is None:
         raise BadInput("a revision needs a message: -m 'what it changes'")
     made = migrate.revision(
-        app, name, a.message, autogenerate=a.autogenerate, merge=a.merge, rev_id=a.rev_id
+        app,
+        name,
+        a.message,
+        autogenerate=a.autogenerate,
+        merge=a.merge,
+        rev_id=a.rev_id,
+        empty=a.empty,
     )
     if a.json:
-        emit_json(made.as_dict())
+        emit_json(made.as_dict() if made else None)
         return 0
     print_revision(made)
     return 0
@@ -465,9 +471,18 @@ def print_init(scripts: Scripts, path: Path, *, existed: bool) -> None:
     say(f"{scripts.label}: script directory {path} " + ("already exists" if existed else "created"))
 
 
-def print_revision(made: Revision) -> None:
-    """The line saying where a new migration was written."""
+def print_revision(made: Revision | None) -> None:
+    """The line saying where a new migration was written (or that autogenerate found nothing
+    to write), and its notes on stderr."""
+    if made is None:
+        say(
+            "no changes detected: the models match what the migrations build; nothing written "
+            "(--empty writes an empty migration all the same)"
+        )
+        return
     say(f"new revision {made.revision} ({made.message}) in {made.path}")
+    for note in made.notes:
+        say(f"note: {note}", file=sys.stderr)
 
 
 def _progress(result: Any, done: int, total: int) -> None:
@@ -633,19 +648,29 @@ def cmd_check(ctx: Context) -> int:
     from .migrate.fanout import check_many
 
     found = check_many(ctx.apps, ctx.args.targets)
-    drifted = [label for label, differences in found.items() if differences]
+    drifted = {label: c for label, c in found.items() if c.differences}
     if ctx.args.json:
-        emit_json({"ok": not drifted, "differences": found})
-        return 1 if drifted else 0
-    print_check(found)
-    if drifted:
-        say(
-            f"check failed for {', '.join(drifted)}: write a migration "
-            "(storekeeper revision APP.STORE -m MSG --autogenerate) or fix the models",
-            file=sys.stderr,
+        emit_json(
+            {
+                "ok": not drifted,
+                "differences": {label: c.differences for label, c in found.items()},
+                "next": {label: c.next for label, c in drifted.items()},
+            }
         )
-        return 1
-    return 0
+        return 1 if drifted else 0
+    print_check({label: c.differences for label, c in found.items()})
+    for label, c in drifted.items():
+        advice = CHECK_ADVICE[c.action or "revision"].format(c.next)
+        say(f"check failed for {label}: {advice}", file=sys.stderr)
+    return 1 if drifted else 0
+
+
+#: What ``check`` says to do about a drift, by :attr:`storekeeper.migrate.Checked.action`.
+CHECK_ADVICE = {
+    "revision": "write a migration ({}) or fix the models",
+    "upgrade": "its database is behind its migrations: {}",
+    "stamp": "record the revision its schema has: {}",
+}
 
 
 def print_check(found: dict[str, list[str]]) -> None:
@@ -849,6 +874,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--autogenerate", action="store_true", help="fill it with what the models add or change"
     )
     p.add_argument("--init", action="store_true", help="create the Alembic script directory")
+    p.add_argument(
+        "--empty", action="store_true", help="with --autogenerate: write it even when empty"
+    )
     p.add_argument("--merge", action="store_true", help="a migration joining several heads")
     p.add_argument("--rev-id", help="the revision id to use instead of a random one")
     p.add_argument("--json", action="store_true", help="machine-readable output")

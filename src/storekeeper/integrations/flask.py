@@ -282,6 +282,7 @@ class StoreKeeper:
         store_argument = click.argument("store", required=False)
         message_option = click.option("-m", "--message", help="what the migration changes")
         rev_id_option = click.option("--rev-id", help="the revision id instead of a random one")
+        empty_option = click.option("--empty", is_flag=True, help="write it even when empty")
 
         @group.command("init", help="Create a store's Alembic script directory.")
         @store_argument
@@ -297,12 +298,17 @@ class StoreKeeper:
         @store_argument
         @message_option
         @rev_id_option
-        def migrate_command(store: str | None, message: str | None, rev_id: str | None) -> None:
+        @empty_option
+        def migrate_command(
+            store: str | None, message: str | None, rev_id: str | None, empty: bool
+        ) -> None:
             # -m is left optional so that, when it is missing, the library's refusal (exit 2)
             # says how to give it, as for the storekeeper command.
             with _click_errors():
                 app, name = keeper._migrated_store(store)
-                made = migrate.revision(app, name, message or "", autogenerate=True, rev_id=rev_id)
+                made = migrate.revision(
+                    app, name, message or "", autogenerate=True, rev_id=rev_id, empty=empty
+                )
             print_revision(made)
 
         @group.command("revision", help="New migration, empty unless --autogenerate.")
@@ -311,17 +317,25 @@ class StoreKeeper:
         @click.option("--autogenerate", is_flag=True, help="fill it with what the models change")
         @click.option("--merge", is_flag=True, help="a migration joining several heads")
         @rev_id_option
+        @empty_option
         def revision_command(
             store: str | None,
             message: str | None,
             autogenerate: bool,
             merge: bool,
             rev_id: str | None,
+            empty: bool,
         ) -> None:
             with _click_errors():
                 app, name = keeper._migrated_store(store)
                 made = migrate.revision(
-                    app, name, message or "", autogenerate=autogenerate, merge=merge, rev_id=rev_id
+                    app,
+                    name,
+                    message or "",
+                    autogenerate=autogenerate,
+                    merge=merge,
+                    rev_id=rev_id,
+                    empty=empty,
                 )
             print_revision(made)
 

@@ -5,10 +5,12 @@ stays light.
 """
 
 from .commands import (
+    Checked,
     MigrateResult,
     Revision,
     alembic_config,
     check,
+    checked,
     current,
     downgrade,
     heads,
@@ -25,11 +27,13 @@ from .commands import (
 from .scripts import Scripts, kind_scripts, store_scripts
 
 __all__ = [
+    "Checked",
     "MigrateResult",
     "Revision",
     "Scripts",
     "alembic_config",
     "check",
+    "checked",
     "current",
     "downgrade",
     "heads",

@@ -8,10 +8,10 @@ own transaction: a failing one leaves the store at the last good revision.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -47,6 +47,8 @@ class Revision:
     message: str
     is_head: bool
     path: str
+    #: What the user should know about it (how to adopt a store made before its migrations).
+    notes: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -136,12 +138,8 @@ def alembic_config(scripts: Scripts, binding: Binding | None = None) -> Config:
 
     path = scripts.require()
     ini = path / "alembic.ini"
-    # Alembic's own "Generating ..." lines would go to stdout; callers report what was made.
-    config = Config(
-        str(ini) if ini.is_file() else None,
-        stdout=io.StringIO(),
-        cmd_opts=argparse.Namespace(quiet=True, x=None),
-    )
+    # What Alembic prints through the config stays out of stdout; callers report what was done.
+    config = Config(str(ini) if ini.is_file() else None, stdout=io.StringIO())
     config.set_main_option("script_location", str(path))
     if binding is not None:
         config.attributes[ATTRIBUTE] = binding
@@ -251,6 +249,50 @@ def current_heads(connection: Connection) -> tuple[str, ...]:
         connection.rollback()
 
 
+def untracked_tables(connection: Connection, metadata: MetaData | None) -> list[str]:
+    """The tables of ``metadata`` that the database behind ``connection`` already has while
+    it records no revision: a store made by ``create_all`` before it had migrations (empty
+    when it has a revision, or none of those tables)."""
+    from sqlalchemy import inspect
+
+    if metadata is None or current_heads(connection):
+        return []
+    try:
+        found = inspect(connection)
+        return sorted(
+            t.fullname for t in metadata.sorted_tables if found.has_table(t.name, t.schema)
+        )
+    finally:
+        connection.rollback()
+
+
+def _roots(directory: ScriptDirectory) -> list[str]:
+    return sorted(s.revision for s in directory.walk_revisions() if not s.down_revision)
+
+
+def stamp_hint(directory: ScriptDirectory, label: str) -> str:
+    """How to record, without running them, the migrations a store's schema already has."""
+    roots, tops = _roots(directory), list(directory.get_heads())
+    if len(roots) == 1 and tops == roots:
+        return f"storekeeper stamp {label} --to {roots[0]}"
+    return (
+        f"storekeeper stamp {label} --to REV, REV being the revision whose schema it has (the "
+        f"first is {', '.join(roots)}, the head {', '.join(tops)})"
+    )
+
+
+def _adoption_error(directory: ScriptDirectory, tables: Sequence[str], label: str) -> str:
+    shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+    # With one revision, stamping it is the whole way out; with more, upgrade after it.
+    then = "" if _roots(directory) == list(directory.get_heads()) else f"; then upgrade {label}"
+    return (
+        f"store {label} has tables ({shown}) but no migration history: they were made before "
+        "it had migrations (by create_all), and running its migrations would make them "
+        f"again. When its schema is that of a revision, record it without running anything: "
+        f"{stamp_hint(directory, label)}{then}"
+    )
+
+
 # running migrations ---------------------------------------------------------------------
 
 
@@ -261,10 +303,11 @@ def _joined(revs: Sequence[str]) -> str | None:
 def is_known(directory: ScriptDirectory, rev: str) -> bool:
     """Whether the migrations of ``directory`` have revision ``rev``."""
     from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
 
     try:
-        directory.revision_map.get_revision(rev)
-    except RevisionError:
+        directory.get_revision(rev)
+    except (CommandError, RevisionError):
         return False
     return True
 
@@ -283,6 +326,35 @@ def _check_known(
             ) from None
 
 
+#: Alembic's relative targets: ``[BRANCH@][SYMBOL]+N`` or ``-N``, where SYMBOL is ``head``,
+#: ``heads``, ``base`` or a revision (``-1``, ``+2``, ``head-1``, ``base+1``, ``ae10+2``).
+#: Alembic tries this at the start of a target; it must match the whole of it here, or the
+#: target is a revision id (Alembic forbids ``-``, ``+``, ``@`` and ``:`` in those).
+_RELATIVE = re.compile(r"(?:(?P<branch>[^@]+)@)?(?P<symbol>\w+)?(?P<steps>[+-]\d+)")
+_SYMBOLS = ("head", "heads", "base")
+#: What Alembic refuses in a revision id (``Script.verify_rev_id``).
+_NOT_IN_IDS = "-+@:"
+
+
+def _unknown(directory: ScriptDirectory, scripts: Scripts, label: str, what: str) -> BadRevision:
+    return BadRevision(
+        f"unknown revision {what} for {label}; its revisions: {_revision_list(directory)} "
+        f"(see storekeeper history {scripts.target if scripts.kind else label})"
+    )
+
+
+def _has(directory: ScriptDirectory, revs: str) -> bool:
+    """Whether Alembic finds ``revs`` (a revision id, a prefix of one, ``branch@rev``)."""
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    try:
+        directory.get_revisions(revs)
+    except (CommandError, RevisionError):
+        return False
+    return True
+
+
 def _check_target(
     directory: ScriptDirectory,
     scripts: Scripts,
@@ -291,35 +363,39 @@ def _check_target(
     at: Sequence[str] | None,
     label: str,
 ) -> None:
-    """Refuse a target revision the migrations lack, several heads for ``head``, and a
-    relative downgrade below base (when ``at``, the store's revisions, is known)."""
-    from alembic.script.revision import RevisionError
-
-    if to in ("head", "heads", "base"):
+    """Refuse a target revision the migrations lack, several heads for ``head``, a relative
+    move the wrong way, and a relative downgrade below base (when ``at``, the store's
+    revisions, is known)."""
+    if to in _SYMBOLS:
         if to == "head" and action != "downgrade":
             _single_head(directory, scripts)
         return
-    relative = to.lstrip("+-")
-    if to[:1] in "+-" and relative.isdigit():
-        steps = int(relative)
-        if action == "downgrade" and to.startswith("-") and at is not None:
-            depth = len(list(directory.iterate_revisions(at[0], "base"))) if at else 0
-            if len(at) > 1:
-                depth = min(len(list(directory.iterate_revisions(r, "base"))) for r in at)
-            if steps > depth:
-                raise BadRevision(
-                    f"cannot downgrade {label} by {steps} revision(s): it is at "
-                    f"{_joined(at) or 'base'}, {depth} revision(s) above base; "
-                    "--to base undoes them all"
-                )
+    relative = _RELATIVE.fullmatch(to)
+    if relative is None:
+        if not to.strip() or (set(to) & set(_NOT_IN_IDS) and to.count("@") != 1):
+            raise _unknown(directory, scripts, label, repr(to))
+        if not _has(directory, to):
+            raise _unknown(directory, scripts, label, repr(to))
         return
-    try:
-        directory.revision_map.get_revisions(to.split("@")[-1].split("+")[0].split("-")[0])
-    except RevisionError:
+    symbol, steps = relative["symbol"], int(relative["steps"])
+    if symbol is not None and symbol not in _SYMBOLS and not _has(directory, symbol):
+        raise _unknown(directory, scripts, label, f"{symbol!r} in {to!r}")
+    if symbol is None and action == "upgrade" and steps < 0:
         raise BadRevision(
-            f"unknown revision {to!r} for {label}; its revisions: {_revision_list(directory)} "
-            f"(see storekeeper history {scripts.target if scripts.kind else label})"
-        ) from None
+            f"upgrade goes up: {to!r} would move {label} down; use storekeeper downgrade --to {to}"
+        )
+    if symbol is None and action == "downgrade" and steps > 0:
+        raise BadRevision(
+            f"downgrade goes down: {to!r} would move {label} up; use storekeeper upgrade --to {to}"
+        )
+    if symbol is None and action == "downgrade" and at is not None:
+        depth = min((len(list(directory.iterate_revisions(r, "base"))) for r in at), default=0)
+        if -steps > depth:
+            raise BadRevision(
+                f"cannot downgrade {label} by {-steps} revision(s): it is at "
+                f"{_joined(at) or 'base'}, {depth} revision(s) above base; "
+                "--to base undoes them all"
+            )
 
 
 def _failed_migration(directory: ScriptDirectory, exc: BaseException) -> str | None:
@@ -361,7 +437,7 @@ def migrate_database(
     :class:`MigrationError` naming the failing migration (the store then stays at the last
     good revision).
     """
-    from alembic.runtime.environment import EnvironmentContext
+    from alembic import command
     from alembic.script.revision import RevisionError
     from alembic.util import CommandError
 
@@ -380,26 +456,21 @@ def migrate_database(
     try:
         _check_known(directory, scripts, at, label)
         _check_target(directory, scripts, action, to, at, label)
+        if action == "upgrade" and directory.get_heads():
+            tables = untracked_tables(connection, scripts.metadata)
+            if tables:
+                raise MigrationError(_adoption_error(directory, tables, label))
     except MigrationError as exc:
         exc.before = exc.after = result.before
         raise
 
-    def steps(rev: Any, _context: Any) -> Any:
-        if action == "upgrade":
-            return directory._upgrade_revs(to, rev)
-        if action == "downgrade":
-            return directory._downgrade_revs(to, rev)
-        return directory._stamp_revs(to, rev)
-
     def applied(*, step: Any, **_: Any) -> None:
         result.applied.append(str(step.up_revision_id))
 
+    move = {"upgrade": command.upgrade, "downgrade": command.downgrade, "stamp": command.stamp}
     binding = Binding(connection, scripts.metadata, on_version_apply=applied)
     try:
-        with EnvironmentContext(
-            alembic_config(scripts, binding), directory, fn=steps, destination_rev=to
-        ):
-            directory.run_env()
+        move[action](alembic_config(scripts, binding), to)
     except (CommandError, RevisionError) as exc:
         raise BadRevision(f"cannot {action} {label} to {to!r}: {exc}") from None
     except Exception as exc:
@@ -537,6 +608,26 @@ def scratch_database(scripts: Scripts) -> Iterator[Connection]:
         backend.drop(name)
 
 
+def _check_rev_id(directory: ScriptDirectory, scripts: Scripts, rev_id: str) -> None:
+    """Refuse a revision id Alembic could not target (or store), and one already taken."""
+    bad = sorted(set(rev_id) & set(_NOT_IN_IDS))
+    if bad or not rev_id.strip() or rev_id != rev_id.strip():
+        raise BadInput(
+            f"revision id {rev_id!r} cannot be used: "
+            + (
+                f"it has {', '.join(repr(c) for c in bad)}, which Alembic reads as part of a "
+                "target (rev-1, rev+2, branch@rev)"
+                if bad
+                else "it is empty or has spaces around it"
+            )
+            + "; choose another --rev-id (letters, digits, _)"
+        )
+    if any(s.revision == rev_id for s in directory.walk_revisions()):
+        raise BadRevision(
+            f"revision id {rev_id!r} is taken in {scripts.label}; choose another --rev-id"
+        )
+
+
 def revision(
     app: App,
     name: str,
@@ -545,10 +636,17 @@ def revision(
     autogenerate: bool = False,
     merge: bool = False,
     rev_id: str | None = None,
-) -> Revision:
+    empty: bool = False,
+) -> Revision | None:
     """Write a new migration for store or kind ``name``; with ``autogenerate``, filled with
     what the models have and the migrations lack (types and server defaults compared); with
-    ``merge``, one that joins the current heads. Returns the new revision."""
+    ``merge``, one that joins the current heads. Returns the new revision, or ``None`` when
+    autogenerate found nothing to do (unless ``empty``: then an empty one is written).
+
+    A store whose database has the models' tables but no migration history (made by
+    ``create_all`` before it had migrations) gets the migration a new database needs, and a
+    note saying how to adopt the existing one (``storekeeper stamp``), with what differs
+    between its tables and the models."""
     from alembic import command
     from alembic.util import CommandError
 
@@ -557,42 +655,100 @@ def revision(
     directory = script_directory(scripts)
     if not message or not message.strip():
         raise BadInput("a revision needs a message: -m 'what it changes'")
-    if merge:
-        tops = directory.get_heads()
-        if len(tops) < 2:
-            raise BadRevision(
-                f"{scripts.label} has {len(tops)} head revision(s); there is nothing to merge"
-            )
-        made = command.merge(alembic_config(scripts), "heads", message=message, rev_id=rev_id)
-    elif autogenerate:
-        if scripts.metadata is None:
-            raise BadInput(
-                f"{scripts.label} declares no metadata, so there is nothing to autogenerate "
-                "from: give it metadata=Base.metadata, or write the migration by hand"
-            )
-        _single_head(directory, scripts)
-        with scratch_database(scripts) as connection:
-            binding = Binding(connection, scripts.metadata)
-            try:
-                made = command.revision(
-                    alembic_config(scripts, binding),
-                    message=message,
-                    autogenerate=True,
-                    rev_id=rev_id,
+    if rev_id is not None:
+        _check_rev_id(directory, scripts, rev_id)
+    # Alembic says "Generating <path> ... done" on stdout; the caller reports what was made.
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            if merge:
+                tops = directory.get_heads()
+                if len(tops) < 2:
+                    raise BadRevision(
+                        f"{scripts.label} has {len(tops)} head revision(s); there is nothing "
+                        "to merge"
+                    )
+                made = command.merge(
+                    alembic_config(scripts), "heads", message=message, rev_id=rev_id
                 )
-            except CommandError as exc:
-                raise MigrationError(f"autogenerate for {scripts.label} failed: {exc}") from None
-    else:
-        _single_head(directory, scripts)
-        made = command.revision(alembic_config(scripts), message=message, rev_id=rev_id)
-    script = made[0] if isinstance(made, list) else made
-    assert script is not None
+            elif autogenerate:
+                made = _autogenerate(scripts, directory, message, rev_id, empty)
+            else:
+                _single_head(directory, scripts)
+                made = command.revision(alembic_config(scripts), message=message, rev_id=rev_id)
+        except CommandError as exc:
+            raise BadRevision(f"cannot write a revision for {scripts.label}: {exc}") from None
+    script = made[0] if isinstance(made, list) and made else made
+    if not script:
+        return None
+    notes: tuple[str, ...] = ()
+    if autogenerate and scripts.kind is None:
+        notes = _adoption_notes(app, name, scripts, script.revision)
     return Revision(
-        script.revision,
-        _down_revisions(script),
-        message.strip(),
-        True,
-        str(script.path),
+        script.revision, _down_revisions(script), message.strip(), True, str(script.path), notes
+    )
+
+
+def _autogenerate(
+    scripts: Scripts, directory: ScriptDirectory, message: str, rev_id: str | None, empty: bool
+) -> Any:
+    """Alembic's autogenerate against a scratch database at the migrations' head; writes
+    nothing when it finds nothing, unless ``empty``."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    if scripts.metadata is None:
+        raise BadInput(
+            f"{scripts.label} declares no metadata, so there is nothing to autogenerate "
+            "from: give it metadata=Base.metadata, or write the migration by hand"
+        )
+    _single_head(directory, scripts)
+
+    def unless_empty(_context: Any, _revision: Any, directives: list[Any]) -> None:
+        if not empty and all(d.upgrade_ops.is_empty() for d in directives):
+            directives[:] = []
+
+    with scratch_database(scripts) as connection:
+        binding = Binding(connection, scripts.metadata)
+        try:
+            return command.revision(
+                alembic_config(scripts, binding),
+                message=message,
+                autogenerate=True,
+                rev_id=rev_id,
+                process_revision_directives=unless_empty,
+            )
+        except CommandError as exc:
+            raise MigrationError(f"autogenerate for {scripts.label} failed: {exc}") from None
+
+
+def _adoption_notes(app: App, store: str, scripts: Scripts, rev: str) -> tuple[str, ...]:
+    """For a store made by ``create_all`` before it had migrations: how to adopt it, from a
+    comparison of its real tables with the models (empty for any other store)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    label = f"{app.name}.{store}"
+    try:
+        placement = app.placement(store)
+        if not app.site.backend(placement.service).exists(placement.database):
+            return ()
+        with store_connection(app, store, lock=False) as connection:
+            tables = untracked_tables(connection, scripts.metadata)
+            differences = compare(connection, scripts.metadata) if tables else []
+    except (StorekeeperError, SQLAlchemyError):
+        return ()  # the store cannot be looked at now; the revision is written all the same
+    if not tables:
+        return ()
+    if not differences:
+        return (
+            f"{label} already has these tables, made before it had migrations, but no "
+            f"migration history; its schema matches the models, so record this revision "
+            f"without running it: storekeeper stamp {label} --to {rev}",
+        )
+    return (
+        f"{label} already has tables but no migration history, and they differ from the "
+        f"models: {'; '.join(differences)}. Record the revision whose schema it has without "
+        f"running it, storekeeper stamp {label} --to REV (a first migration written while the "
+        "models matched it), then let migrations make the rest",
     )
 
 
@@ -614,28 +770,67 @@ def compare(connection: Connection, metadata: MetaData | None) -> list[str]:
         connection.rollback()
 
 
-def check(app: App, name: str) -> list[str]:
-    """Where models and schema drift apart, as readable lines (empty when they agree).
+@dataclass(frozen=True)
+class Checked:
+    """What :func:`check` found for one store or kind, and the command that resolves it."""
+
+    #: Readable lines, one per difference (empty when models and schema agree).
+    differences: list[str]
+    #: What resolves it: ``revision`` (a migration for the models' change), ``upgrade`` (the
+    #: database is behind its migrations), ``stamp`` (a store made before its migrations);
+    #: ``None`` when all agree.
+    action: str | None = None
+    #: The command to run for ``action``, with the real target (``APP.KIND:*`` for a kind's
+    #: migrations).
+    next: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def checked(app: App, name: str) -> Checked:
+    """Where models and schema drift apart, and what to run about it.
 
     For a store: its database must be at the migrations' head and match the models. For a
     kind: the models must match what its migrations build (in a scratch database).
     """
     scripts = scripts_for(app, name)
     directory = script_directory(scripts)
+    new_migration = f"storekeeper revision {scripts.target} -m MSG --autogenerate"
     if scripts.kind is not None and scripts.name == name.removesuffix(":*"):
         # The kind itself, not one of its stores: no database of its own to look at.
         with scratch_database(scripts) as connection:
-            return compare(connection, scripts.metadata)
+            differences = compare(connection, scripts.metadata)
+        return Checked(differences, *(("revision", new_migration) if differences else ()))
+    label = f"{app.name}.{name}"
     with store_connection(app, name, lock=False) as connection:
         at = current_heads(connection)
-        _check_known(directory, scripts, at, f"{app.name}.{name}")
+        _check_known(directory, scripts, at, label)
+        tables = untracked_tables(connection, scripts.metadata)
+        if tables:
+            return Checked(
+                [_adoption_error(directory, tables, label)], "stamp", stamp_hint(directory, label)
+            )
         tops = directory.get_heads()
         if set(at) != set(tops):
-            return [
-                f"database at revision {_joined(at) or 'base'}, migrations' head is "
-                f"{_joined(tops) or 'base'}: run storekeeper upgrade {app.name}.{name}"
-            ]
-        return compare(connection, scripts.metadata)
+            upgrade = f"storekeeper upgrade {label}"
+            return Checked(
+                [
+                    f"database at revision {_joined(at) or 'base'}, migrations' head is "
+                    f"{_joined(tops) or 'base'}: run {upgrade}"
+                ],
+                "upgrade",
+                upgrade,
+            )
+        differences = compare(connection, scripts.metadata)
+    return Checked(differences, *(("revision", new_migration) if differences else ()))
+
+
+def check(app: App, name: str) -> list[str]:
+    """Where models and schema drift apart, as readable lines (empty when they agree); see
+    :func:`checked` for what to run about it."""
+    return checked(app, name).differences
 
 
 def _where(schema: str | None, table: str) -> str:

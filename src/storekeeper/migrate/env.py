@@ -2,14 +2,15 @@
 
 Where the migrations run, first match wins:
 
-1. storekeeper's own commands hand a :class:`Binding` (the store's connection, opened under
-   its lock, and its metadata) in ``config.attributes["storekeeper"]``;
-2. a database of the caller's own, as Alembic documents for programmatic use and as
+1. a database of the caller's own, as Alembic documents for programmatic use and as
    pytest-alembic does: ``config.attributes["connection"]`` (a ``Connection``, or an
    ``Engine``), ``config.attributes["engine"]``, ``config.attributes["url"]`` (a URL or its
    string), or the ``sqlalchemy.url`` option. The migrations run on that database only; the
    store named in ``alembic.ini`` is never opened, only its models are read (for
    autogenerate; ``config.attributes["target_metadata"]`` overrides them);
+2. storekeeper's own commands hand a :class:`Binding` (the store's connection, opened under
+   its lock, and its metadata) in ``config.attributes["storekeeper"]`` (a ``sqlalchemy.url``
+   option counts only after it, so an ``alembic.ini`` that has one never turns them away);
 3. plain ``alembic -c .../alembic.ini``: the store is the ``storekeeper_target`` of that file
    or ``-x store=APP.STORE``, and the app is found as the command line finds it
    (``storekeeper.toml``, entry points) or by ``-x app=MODULE:ATTR``.
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
 ATTRIBUTE = "storekeeper"
 
 #: The keys of ``config.attributes`` that hand ``env.py`` a database of the caller's own, in
-#: the order they are looked at (then the ``sqlalchemy.url`` option).
+#: the order they are looked at (the ``sqlalchemy.url`` option comes after storekeeper's
+#: own binding).
 GIVEN = ("connection", "engine", "url")
 
 
@@ -66,17 +68,26 @@ def configure_options(dialect: str, metadata: MetaData | None) -> dict[str, Any]
 
 
 def run() -> None:
-    """Run the migrations Alembic asked for: on storekeeper's store, on the database the
-    caller handed over, or on the store that ``alembic.ini`` (or ``-x``) names."""
+    """Run the migrations Alembic asked for: on the database the caller handed over, else on
+    the store storekeeper's command locked, else on the store ``alembic.ini`` (or ``-x``)
+    names."""
     from alembic import context
 
-    binding = context.config.attributes.get(ATTRIBUTE)
+    config = context.config
+    # A database the caller handed over comes first: nothing else may be opened then.
+    for key in GIVEN:
+        if config.attributes.get(key) is not None:
+            _run_given(context, f"config.attributes[{key!r}]", config.attributes[key])
+            return
+    binding = config.attributes.get(ATTRIBUTE)
     if binding is not None:
         _run_bound(context, binding)
         return
-    given = _given(context.config)
-    if given is not None:
-        _run_given(context, *given)
+    # After storekeeper's own binding: an alembic.ini copied with a sqlalchemy.url in it must
+    # not turn storekeeper's commands away from the store they locked.
+    url = config.get_main_option("sqlalchemy.url")
+    if url:
+        _run_given(context, "the sqlalchemy.url option", url)
         return
     _run_plain(context)
 
@@ -89,18 +100,6 @@ def _run_bound(context: Any, binding: Binding) -> None:
     context.configure(connection=connection, **options, **binding.options)
     with context.begin_transaction():
         context.run_migrations()
-
-
-def _given(config: Any) -> tuple[str, Any] | None:
-    """``(where, value)`` of the first database the caller handed over, else ``None``."""
-    for key in GIVEN:
-        value = config.attributes.get(key)
-        if value is not None:
-            return f"config.attributes[{key!r}]", value
-    url = config.get_main_option("sqlalchemy.url")
-    if url:
-        return "the sqlalchemy.url option", url
-    return None
 
 
 @contextlib.contextmanager

@@ -22,10 +22,11 @@ from ..errors import BadInput, MigrationError, NotFound, StorekeeperError
 from ..naming import check_identifier
 from .commands import (
     HEAD,
+    Checked,
     MigrateResult,
     RevisionState,
     _check_target,
-    check,
+    checked,
     migrate_database,
     revision_state,
     script_directory,
@@ -254,22 +255,22 @@ def current_many(refs: Sequence[StoreRef]) -> list[RevisionState]:
     return [revision_state(ref.app, ref.store) for ref in refs]
 
 
-def check_many(apps: Sequence[App], targets: Sequence[str]) -> dict[str, list[str]]:
-    """:func:`~.commands.check` over ``targets`` (as :func:`resolve_targets`, plus
-    ``APP.KIND`` for a kind's models against its migrations; all stores when empty): the
-    differences found, by store or kind."""
+def check_many(apps: Sequence[App], targets: Sequence[str]) -> dict[str, Checked]:
+    """:func:`~.commands.checked` over ``targets`` (as :func:`resolve_targets`, plus
+    ``APP.KIND`` for a kind's models against its migrations; all stores when empty): what was
+    found, by store or kind."""
     from ..discover import select
 
-    found: dict[str, list[str]] = {}
+    found: dict[str, Checked] = {}
     stores = []
     for target in targets:
         app_name, _, name = target.partition(".")
         app = select(list(apps), [app_name])[0] if name else None
         if app and name in {k.name for k in app.kinds} and name not in app.list_stores():
-            found[f"kind {target}"] = check(app, name)
+            found[f"kind {target}"] = checked(app, name)
         else:
             stores.append(target)
     if stores or not targets:
         for ref in resolve_targets(apps, stores, every=not targets):
-            found[ref.label] = check(ref.app, ref.store)
+            found[ref.label] = checked(ref.app, ref.store)
     return found
