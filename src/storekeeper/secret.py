@@ -1,7 +1,8 @@
 """Secrets: masking them in everything shown, and encrypting them at rest in the catalog.
 
-:func:`mask` is the one function every output path uses (CLI, logs, errors, status), so a
-password in a URL is never printed.
+:func:`mask` is the one function every output path uses (CLI, logs, errors, status, ``repr``),
+so a password in a URL is never printed; :func:`mask_url` shows one URL, parsed the way
+SQLAlchemy parses it.
 """
 
 from __future__ import annotations
@@ -10,31 +11,63 @@ import base64
 import hashlib
 import os
 import re
+from typing import TYPE_CHECKING
+from urllib.parse import quote, quote_plus
 
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    from sqlalchemy import URL
+
 MASK = "***"
 
-# scheme://user:password@host  -> keep scheme and user, hide the password.
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*):(?P<pw>[^@\s/]*)@")
+# scheme://user:password@host -> keep scheme and user, hide the password. Typed raw, a password
+# may hold '/', ':' and '@' (libpq and SQLAlchemy read up to the last '@' of the authority), so
+# it runs to the last '@' before white space: hiding too much is safe, too little is not.
+_URL_PASSWORD = re.compile(
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#\s]*):(?P<pw>\S*)@(?P<host>[^@\s]*)"
+)
 # key=value style (libpq connection strings, psycopg error texts): password=...
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'[^']*'|\"[^\"]*\"|\S+)", re.I)
-
-_ENCRYPTED_PREFIX = "enc:v1:"
 
 
 def mask(text: str, *known: str | None) -> str:
     """Return ``text`` with passwords in URLs and ``password=`` pairs replaced by ``***``.
 
-    Any of ``known`` secrets (for instance a password taken from a URL object) is hidden too,
-    wherever it appears.
+    A URL's password is hidden whether it is percent-encoded or typed raw with ``/``, ``:`` or
+    ``@`` in it. Any of ``known`` secrets (for instance a password taken from a URL object)
+    is hidden too, wherever it appears, as typed or percent-encoded.
     """
-    out = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
+    out = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@{m['host']}", text)
     out = _KV_PASSWORD.sub(lambda m: f"{m['head']}{MASK}", out)
     for secret in known:
         if secret and len(secret) >= 3:
-            out = out.replace(secret, MASK)
+            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                out = out.replace(form, MASK)
     return out
+
+
+def mask_url(url: URL | str) -> str:
+    """``url`` for display, its password hidden.
+
+    A :class:`sqlalchemy.URL` is rendered by SQLAlchemy with ``hide_password=True``. A string
+    is read with :func:`sqlalchemy.make_url` when it parses, and masked as text as well, since
+    a raw ``@`` in a password makes ``make_url`` take part of the password for the host.
+    """
+    from sqlalchemy import URL as URLType
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if isinstance(url, URLType):
+        return mask(url.render_as_string(hide_password=True), url.password)
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        password = None
+    return mask(url, password)
+
+
+_ENCRYPTED_PREFIX = "enc:v1:"
 
 
 def _fernet(key: str):  # type: ignore[no-untyped-def]
