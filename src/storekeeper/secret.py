@@ -67,6 +67,20 @@ def mask_url(url: URL | str) -> str:
     return mask(url, password)
 
 
+def masked_repr(obj: object) -> str:
+    """The ``repr`` a dataclass would have, with every password in it masked.
+
+    For ``__repr__`` of objects that hold URLs, or objects that hold those.
+    """
+    import dataclasses
+
+    assert dataclasses.is_dataclass(obj)
+    fields = ", ".join(
+        f"{f.name}={getattr(obj, f.name)!r}" for f in dataclasses.fields(obj) if f.repr
+    )
+    return mask(f"{type(obj).__name__}({fields})")
+
+
 _ENCRYPTED_PREFIX = "enc:v1:"
 
 

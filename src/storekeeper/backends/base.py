@@ -43,6 +43,9 @@ class Backend(abc.ABC):
     def __init__(self, service: Service) -> None:
         self.service = service
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.service!r})"
+
     @abc.abstractmethod
     def database_url(self, name: str) -> URL:
         """URL of database ``name`` on this service."""

@@ -97,6 +97,9 @@ class Catalog:
             self.url = self.url.set(drivername="postgresql+psycopg")
         self._engine: Engine | None = None
 
+    def __repr__(self) -> str:
+        return f"Catalog({self.display_url!r})"
+
     @property
     def display_url(self) -> str:
         """The catalog's URL with its password masked."""
