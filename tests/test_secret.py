@@ -26,6 +26,7 @@ from storekeeper.secret import (
     reseal,
     rewrap,
     seal,
+    sealing_key_id,
     unseal,
 )
 from storekeeper.site import Site
@@ -286,3 +287,13 @@ def test_a_missing_cryptography_package_gets_the_friendly_message(
         assert result.returncode == 2, result.stderr
         assert "pip install 'storekeeper[crypto]'" in result.stderr
         assert "ModuleNotFoundError" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_key_may_come_from_a_file(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (project / "master.key").write_text(FERNET_KEY + "\n")
+    monkeypatch.setenv("STOREKEEPER_SECRET_KEY_FILE", str(project / "master.key"))
+    sealed = seal(URL_TEXT)
+    assert key_id(sealed) == sealing_key_id(FERNET_KEY) and unseal(sealed) == URL_TEXT
+    monkeypatch.setenv("STOREKEEPER_SECRET_KEY_FILE", str(project / "missing.key"))
+    with pytest.raises(ConfigError, match="missing.key"):
+        seal(URL_TEXT)

@@ -6,12 +6,13 @@ Masking
     the way SQLAlchemy parses it.
 
 Keys
-    The master key comes from ``STOREKEEPER_SECRET_KEY`` (or is given to each function). It
-    is either a Fernet key (44 characters of urlsafe base64 for 32 random bytes, as
-    :func:`new_key` or ``storekeeper secret new-key`` makes), used as it is, or any other text:
-    a passphrase, from which the key is derived with scrypt (n=2**15, r=8, p=1, a random
-    16-byte salt). The derived key is cached per (passphrase, salt) in the process, so only the
-    first value costs a derivation.
+    The master key comes from ``STOREKEEPER_SECRET_KEY``, or the file that
+    ``STOREKEEPER_SECRET_KEY_FILE`` names, or is given to each function. It is either a Fernet
+    key (44 characters of urlsafe base64 for 32 random bytes, as :func:`new_key` or
+    ``storekeeper secret new-key`` makes), used as it is, or any other text: a passphrase, from
+    which the key is derived with scrypt (n=2**15, r=8, p=1, a random 16-byte salt). The
+    derived key is cached per (passphrase, salt) in the process, so only the first value costs
+    a derivation.
 
 Envelopes
     Every object gets a random data key of its own, which encrypts the object; the master key
@@ -149,8 +150,19 @@ def _crypto() -> Any:
 
 
 def secret_key() -> str | None:
-    """The master key, from ``STOREKEEPER_SECRET_KEY``, if set."""
-    return os.environ.get(ENV_KEY) or None
+    """The master key, from ``STOREKEEPER_SECRET_KEY``, else from the file that
+    ``STOREKEEPER_SECRET_KEY_FILE`` names (its text without surrounding white space)."""
+    value = os.environ.get(ENV_KEY)
+    if value:
+        return value
+    path = os.environ.get(f"{ENV_KEY}_FILE")
+    if not path:
+        return None
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError as exc:
+        raise ConfigError(f"{ENV_KEY}_FILE: cannot read {path!r}: {exc.strerror}") from None
 
 
 def new_key() -> str:
