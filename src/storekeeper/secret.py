@@ -106,7 +106,8 @@ def masked_repr(obj: object) -> str:
     """
     import dataclasses
 
-    assert dataclasses.is_dataclass(obj)
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        raise TypeError(f"masked_repr needs a dataclass instance, not {type(obj).__name__}")
     fields = ", ".join(
         f"{f.name}={getattr(obj, f.name)!r}" for f in dataclasses.fields(obj) if f.repr
     )
@@ -127,7 +128,8 @@ _SCRYPT_LIMITS = {"log2_n": (10, 20), "r": (1, 16), "p": (1, 4)}
 _SALT_BYTES = 16
 _KEY_ID_LABEL = b"storekeeper key id"
 _MISSING = (
-    f"{ENV_KEY} is set but the 'cryptography' package is missing: pip install 'storekeeper[crypto]'"
+    f"encrypted secrets ({ENV_KEY}) need the 'cryptography' package, which is not installed: "
+    "pip install 'storekeeper[crypto]'"
 )
 
 
