@@ -89,7 +89,7 @@ RAW_PASSWORDS = st.text(
     st.characters(exclude_categories=("Z", "C")), min_size=1, max_size=20
 ).filter(lambda pw: not any(ch.isspace() for ch in pw))
 ANY_PASSWORDS = st.text(min_size=1, max_size=20)
-FAST = settings(max_examples=150, deadline=None)
+FAST = settings(max_examples=100, deadline=None)
 
 
 @pytest.mark.parametrize(

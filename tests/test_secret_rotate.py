@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import json
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ from sqlalchemy import make_url, update
 
 from conftest import CLI, write_config
 from storekeeper.catalog import tables
+from storekeeper.cli import main
 from storekeeper.errors import ConfigError
 from storekeeper.secret import key_id, new_key, seal, unseal
 from storekeeper.site import Site
@@ -166,20 +170,35 @@ def test_rotate_with_a_wrong_old_key_exits_2_and_changes_nothing(
 
 @pytest.mark.parametrize("catalog_env", ["sqlite"], indirect=True)
 def test_rotate_reads_the_old_key_from_a_file_or_stdin_and_needs_a_new_key(
-    project: Path, filled: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    project: Path,
+    filled: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     before = stored(filled, monkeypatch)
-    no_new = rotate(project, {}, stdin=OLD)
-    assert no_new.returncode == 2 and "STOREKEEPER_SECRET_KEY" in no_new.stderr
-    no_old = rotate(project, {"STOREKEEPER_SECRET_KEY": NEW})
-    assert no_old.returncode == 2 and "--old-key-file" in no_old.stderr
+    # In process first (fast): the refusals, then the old key from a file.
+    monkeypatch.setattr(sys, "stdin", io.StringIO(OLD))
+    assert main(["secret", "rotate"]) == 2
+    assert "set STOREKEEPER_SECRET_KEY to the new key" in capsys.readouterr().err
+    monkeypatch.setenv("STOREKEEPER_SECRET_KEY", NEW)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["secret", "rotate"]) == 2
+    assert "--old-key-file" in capsys.readouterr().err
+    assert main(["secret", "rotate", "--old-key-env", "NO_SUCH_VARIABLE"]) == 2
+    assert "'NO_SUCH_VARIABLE'" in capsys.readouterr().err
     assert stored(filled, monkeypatch) == before
 
     key_file = project / "old.key"
     key_file.write_text(OLD + "\n")
-    by_file = rotate(project, {"STOREKEEPER_SECRET_KEY": NEW}, "--old-key-file", str(key_file))
-    assert by_file.returncode == 0, by_file.stderr
-    # Rotating again to a third key: the old key now comes on standard input.
+    assert main(["secret", "rotate", "--old-key-file", str(key_file), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["key_id"] == key_id(seal("x", NEW))
+    assert {r["service"]: r["before"] for r in report["rotated"]} == {
+        "legacy": "enc:v1",
+        "pg": f"key {key_id(before['pg'])}",
+        "plain": "plain",
+    }
+    # Then to a third key in a real process, the old key (now NEW) on standard input.
     third = new_key()
     by_stdin = rotate(project, {"STOREKEEPER_SECRET_KEY": third}, stdin=NEW + "\n")
     assert by_stdin.returncode == 0, by_stdin.stderr
