@@ -123,6 +123,8 @@ def test_no_repr_or_str_shows_a_password(
             errors,
             under_test,
             app.engine("main_db"),
+            site.catalog.history(),
+            site.catalog.runtime_stores(),
         ]
         objects = [obj for root in roots for obj in public_objects(root)]
         assert len(errors) == 2 and any(r.problem for r in rows)

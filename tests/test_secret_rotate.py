@@ -118,11 +118,25 @@ def stored(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, st
         site.close()
 
 
+def read_with(key: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The catalog's services as a site reads them with ``key``."""
+    monkeypatch.setenv("STOREKEEPER_SECRET_KEY", key)
+    site = Site.load()
+    try:
+        return {
+            n: s.url.render_as_string(False) for n, s in site.services().items() if n != "local"
+        }
+    finally:
+        site.close()
+        monkeypatch.delenv("STOREKEEPER_SECRET_KEY")
+
+
 def test_rotate_rewrites_every_service_url_under_the_new_key(
     project: Path, filled: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = stored(filled, monkeypatch)
     assert before["legacy"].startswith("enc:v1:") and before["plain"] == URLS["plain"]
+    assert read_with(OLD, monkeypatch) == URLS, "today's values, enc:v1 too, are read"
     result = rotate(
         project,
         {**filled, "STOREKEEPER_SECRET_KEY": NEW, "OLD_KEY": OLD},
@@ -143,15 +157,7 @@ def test_rotate_rewrites_every_service_url_under_the_new_key(
     # The v2 value was rewrapped, its data left as it was.
     assert after["pg"].split(":")[-1] == before["pg"].split(":")[-1]
     # And the site reads them with the new key.
-    monkeypatch.setenv("STOREKEEPER_SECRET_KEY", NEW)
-    site = Site.load()
-    try:
-        assert {n: s.url.render_as_string(False) for n, s in site.services().items()} == {
-            "local": f"sqlite:///{project}/var/stores",
-            **URLS,
-        }
-    finally:
-        site.close()
+    assert read_with(NEW, monkeypatch) == URLS
 
 
 @pytest.mark.parametrize("catalog_env", ["sqlite"], indirect=True)
