@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy import URL
 
 from conftest import run_cli
+from storekeeper import secret as secret_module
 from storekeeper.errors import ConfigError
 from storekeeper.secret import (
     MASK,
@@ -186,7 +187,7 @@ def test_seal_round_trips_and_names_its_key_and_kdf(key: str) -> None:
     else:
         # scrypt with its work factor and salt, stored beside the ciphertext.
         name, log_n, r, p, salt = kdf.split(".")
-        assert (name, int(log_n), int(r), int(p)) == ("scrypt", 15, 8, 1)
+        assert (name, int(log_n), int(r), int(p)) == ("scrypt", 14, 8, 1)
         assert len(base64.urlsafe_b64decode(salt)) == 16
 
 
@@ -297,3 +298,14 @@ def test_the_key_may_come_from_a_file(project: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("STOREKEEPER_SECRET_KEY_FILE", str(project / "missing.key"))
     with pytest.raises(ConfigError, match=r"missing\.key"):
         seal(URL_TEXT)
+
+
+def test_a_process_seals_with_the_salt_of_a_value_it_opened() -> None:
+    # Values added by many processes would each bring a salt (a derivation each to open);
+    # a process that has opened one seals with its salt instead.
+    passphrase = "one passphrase of this test"
+    opened = seal(URL_TEXT, passphrase)
+    salt = opened.split(":")[3]
+    secret_module._SEAL_SALTS.clear()  # as in a new process
+    assert unseal(opened, passphrase) == URL_TEXT
+    assert seal("another URL", passphrase).split(":")[3] == salt

@@ -10,9 +10,10 @@ Keys
     ``STOREKEEPER_SECRET_KEY_FILE`` names, or is given to each function. It is either a Fernet
     key (44 characters of urlsafe base64 for 32 random bytes, as :func:`new_key` or
     ``storekeeper secret new-key`` makes), used as it is, or any other text: a passphrase, from
-    which the key is derived with scrypt (n=2**15, r=8, p=1, a random 16-byte salt). The
-    derived key is cached per (passphrase, salt) in the process, so only the first value costs
-    a derivation.
+    which the key is derived with scrypt (n=2**14, r=8, p=1, a random 16-byte salt). The
+    derived key is cached per (passphrase, salt) in the process, and a process seals with the
+    salt of the first value it opened (or one new salt), so a catalog's values share few salts
+    and opening them costs few derivations.
 
 Envelopes
     Every object gets a random data key of its own, which encrypts the object; the master key
@@ -121,8 +122,9 @@ _SEALED = "enc:"
 _V1 = "enc:v1:"
 _V2 = "v2"
 _FERNET_KDF = "fernet"
-#: scrypt's cost: 2**15 * 8 * 128 bytes = 32 MiB and about 0.1 s per derivation.
-SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P = 15, 8, 1
+#: scrypt's cost, as Django's scrypt password hasher: 2**14 * 8 * 128 bytes = 16 MiB, some
+#: 50 ms per derivation.
+SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P = 14, 8, 1
 # What a stored value may ask for (a tampered catalog must not make us derive for minutes).
 _SCRYPT_LIMITS = {"log2_n": (10, 20), "r": (1, 16), "p": (1, 4)}
 _SALT_BYTES = 16
@@ -205,8 +207,13 @@ def derive_key(passphrase: str, salt: bytes, log2_n: int, r: int, p: int) -> byt
     return bytes(Scrypt(salt=salt, length=32, n=2**log2_n, r=r, p=p).derive(passphrase.encode()))
 
 
-# One salt per passphrase per process: values sealed together share one derivation.
+# One salt per passphrase per process (the first one opened, or a new one): values sealed
+# together share one derivation. Keyed by a digest, not the passphrase itself.
 _SEAL_SALTS: dict[str, bytes] = {}
+
+
+def _fingerprint(passphrase: str) -> str:
+    return hashlib.sha256(passphrase.encode()).hexdigest()
 
 
 def _key_for_sealing(key: str) -> tuple[bytes, str]:
@@ -214,8 +221,7 @@ def _key_for_sealing(key: str) -> tuple[bytes, str]:
     raw = _fernet_key_bytes(key)
     if raw is not None:
         return raw, _FERNET_KDF
-    fingerprint = hashlib.sha256(key.encode()).hexdigest()
-    salt = _SEAL_SALTS.setdefault(fingerprint, os.urandom(_SALT_BYTES))
+    salt = _SEAL_SALTS.setdefault(_fingerprint(key), os.urandom(_SALT_BYTES))
     derived = derive_key(key, salt, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P)
     salt_text = base64.urlsafe_b64encode(salt).decode()
     return derived, f"scrypt.{SCRYPT_LOG2_N}.{SCRYPT_R}.{SCRYPT_P}.{salt_text}"
@@ -242,6 +248,14 @@ def _key_for_opening(key: str, kdf: str) -> bytes | None:
                 f"{low} and {high}; the catalog may have been tampered with"
             )
     return derive_key(key, salt, log2_n, r, p)
+
+
+def _adopt_salt(key: str, kdf: str) -> None:
+    """Seal with the salt of a value ``key`` just opened (a value that opened was sealed with
+    this key, so its salt is not one planted by whoever can write the catalog)."""
+    parts = kdf.split(".")
+    if parts[:4] == ["scrypt", str(SCRYPT_LOG2_N), str(SCRYPT_R), str(SCRYPT_P)]:
+        _SEAL_SALTS.setdefault(_fingerprint(key), base64.urlsafe_b64decode(parts[4].encode()))
 
 
 def _key_id(master: bytes) -> str:
@@ -296,12 +310,14 @@ def _unwrap(wrapped: str, key: str, what: str) -> bytes:
         raise _wrong_key(what, kid, given)
     fernet = _crypto()
     try:
-        return bytes(_fernet(master).decrypt(token.encode()))
+        data_key = bytes(_fernet(master).decrypt(token.encode()))
     except fernet.InvalidToken:
         raise ConfigError(
             f"a value sealed with key id {kid} is damaged: its key id matches {what} but it "
             "does not decrypt"
         ) from None
+    _adopt_salt(key, kdf)
+    return data_key
 
 
 def _wrong_key(what: str, sealed_with: str | None, given: str | None) -> _WrongKey:
