@@ -739,6 +739,59 @@ def cmd_config_show(ctx: Context) -> int:
     return 0
 
 
+def _old_key(args: argparse.Namespace) -> str | None:
+    """The old key of ``secret rotate``: from a file, a variable, or standard input (prompted
+    on a terminal); never from the command line, where other users can read it."""
+    if args.old_key_file:
+        from pathlib import Path
+
+        try:
+            return Path(args.old_key_file).expanduser().read_text().strip() or None
+        except OSError as exc:
+            raise BadInput(f"--old-key-file {args.old_key_file!r}: {exc.strerror}") from None
+    if args.old_key_env:
+        value = os.environ.get(args.old_key_env)
+        if not value:
+            raise BadInput(f"--old-key-env {args.old_key_env!r}: that variable is not set")
+        return value
+    if sys.stdin is None:
+        return None
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("old key (the one the catalog is sealed with): ").strip() or None
+    return sys.stdin.read().strip() or None
+
+
+def cmd_secret_rotate(ctx: Context) -> int:
+    from .catalog.rotate import rotate_secrets
+    from .secret import ENV_KEY, secret_key
+
+    new = secret_key()
+    if new is None:
+        raise BadInput(
+            f"set {ENV_KEY} to the new key (a passphrase, or one from storekeeper secret "
+            "new-key); give the old one with --old-key-file, --old-key-env or on standard input"
+        )
+    old = _old_key(ctx.args)
+    report = rotate_secrets(ctx.site.catalog, new, old)
+    if ctx.args.json:
+        emit_json(report.as_dict())
+        return 0
+    if report.rotated:
+        say(table([(r.service, r.before) for r in report.rotated], ["service", "was"]))
+    count = len(report.rotated)
+    say(f"rotated {count} service URL{'' if count == 1 else 's'} to key id {report.key_id}")
+    return 0
+
+
+def cmd_secret_new_key(ctx: Context) -> int:
+    from .secret import new_key
+
+    print(new_key())
+    return 0
+
+
 def cmd_demo(ctx: Context) -> int:
     from .discover import import_app
     from .provision import status, sync
@@ -934,6 +987,25 @@ def build_parser() -> argparse.ArgumentParser:
         config_sub,
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    secret = sub.add_parser(
+        "secret",
+        help="the key that encrypts service URLs in the catalog",
+        description="The master key (STOREKEEPER_SECRET_KEY) that encrypts service URLs at rest.",
+    )
+    secret_sub = secret.add_subparsers(dest="secret_command", metavar="ACTION", required=True)
+    p = command(
+        "rotate",
+        cmd_secret_rotate,
+        "re-encrypt every service URL in the catalog under STOREKEEPER_SECRET_KEY (the new key); "
+        "the old key comes from --old-key-file, --old-key-env or standard input",
+        secret_sub,
+    )
+    old = p.add_mutually_exclusive_group()
+    old.add_argument("--old-key-file", metavar="PATH", help="a file holding the old key")
+    old.add_argument("--old-key-env", metavar="NAME", help="a variable holding the old key")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    command("new-key", cmd_secret_new_key, "print a new random key (a Fernet key)", secret_sub)
 
     command("demo", cmd_demo, "run the bundled stream gages app end to end")
     return parser

@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import ConfigError, InvalidName
 from .naming import check_identifier, split_target
+from .secret import mask_url, masked_repr
 
 CONFIG_FILE = "storekeeper.toml"
 BUILTIN = "built-in"
@@ -38,6 +39,10 @@ class Sourced:
 
     value: str
     source: str
+
+    def __repr__(self) -> str:
+        # The value may be a URL with a password: it is shown masked.
+        return f"Sourced(value={mask_url(self.value)!r}, source={self.source!r})"
 
 
 @dataclass
@@ -59,6 +64,9 @@ class Config:
     production_services: set[str] = field(default_factory=set)
     #: The environment overlays the file has (``[env.test]`` gives ``"test"``).
     overlays: set[str] = field(default_factory=set)
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
 
 
 def current_env(environ: Mapping[str, str] | None = None) -> str | None:

@@ -22,6 +22,7 @@ from .catalog import Catalog, RuntimeStore
 from .config import BUILTIN, Config, Sourced
 from .errors import BadInput, NotAssigned, NotFound
 from .naming import check_identifier, format_database_name
+from .secret import masked_repr
 
 if TYPE_CHECKING:
     from sqlalchemy import URL, Engine
@@ -58,6 +59,9 @@ class Placement:
     service: Service
     database: str
     assignment: Sourced
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
 
 
 class Site:
@@ -101,6 +105,12 @@ class Site:
         """Replace the process-wide site (tests and the CLI use this)."""
         with cls._default_lock:
             cls._default = site
+
+    def __repr__(self) -> str:
+        return (
+            f"Site(root={str(self.config.root)!r}, env={self.config.env!r}, "
+            f"catalog={self.catalog.display_url!r})"
+        )
 
     def database_name(self, physical: str) -> str:
         """The database that holds the store whose physical name is ``physical`` on this site."""

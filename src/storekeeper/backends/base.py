@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import URL, Engine
 
 from ..errors import ServiceUnavailable
-from ..secret import mask
+from ..secret import mask, mask_url
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Service:
     @property
     def display_url(self) -> str:
         """The URL with its password masked, for output."""
-        return mask(self.url.render_as_string(hide_password=True))
+        return mask_url(self.url)
 
     def __repr__(self) -> str:
         return f"Service({self.name!r}, {self.display_url!r}, source={self.source!r})"
@@ -42,6 +42,9 @@ class Backend(abc.ABC):
 
     def __init__(self, service: Service) -> None:
         self.service = service
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.service!r})"
 
     @abc.abstractmethod
     def database_url(self, name: str) -> URL:

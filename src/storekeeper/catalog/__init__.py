@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..errors import ConfigError, ServiceUnavailable
-from ..secret import mask, seal, unseal
+from ..secret import mask, mask_url, seal, unseal
 from . import tables as t
 
 __all__ = ["Catalog", "Event", "RuntimeStore"]
@@ -97,10 +97,13 @@ class Catalog:
             self.url = self.url.set(drivername="postgresql+psycopg")
         self._engine: Engine | None = None
 
+    def __repr__(self) -> str:
+        return f"Catalog({self.display_url!r})"
+
     @property
     def display_url(self) -> str:
         """The catalog's URL with its password masked."""
-        return mask(self.url.render_as_string(hide_password=True))
+        return mask_url(self.url)
 
     @property
     def engine(self) -> Engine:
