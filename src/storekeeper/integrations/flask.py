@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from flask import Flask, abort, g, request
+from flask import Flask, abort, g, has_request_context, request
 
 from ..errors import BadInput, StorekeeperError
 from ..pagination import Page, paginate
@@ -194,19 +194,23 @@ class StoreKeeper:
         page: int | None = None,
         per_page: int | None = None,
         max_per_page: int | None = 100,
+        error_out: bool = True,
         count: bool = True,
         store: str | None = None,
     ) -> Page:
-        """A :class:`~storekeeper.pagination.Page` of ``statement``; ``page`` and ``per_page``
-        default to the request's ``?page=`` and ``?per_page=`` (1 and 20), and a bad value
-        there is 404 Not Found, as in Flask-SQLAlchemy."""
-        if page is None:
-            page = _query_number("page", 1)
-        if per_page is None:
-            per_page = _query_number("per_page", 20)
-        if max_per_page is not None:
-            per_page = min(per_page, max_per_page)
-        return paginate(self.session(store), statement, page=page, per_page=per_page, count=count)
+        """A :class:`~storekeeper.pagination.Page` of ``statement``, as Flask-SQLAlchemy's
+        ``db.paginate``: ``page`` and ``per_page`` default to the request's ``?page=`` and
+        ``?per_page=`` (1 and 20; outside a request, 1 and 20), ``per_page`` is capped at
+        ``max_per_page``. With ``error_out`` (the default), a page past the last one, a page
+        or per_page below 1 and a query value that is not a whole number abort with 404 Not
+        Found; with ``error_out=False`` bad values fall back to page 1 and 20 per page, and a
+        page past the last one is empty."""
+        page, per_page = _page_numbers(page, per_page, max_per_page, error_out)
+        found = paginate(self.session(store), statement, page=page, per_page=per_page, count=count)
+        if error_out and not found.items and page != 1:
+            pages = "" if found.total is None else f" (there are {found.pages})"
+            _not_found(f"page {page} is past the last page{pages}")
+        return found
 
     # flask stores ... -----------------------------------------------------------------
 
@@ -477,14 +481,37 @@ def _not_found(description: str | None) -> NoReturn:
     abort(404, description=description)
 
 
-def _query_number(name: str, default: int) -> int:
+def _page_numbers(
+    page: int | None, per_page: int | None, max_per_page: int | None, error_out: bool
+) -> tuple[int, int]:
+    """The page and page size to show, decided as Flask-SQLAlchemy decides them."""
+    if has_request_context():
+        if page is None:
+            page = _query_number("page", 1, error_out)
+        if per_page is None:
+            per_page = _query_number("per_page", 20, error_out)
+    page = 1 if page is None else page
+    per_page = 20 if per_page is None else per_page
+    if max_per_page is not None:
+        per_page = min(per_page, max_per_page)
+    if page < 1:
+        if error_out:
+            _not_found(f"page must be at least 1, not {page}")
+        page = 1
+    if per_page < 1:
+        if error_out:
+            _not_found(f"per_page must be at least 1, not {per_page}")
+        per_page = 20
+    return page, per_page
+
+
+def _query_number(name: str, default: int, error_out: bool) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
+        return int(raw)
     except ValueError:
-        value = 0
-    if value < 1:
-        abort(404, description=f"?{name}= must be a whole number of at least 1, not {raw!r}")
-    return value
+        if error_out:
+            _not_found(f"?{name}= must be a whole number of at least 1, not {raw!r}")
+        return default
