@@ -469,6 +469,7 @@ def _confirm_refresh(app: App, stores: tuple[str, ...]) -> None:
     try:
         confirmed = click.confirm(f"Drop and recreate {targets}? All their data is lost.")
     except click.Abort:  # end of input, or Ctrl-C at the question
+        click.echo()  # end the question's line
         raise BadInput(
             "refresh not confirmed (no answer); nothing was changed; pass --yes to refresh "
             "without the question"
