@@ -461,3 +461,38 @@ def test_hints_flask_stores_cannot_say_stay_storekeeper_commands(chat_app: App) 
         f"(see storekeeper history {name}.chat_db)": "(see flask db history chat_db)",
     }
     assert {text: stores._spell(text) for text in spelled} == spelled
+
+
+def at_a_terminal(command: list[str], typed: bytes, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` with a real terminal (a pty) as its standard input, ``typed`` on it."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOREKEEPER_", "FLASK_"))}
+    try:
+        os.write(controller, typed)  # kept by the terminal until the command reads it
+        return subprocess.run(
+            command, stdin=terminal, cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+@pytest.mark.parametrize("typed", [b"n\n", b"\x04"], ids=["no", "ctrl-d"])
+def test_declining_refresh_at_a_terminal_exits_2_in_both_commands(
+    project: Path, chat_app: App, app_name: str, typed: bytes
+) -> None:
+    (project / "flask_chat.py").write_text(FLASK_MODULE.format(name=app_name))
+    with chat_app.session("chat_db") as session:
+        session.add(Chat(channel="precious"))
+    faces = {
+        "storekeeper": [sys.executable, "-m", "storekeeper", "--app", "flask_chat:app", "sync"],
+        "flask": [sys.executable, "-m", "flask", "--app", "flask_chat:web", "stores", "sync"],
+    }
+    for face, command in faces.items():
+        declined = at_a_terminal([*command, "--refresh"], typed, project)
+        assert declined.returncode == 2, (face, declined.stdout, declined.stderr)
+        assert "refresh not confirmed" in declined.stderr, face
+    assert "precious" in {c.channel for c in channels_of(chat_app)}
