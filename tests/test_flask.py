@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -197,8 +200,13 @@ def test_flask_stores_sync_refresh_asks_first(chat_app: App) -> None:
     runner = flask_app.test_cli_runner()
     refresh = ["stores", "sync", "--refresh", "--store", "chat_db"]
     declined = runner.invoke(args=refresh, input="n\n")
-    assert declined.exit_code == 1
+    # As the storekeeper command: 2, nothing was done at the user's word.
+    assert declined.exit_code == 2, declined.output
     assert f"Drop and recreate {chat_app.name}.chat_db? All their data is lost." in declined.output
+    assert "Error: refresh not confirmed; nothing was changed" in declined.output
+    unanswered = runner.invoke(args=refresh, input="")
+    assert unanswered.exit_code == 2, unanswered.output
+    assert "refresh not confirmed (no answer); nothing was changed; pass --yes" in unanswered.output
     assert "precious" in {c.channel for c in channels_of(chat_app)}
 
     done = runner.invoke(args=[*refresh, "--yes"])
@@ -356,3 +364,135 @@ def test_flask_stores_needs_a_store_name_when_there_are_several(chat_app: App) -
     assert f"Error: app {chat_app.name!r} has 2 stores (chat_db, scores_db): name the" in several
     named = run("current", "scores_db", code=2)
     assert "create it with: flask stores init scores_db" in named
+
+
+FLASK_MODULE = """
+from flask import Flask
+
+from chat.model import ChatBase, init_chat_db
+from storekeeper import App, Store
+from storekeeper.flask import StoreKeeper
+
+app = App("{name}", stores=[Store("chat_db", metadata=ChatBase.metadata, initializer=init_chat_db)])
+web = Flask(__name__)
+StoreKeeper(web, app)
+"""
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_declining_refresh_in_a_real_flask_process_exits_2_and_keeps_the_data(
+    project: Path, chat_app: App, app_name: str
+) -> None:
+    (project / "flask_chat.py").write_text(FLASK_MODULE.format(name=app_name))
+    with chat_app.session("chat_db") as session:
+        session.add(Chat(channel="precious"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOREKEEPER_", "FLASK_"))}
+    command = [sys.executable, "-m", "flask", "--app", "flask_chat:web", "stores", "sync"]
+    for answer in ("n\n", ""):  # "no", and no answer at all (stdin closed)
+        declined = subprocess.run(
+            [*command, "--refresh"],
+            cwd=project,
+            env=env,
+            input=answer,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert declined.returncode == 2, declined.stdout + declined.stderr
+        assert "refresh not confirmed" in declined.stderr
+        assert "Traceback" not in declined.stderr
+    assert "precious" in {c.channel for c in channels_of(chat_app)}
+
+
+# Every verb that both commands have: a hint naming one of them inside `flask stores` must
+# name the flask one.
+STOREKEEPER_HINT = re.compile(
+    r"storekeeper (sync|status|revision|upgrade|downgrade|stamp|current|history|heads|check)\b"
+)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_flask_stores_hints_name_flask_stores_commands(project: Path, items_v1: App) -> None:
+    run = migration_commands(items_v1)
+    run("init")
+    run("migrate", "-m", "items", "--rev-id", "r1")
+    outputs = []
+
+    not_created = run("upgrade", code=1)  # the database is not there yet
+    assert "create it first (flask stores sync, or app.create_store" in not_created
+    outputs.append(not_created)
+    run("sync")
+
+    unknown = run("upgrade", "--to", "zzz", code=2)
+    assert "(see flask stores history main_db)" in unknown
+    outputs.append(unknown)
+
+    run("revision", "-m", "by hand", "--rev-id", "r2")
+    behind = run("check", code=1)
+    assert "run flask stores upgrade main_db" in behind
+    outputs.append(behind)
+
+    run("revision", "-m", "other branch", "--rev-id", "r3")
+    branch = project / "migrations" / "main_db" / "versions" / "r3_other_branch.py"
+    branch.write_text(
+        re.sub(r"down_revision: (.*) = .*", r"down_revision: \1 = 'r1'", branch.read_text())
+    )
+    branched = run("upgrade", code=1)
+    assert "merge them first: flask stores revision main_db --merge -m 'merge heads'" in branched
+    outputs.append(branched)
+
+    for output in outputs:
+        assert not STOREKEEPER_HINT.search(output), output
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_hints_flask_stores_cannot_say_stay_storekeeper_commands(chat_app: App) -> None:
+    stores = StoreKeeper(Flask(__name__), chat_app, cli_group="db")
+    name = chat_app.name
+    spelled = {
+        f"run: storekeeper assign {name}.chat_db SERVICE": f"run: storekeeper assign {name}."
+        "chat_db SERVICE",
+        f"merge: storekeeper revision {name}.tenant:* --merge": f"merge: storekeeper revision "
+        f"{name}.tenant:* --merge",
+        "storekeeper upgrade other.chat_db": "storekeeper upgrade other.chat_db",
+        f"create it with: storekeeper revision {name}.chat_db --init": "create it with: flask db "
+        "init chat_db",
+        f"run storekeeper sync {name}.": "run flask db sync.",
+        f"(see storekeeper history {name}.chat_db)": "(see flask db history chat_db)",
+    }
+    assert {text: stores._spell(text) for text in spelled} == spelled
+
+
+def at_a_terminal(command: list[str], typed: bytes, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` with a real terminal (a pty) as its standard input, ``typed`` on it."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOREKEEPER_", "FLASK_"))}
+    try:
+        os.write(controller, typed)  # kept by the terminal until the command reads it
+        return subprocess.run(
+            command, stdin=terminal, cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+@pytest.mark.parametrize("typed", [b"n\n", b"\x04"], ids=["no", "ctrl-d"])
+def test_declining_refresh_at_a_terminal_exits_2_in_both_commands(
+    project: Path, chat_app: App, app_name: str, typed: bytes
+) -> None:
+    (project / "flask_chat.py").write_text(FLASK_MODULE.format(name=app_name))
+    with chat_app.session("chat_db") as session:
+        session.add(Chat(channel="precious"))
+    faces = {
+        "storekeeper": [sys.executable, "-m", "storekeeper", "--app", "flask_chat:app", "sync"],
+        "flask": [sys.executable, "-m", "flask", "--app", "flask_chat:web", "stores", "sync"],
+    }
+    for face, command in faces.items():
+        declined = at_a_terminal([*command, "--refresh"], typed, project)
+        assert declined.returncode == 2, (face, declined.stdout, declined.stderr)
+        assert "refresh not confirmed" in declined.stderr, face
+    assert "precious" in {c.channel for c in channels_of(chat_app)}

@@ -236,7 +236,14 @@ def _confirm_refresh(apps: list[App], stores: list[str] | None, assume_yes: bool
             f"--refresh drops and recreates {', '.join(targets)}; there is no terminal to "
             "confirm on, so pass --yes"
         )
-    answer = input(f"Drop and recreate {', '.join(targets)}? All their data is lost. [y/N] ")
+    try:
+        answer = input(f"Drop and recreate {', '.join(targets)}? All their data is lost. [y/N] ")
+    except EOFError:  # Ctrl-D: no answer, as flask stores sync says too
+        print()
+        raise BadInput(
+            "refresh not confirmed (no answer); nothing was changed; pass --yes to refresh "
+            "without the question"
+        ) from None
     if answer.strip().lower() not in ("y", "yes"):
         raise BadInput("refresh not confirmed; nothing was changed")
 

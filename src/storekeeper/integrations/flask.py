@@ -24,10 +24,12 @@ for ``init``, ``revision``, ``upgrade``, ``downgrade``, ``stamp``, ``current``, 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from flask import Flask, abort, g, request
+from flask import Flask, abort, g, has_request_context, request
 
 from ..errors import BadInput, StorekeeperError
 from ..pagination import Page, paginate
@@ -35,8 +37,6 @@ from ..secret import mask
 from ..sessions import SessionSet, default_store
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from sqlalchemy import Select
     from sqlalchemy.orm import Session
 
@@ -87,6 +87,7 @@ class StoreKeeper:
         self.cli_group = cli_group
         self.session = _SessionProxy(self)
         self._default_name: str | None = None
+        self._verbs: frozenset[str] = frozenset()  # the verbs of flask stores, once made
         # Each extension on a Flask app keeps its sessions under its own key in ``g``.
         self._key = f"_storekeeper_{id(self):x}"
         if app is not None:
@@ -193,19 +194,23 @@ class StoreKeeper:
         page: int | None = None,
         per_page: int | None = None,
         max_per_page: int | None = 100,
+        error_out: bool = True,
         count: bool = True,
         store: str | None = None,
     ) -> Page:
-        """A :class:`~storekeeper.pagination.Page` of ``statement``; ``page`` and ``per_page``
-        default to the request's ``?page=`` and ``?per_page=`` (1 and 20), and a bad value
-        there is 404 Not Found, as in Flask-SQLAlchemy."""
-        if page is None:
-            page = _query_number("page", 1)
-        if per_page is None:
-            per_page = _query_number("per_page", 20)
-        if max_per_page is not None:
-            per_page = min(per_page, max_per_page)
-        return paginate(self.session(store), statement, page=page, per_page=per_page, count=count)
+        """A :class:`~storekeeper.pagination.Page` of ``statement``, as Flask-SQLAlchemy's
+        ``db.paginate``: ``page`` and ``per_page`` default to the request's ``?page=`` and
+        ``?per_page=`` (1 and 20; outside a request, 1 and 20), ``per_page`` is capped at
+        ``max_per_page``. With ``error_out`` (the default), a page past the last one, a page
+        or per_page below 1 and a query value that is not a whole number abort with 404 Not
+        Found; with ``error_out=False`` bad values fall back to page 1 and 20 per page, and a
+        page past the last one is empty."""
+        page, per_page = _page_numbers(page, per_page, max_per_page, error_out)
+        found = paginate(self.session(store), statement, page=page, per_page=per_page, count=count)
+        if error_out and not found.items and page != 1:
+            pages = "" if found.total is None else f" (there are {found.pages})"
+            _not_found(f"page {page} is past the last page{pages}")
+        return found
 
     # flask stores ... -----------------------------------------------------------------
 
@@ -228,16 +233,11 @@ class StoreKeeper:
             from ..provision import sync
 
             app = keeper.storekeeper_app
-            with _click_errors():
+            with keeper._errors():
                 for name in stores:
                     app.store(name)
                 if refresh and not yes:
-                    targets = ", ".join(
-                        f"{app.name}.{s}" for s in stores or [x.name for x in app.stores]
-                    )
-                    click.confirm(
-                        f"Drop and recreate {targets}? All their data is lost.", abort=True
-                    )
+                    _confirm_refresh(app, stores)
 
                 def progress(result: StoreResult) -> None:
                     say(f"{result.app}.{result.store}: {_describe(result)}")
@@ -256,10 +256,11 @@ class StoreKeeper:
             from ..cli import print_status
             from ..provision import status
 
-            with _click_errors():
+            with keeper._errors():
                 print_status(status([keeper.storekeeper_app]))
 
         self._add_migration_commands(group)
+        self._verbs = frozenset(group.commands)
         return group
 
     def _add_migration_commands(self, group: click.Group) -> None:
@@ -287,7 +288,7 @@ class StoreKeeper:
         @group.command("init", help="Create a store's Alembic script directory.")
         @store_argument
         def init_command(store: str | None) -> None:
-            with _click_errors():
+            with keeper._errors():
                 app, name = keeper.storekeeper_app, store or keeper.default_store()
                 scripts = migrate.scripts_for(app, name)
                 existed = scripts.exists
@@ -304,7 +305,7 @@ class StoreKeeper:
         ) -> None:
             # -m is left optional so that, when it is missing, the library's refusal (exit 2)
             # says how to give it, as for the storekeeper command.
-            with _click_errors():
+            with keeper._errors():
                 app, name = keeper._migrated_store(store)
                 made = migrate.revision(
                     app, name, message or "", autogenerate=True, rev_id=rev_id, empty=empty
@@ -326,7 +327,7 @@ class StoreKeeper:
             rev_id: str | None,
             empty: bool,
         ) -> None:
-            with _click_errors():
+            with keeper._errors():
                 app, name = keeper._migrated_store(store)
                 made = migrate.revision(
                     app,
@@ -354,7 +355,7 @@ class StoreKeeper:
             @store_argument
             @to_option
             def move_command(store: str | None, to: str) -> None:
-                with _click_errors():
+                with keeper._errors():
                     app, name = keeper._migrated_store(store)
                     result = move(app, name, to)
                 print_migrated([result])
@@ -368,14 +369,14 @@ class StoreKeeper:
         @group.command("current", help="A store's revision against its head.")
         @store_argument
         def current_command(store: str | None) -> None:
-            with _click_errors():
+            with keeper._errors():
                 state = revision_state(*keeper._migrated_store(store))
             print_current([state])
 
         @group.command("history", help="A store's migrations, newest first.")
         @store_argument
         def history_command(store: str | None) -> None:
-            with _click_errors():
+            with keeper._errors():
                 app, name = keeper._migrated_store(store)
                 revisions = migrate.history(app, name)
             print_history(revisions, f"{app.name}.{name}")
@@ -383,7 +384,7 @@ class StoreKeeper:
         @group.command("heads", help="A store's head revision(s).")
         @store_argument
         def heads_command(store: str | None) -> None:
-            with _click_errors():
+            with keeper._errors():
                 app, name = keeper._migrated_store(store)
                 found = migrate.heads(app, name)
             print_heads(found, f"{app.name}.{name}", keeper._command("revision", name, "--merge"))
@@ -391,16 +392,49 @@ class StoreKeeper:
         @group.command("check", help="Fail when a store's models and its schema drift apart.")
         @store_argument
         def check_command(store: str | None) -> None:
-            with _click_errors():
+            with keeper._errors():
                 app, name = keeper._migrated_store(store)
                 differences = migrate.check(app, name)
             label = f"{app.name}.{name}"
-            print_check({label: differences})
+            print_check({label: [keeper._spell(d) for d in differences]})
             if differences:
                 raise click.ClickException(
                     f"check failed for {label}: write a migration "
                     f"({keeper._command('migrate', name)} -m MSG) or fix the models"
                 )
+
+    def _errors(self) -> _click_errors:
+        """Inside a ``flask stores`` command: storekeeper's errors as click's, their hints
+        spelled as this Flask app's commands."""
+        return _click_errors(self._spell)
+
+    def _spell(self, text: str) -> str:
+        """``text`` with the library's hints spelled as this Flask app's commands:
+        ``storekeeper upgrade APP.STORE`` -> ``flask stores upgrade STORE``, ``storekeeper
+        revision APP.STORE --init`` -> ``flask stores init STORE``, ``storekeeper sync`` ->
+        ``flask stores sync``. Hints that ``flask stores`` cannot say (``assign``,
+        ``service ...``, a kind's stores, another app) stay ``storekeeper`` commands, which
+        are installed with it."""
+        return _HINT.sub(self._spell_hint, text)
+
+    def _spell_hint(self, hint: re.Match[str]) -> str:
+        verb, target, init = hint["verb"], hint["target"], hint["init"] or ""
+        if verb not in self._verbs:
+            return hint[0]
+        if verb == "revision" and init:
+            verb, init = "init", ""
+        if target is None:
+            return f"{self._command(verb)}{init}"
+        name = target.rstrip(".")
+        after = target[len(name) :]  # a full stop ending the sentence, not the target's
+        app_name, dot, store = name.partition(".")
+        if app_name == self.storekeeper_app.name and dot and store.isidentifier():
+            return f"{self._command(verb, store)}{after}{init}"
+        if verb in ("sync", "status"):
+            # The whole app (or the next word of the sentence): flask stores serves one app.
+            own = app_name == self.storekeeper_app.name and not dot
+            return f"{self._command(verb)}{after if own else ' ' + target}{init}"
+        return hint[0]
 
     def _command(self, verb: str, *args: str) -> str:
         """How a user types one of this extension's commands, for the hints in messages."""
@@ -412,7 +446,7 @@ class StoreKeeper:
         from ..migrate import scripts_for
 
         app, name = self.storekeeper_app, store or self.default_store()
-        scripts_for(app, name).require(init_command=self._command("init", name))
+        scripts_for(app, name).require()  # its hint, spelled by _spell: flask stores init
         return app, name
 
 
@@ -421,8 +455,11 @@ class _BadInputError(click.ClickException):
 
 
 class _click_errors:
-    """Turn storekeeper's errors into click's: the message (secrets masked), no traceback, the
-    exit code the ``storekeeper`` command gives them."""
+    """Turn storekeeper's errors into click's: the message (secrets masked, hints spelled by
+    ``spell``), no traceback, the exit code the ``storekeeper`` command gives them."""
+
+    def __init__(self, spell: Callable[[str], str]) -> None:
+        self._spell = spell
 
     def __enter__(self) -> None:
         return None
@@ -430,21 +467,66 @@ class _click_errors:
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, StorekeeperError):
             kind = _BadInputError if exc.exit_code == 2 else click.ClickException
-            raise kind(mask(str(exc))) from None
+            raise kind(self._spell(mask(str(exc)))) from None
+
+
+# ``storekeeper VERB [TARGET] [--init]`` in the library's messages.
+_HINT = re.compile(
+    r"\bstorekeeper (?P<verb>[a-z]+)(?: (?P<target>[A-Za-z_][\w.:*]*))?(?P<init> --init)?"
+)
+
+
+def _confirm_refresh(app: App, stores: tuple[str, ...]) -> None:
+    """Ask before ``--refresh`` drops stores; anything but yes (no answer too) is bad input,
+    exit 2, as in the ``storekeeper`` command: nothing was done, at the user's word."""
+    targets = ", ".join(f"{app.name}.{s}" for s in stores or [x.name for x in app.stores])
+    try:
+        confirmed = click.confirm(f"Drop and recreate {targets}? All their data is lost.")
+    except click.Abort:  # end of input, or Ctrl-C at the question
+        click.echo()  # end the question's line
+        raise BadInput(
+            "refresh not confirmed (no answer); nothing was changed; pass --yes to refresh "
+            "without the question"
+        ) from None
+    if not confirmed:
+        raise BadInput("refresh not confirmed; nothing was changed")
 
 
 def _not_found(description: str | None) -> NoReturn:
     abort(404, description=description)
 
 
-def _query_number(name: str, default: int) -> int:
+def _page_numbers(
+    page: int | None, per_page: int | None, max_per_page: int | None, error_out: bool
+) -> tuple[int, int]:
+    """The page and page size to show, decided as Flask-SQLAlchemy decides them."""
+    if has_request_context():
+        if page is None:
+            page = _query_number("page", 1, error_out)
+        if per_page is None:
+            per_page = _query_number("per_page", 20, error_out)
+    page = 1 if page is None else page
+    per_page = 20 if per_page is None else per_page
+    if max_per_page is not None:
+        per_page = min(per_page, max_per_page)
+    if page < 1:
+        if error_out:
+            _not_found(f"page must be at least 1, not {page}")
+        page = 1
+    if per_page < 1:
+        if error_out:
+            _not_found(f"per_page must be at least 1, not {per_page}")
+        per_page = 20
+    return page, per_page
+
+
+def _query_number(name: str, default: int, error_out: bool) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
+        return int(raw)
     except ValueError:
-        value = 0
-    if value < 1:
-        abort(404, description=f"?{name}= must be a whole number of at least 1, not {raw!r}")
-    return value
+        if error_out:
+            _not_found(f"?{name}= must be a whole number of at least 1, not {raw!r}")
+        return default
