@@ -3,7 +3,9 @@ time runs once, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from conftest import run_cli, write_app, write_config
+from storekeeper import App, migrate
 from storekeeper.site import Site
 
 pytestmark = pytest.mark.slow
@@ -99,3 +102,121 @@ def test_two_syncs_at_once_create_and_initialize_the_store_once(
             assert conn.execute(text("SELECT count(*) FROM items")).scalar_one() == 2
     finally:
         engine.dispose()
+
+
+# Many stores made at once in one process, and in several: no lock may starve the work it
+# protects (the admin pool of a PostgreSQL service keeps 3 connections, 7 at most).
+
+RACE_MODULE = '''
+"""The initializer of the stores the race tests make: one line per call in RACE_LOG."""
+import os
+
+
+def init_counted(engine, first_time):
+    with open(os.environ["RACE_LOG"], "a") as log:
+        log.write(f"{{engine.url.database}} {{first_time}}\\n")
+'''
+
+RACE_WORKER = """
+import sys
+import threading
+
+from storekeeper.site import Site
+
+import {app}_v1
+
+app = {app}_v1.app.bind(Site.load())
+prefix, threads, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3] or None
+start = threading.Barrier(threads)
+failures = []
+
+
+def make(i):
+    start.wait()
+    try:
+        app.create_store(f"{{prefix}}{{i}}", kind=kind, initializer="{app}_race:init_counted")
+    except BaseException as exc:
+        failures.append(repr(exc))
+
+
+workers = [threading.Thread(target=make, args=(i,)) for i in range(threads)]
+for worker in workers:
+    worker.start()
+for worker in workers:
+    worker.join()
+print("\\n".join(failures))
+sys.exit(1 if failures else 0)
+"""
+
+
+@pytest.fixture
+def kind_app(
+    project: Path, site: Site, app_name: str, service_url: str, monkeypatch: pytest.MonkeyPatch
+) -> App:
+    """App ``app_name`` with a kind ``tenant`` that has migrations (so making one of its stores
+    clones the kind's template under two locks), and an initializer that logs each call."""
+    from test_migrate import configure_cli, declare
+
+    monkeypatch.syspath_prepend(str(project))
+    configure_cli(project, app_name, service_url)
+    (project / f"{app_name}_race.py").write_text(RACE_MODULE.format())
+    monkeypatch.setenv("RACE_LOG", str(project / "race.log"))
+    app = declare(project, site, app_name, 1)
+    migrate.init(app, "tenant")
+    migrate.revision(app, "tenant", "items", autogenerate=True, rev_id="k1")
+    return app
+
+
+def initialized(project: Path) -> list[str]:
+    log = project / "race.log"
+    return sorted(log.read_text().splitlines()) if log.exists() else []
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_32_stores_made_at_once_in_one_process_are_each_initialized_once(
+    project: Path, kind_app: App, app_name: str
+) -> None:
+    kinds = [f"k{i:02d}" for i in range(16)]
+    plain = [f"p{i:02d}" for i in range(16)]
+    start = threading.Barrier(len(kinds) + len(plain))
+
+    def make(name: str) -> str:
+        start.wait()
+        kind = "tenant" if name.startswith("k") else None
+        made = kind_app.create_store(name, kind=kind, initializer=f"{app_name}_race:init_counted")
+        return made.action
+
+    with ThreadPoolExecutor(max_workers=len(kinds) + len(plain)) as pool:
+        actions = list(pool.map(make, kinds + plain))
+
+    assert actions == ["created"] * 32
+    assert initialized(project) == sorted(f"{app_name}_{n} True" for n in kinds + plain)
+    assert all(migrate.current(kind_app, n) == ("k1",) for n in kinds)
+    assert sorted(kind_app.list_stores()) == sorted(["main_db", *kinds, *plain])
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_32_stores_made_at_once_by_4_processes_of_8_threads_are_each_initialized_once(
+    project: Path, kind_app: App, app_name: str
+) -> None:
+    (project / "race_worker.py").write_text(RACE_WORKER.format(app=app_name))
+    env = {**os.environ, "RACE_LOG": str(project / "race.log")}
+    env = {k: v for k, v in env.items() if not k.startswith("STOREKEEPER_")}
+    workers = [
+        subprocess.Popen(
+            # Two processes make stores of the kind, two plain stores.
+            [sys.executable, "race_worker.py", f"w{w}_", "8", "tenant" if w < 2 else ""],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(4)
+    ]
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, out + err
+    names = [f"w{w}_{i}" for w in range(4) for i in range(8)]
+    assert initialized(project) == sorted(f"{app_name}_{n} True" for n in names)
+    assert sorted(kind_app.list_stores()) == sorted(["main_db", *names])

@@ -179,7 +179,8 @@ def _provision(
     url = backend.database_url(database)
     started = time.perf_counter()
     result = StoreResult(app.name, plan.store, service.name, database, "up to date")
-    with backend.lock(database):
+    doing = f"{'creating' if runtime is not None else 'syncing'} store {app.name}.{plan.store}"
+    with backend.lock(database, doing=doing):
         existed = backend.exists(database)
         if existed and refresh:
             site.dispose_engine(url)

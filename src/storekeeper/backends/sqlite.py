@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import logging
+import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from sqlalchemy import URL, Engine, event
 
 from ..errors import InvalidName, ProvisionError, ServiceUnavailable
-from .base import Backend, Service
+from .base import Backend, LockHolder, Service, lock_timeout_error
+
+log = logging.getLogger("storekeeper")
 
 SUFFIX = ".sqlite"
 
@@ -148,11 +154,71 @@ class SqliteBackend(Backend):
         wal = path.with_name(path.name + "-wal")
         return path.stat().st_size + (wal.stat().st_size if wal.is_file() else 0)
 
-    @contextmanager
-    def lock(self, name: str) -> Iterator[None]:
+    def _lock_files(self, name: str) -> tuple[Path, Path]:
         folder = self._folder()
-        with FileLock(str(folder / f".{name}.lock")):
+        return folder / f".{name}.lock", folder / f".{name}.lock.holder"
+
+    @contextmanager
+    def lock(self, name: str, *, doing: str = "") -> Iterator[None]:
+        path, record = self._lock_files(name)
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            self._wait(lock, name)
+        try:
+            # The holder record sits beside the lock; the next holder overwrites a stale one
+            # (the lock itself dies with its process).
+            here = LockHolder.here(doing)
+            partial = record.with_name(f"{record.name}.{os.getpid()}")
+            partial.write_text(
+                json.dumps(
+                    {
+                        "pid": here.pid,
+                        "host": here.host,
+                        "since": here.since.isoformat() if here.since else None,
+                        "doing": here.doing,
+                    }
+                )
+            )
+            partial.replace(record)
             yield
+        finally:
+            with suppress(OSError):
+                record.unlink()
+            lock.release()
+
+    def _wait(self, lock: FileLock, name: str) -> None:
+        timeout = self.lock_timeout
+        log.warning(
+            "waiting for the lock on %r, held by %s (giving up after %g s)",
+            name,
+            (self.lock_holder(name) or LockHolder(detail="just released")).describe(),
+            timeout,
+        )
+        try:
+            if timeout <= 0:
+                raise Timeout(str(lock.lock_file))
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise lock_timeout_error(name, timeout, self.lock_holder(name)) from None
+
+    def lock_holder(self, name: str) -> LockHolder | None:
+        path, record = self._lock_files(name)
+        probe = FileLock(str(path))
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            pass
+        else:
+            probe.release()
+            return None
+        try:
+            data = json.loads(record.read_text())
+            since = dt.datetime.fromisoformat(data["since"]) if data.get("since") else None
+            return LockHolder(data.get("pid"), data.get("host"), since, data.get("doing", ""))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return LockHolder(detail="it has not written its record yet")
 
     def ping(self) -> str:
         folder = self._folder()
