@@ -89,10 +89,7 @@ def check_lock_timeout(value: object, where: str) -> str:
     except ValueError:
         seconds = float("nan")
     if isinstance(value, bool) or not seconds >= 0 or seconds == float("inf"):
-        raise ConfigError(
-            f"{where}: lock_timeout {value!r} is not a number of seconds (0 or more), "
-            "like lock_timeout = 300"
-        )
+        raise ConfigError(f"{where}: {value!r} is not a number of seconds (0 or more), like 300")
     return f"{seconds:g}"
 
 
@@ -197,7 +194,9 @@ def _apply_table(config: Config, data: Any, where: str, *, top: bool) -> None:
             check_identifier(value, "service")
         config.default_service = Sourced(value, where)
     if "lock_timeout" in data:
-        config.lock_timeout = Sourced(check_lock_timeout(data["lock_timeout"], where), where)
+        config.lock_timeout = Sourced(
+            check_lock_timeout(data["lock_timeout"], f"{where}: lock_timeout"), where
+        )
     if "catalog" in data:
         if not isinstance(data["catalog"], str) or not data["catalog"]:
             raise ConfigError(f"{where}: 'catalog' must be a database URL")
