@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect
 
+from .backends.base import LockHolder
 from .config import Sourced
 from .errors import (
     BadInput,
@@ -27,9 +28,9 @@ from .secret import mask
 from .site import Placement
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine, MetaData
+    from sqlalchemy import URL, Engine, MetaData
 
-    from .backends import Service
+    from .backends import Backend, Service
     from .declare import App, Initializer, InitializerSpec
 
 
@@ -172,7 +173,12 @@ class _Plan:
 def _provision(
     plan: _Plan, *, refresh: bool, first_time: bool, runtime: tuple[str | None, str | None] | None
 ) -> StoreResult:
-    """Create (or recreate) one store, bring its schema up and initialize it, under a lock."""
+    """Create (or recreate) one store, bring its schema up and initialize it, under a lock.
+
+    A database made here carries the backend's "unfinished" mark until everything succeeded:
+    when a run is interrupted (Ctrl-C, SIGTERM, ``kill -9``) the next one finds the mark and
+    makes the store again as new. A failure drops what this run made.
+    """
     app, site = plan.app, plan.app.site
     service, database = plan.placement.service, plan.placement.database
     backend = site.backend(service)
@@ -182,25 +188,24 @@ def _provision(
     doing = f"{'creating' if runtime is not None else 'syncing'} store {app.name}.{plan.store}"
     with backend.lock(database, doing=doing):
         existed = backend.exists(database)
-        if existed and refresh:
-            site.dispose_engine(url)
-            app.forget(plan.store)
-            backend.drop(database)
+        if existed and backend.unfinished(database):
+            log.warning(
+                "%s.%s: database %r was left half-made by an interrupted first initialization; "
+                "making it again",
+                app.name,
+                plan.store,
+                database,
+            )
+            _drop(plan, backend, url)
+            existed = False
+        elif existed and refresh:
+            _drop(plan, backend, url)
             existed = False
             result.action = "recreated"
         step = "creating the database"
         try:
             if not existed:
-                if plan.scripts is not None and plan.kind is not None:
-                    from .migrate.templates import clone_from_template
-
-                    step = f"cloning the template of kind {plan.kind}"
-                    result.revision = clone_from_template(app, plan.kind, service, database)
-                    result.from_template = True
-                else:
-                    backend.create(database, spatial=plan.spatial)
-                if result.action != "recreated":
-                    result.action = "created"
+                step = _create(plan, backend, result, doing)
             engine = site.engine(url, backend)
             if plan.scripts is None:
                 step = "creating the tables"
@@ -219,28 +224,16 @@ def _provision(
             if runtime is not None:
                 step = "recording the store in the catalog"
                 site.add_runtime_store(app.name, plan.store, service.name, *runtime)
-        except Exception as exc:
             if not existed:
-                # Leave nothing half-made: the next sync is a clean first time.
-                site.dispose_engine(url)
-                backend.drop(database)
-            reason = (
-                str(exc)
-                if isinstance(exc, MigrationError)
-                else mask(f"{type(exc).__name__}: {exc}", service.url.password)
-            )
-            site.catalog.record(app.name, plan.store, "sync", ok=False, detail=reason)
-            if not existed:
-                undo = f"; database {database!r} made in this run was dropped again"
-            elif isinstance(exc, MigrationError):
-                undo = ""  # its message says at which revision the store stays
-            else:
-                undo = "; the existing database was left as it was"
-            log.error("%s.%s: %s failed: %s%s", app.name, plan.store, step, reason, undo)
-            if isinstance(exc, MigrationError):
-                raise type(exc)(f"{reason}{undo}") from exc
-            error = InitializerError if step.startswith("initializer") else ProvisionError
-            raise error(f"store {app.name}.{plan.store}: {step} failed: {reason}{undo}") from exc
+                step = "marking the store's first initialization finished"
+                backend.mark_finished(database)
+        except BaseException as exc:
+            # Leave nothing half-made: the next sync is a clean first time. Should the drop
+            # fail too, the mark is still there and the next sync drops it.
+            undo_failed = _undo(plan, backend, url) if not existed else None
+            if not isinstance(exc, Exception):
+                raise  # interrupted (Ctrl-C, SystemExit): as it is, after the cleanup
+            raise _failure(plan, exc, step, existed, undo_failed) from exc
     result.seconds = time.perf_counter() - started
     detail = result.action + (
         f", tables added: {', '.join(result.tables_added)}" if result.tables_added else ""
@@ -252,6 +245,84 @@ def _provision(
     site.catalog.record(app.name, plan.store, "sync", ok=True, detail=detail)
     log.info("%s.%s on service %s: %s", app.name, plan.store, service.name, detail)
     return result
+
+
+def _drop(plan: _Plan, backend: Backend, url: URL) -> None:
+    """Drop the store's database, after closing this process's connections to it."""
+    plan.app.site.dispose_engine(url)
+    plan.app.forget(plan.store)
+    backend.drop(plan.placement.database)
+
+
+def _create(plan: _Plan, backend: Backend, result: StoreResult, doing: str) -> str:
+    """Make the store's database (cloned from its kind's template, or empty) and mark it
+    unfinished; returns the step it was at."""
+    database = plan.placement.database
+    step = "creating the database"
+    if plan.scripts is not None and plan.kind is not None:
+        from .migrate.templates import clone_from_template
+
+        step = f"cloning the template of kind {plan.kind}"
+        result.revision = clone_from_template(plan.app, plan.kind, plan.placement.service, database)
+        result.from_template = True
+    else:
+        backend.create(database, spatial=plan.spatial)
+    if result.action != "recreated":
+        result.action = "created"
+    here = LockHolder.here(doing)
+    when = f"{here.since:%Y-%m-%d %H:%M:%S} UTC" if here.since else "?"
+    backend.mark_unfinished(database, f"pid {here.pid} on {here.host}, started {when}")
+    return step
+
+
+def _undo(plan: _Plan, backend: Backend, url: URL) -> str | None:
+    """Drop the database this run made; returns why that failed (logged), or ``None``."""
+    try:
+        _drop(plan, backend, url)
+    except Exception as exc:
+        reason = mask(f"{type(exc).__name__}: {exc}", plan.placement.service.url.password)
+        log.error(
+            "%s.%s: dropping half-made database %r failed: %s",
+            plan.app.name,
+            plan.store,
+            plan.placement.database,
+            reason,
+        )
+        return reason
+    return None
+
+
+def _failure(
+    plan: _Plan, exc: Exception, step: str, existed: bool, undo_failed: str | None
+) -> StorekeeperError:
+    """The error to raise for ``exc`` at ``step``: its own message first, then what became of
+    the database; recorded in the catalog and logged."""
+    app, database = plan.app, plan.placement.database
+    reason = (
+        str(exc)
+        if isinstance(exc, MigrationError)
+        else mask(f"{type(exc).__name__}: {exc}", plan.placement.service.url.password)
+    )
+    if not existed and undo_failed is None:
+        undo = f"; database {database!r} made in this run was dropped again"
+    elif not existed:
+        undo = (
+            f"; dropping database {database!r} made in this run failed too ({undo_failed}), "
+            "so the next sync drops it and makes it again"
+        )
+    elif isinstance(exc, MigrationError):
+        undo = ""  # its message says at which revision the store stays
+    else:
+        undo = "; the existing database was left as it was"
+    try:
+        app.site.catalog.record(app.name, plan.store, "sync", ok=False, detail=reason + undo)
+    except Exception as record_failed:  # the store's own error matters more
+        log.error("%s.%s: recording the failure failed: %s", app.name, plan.store, record_failed)
+    log.error("%s.%s: %s failed: %s%s", app.name, plan.store, step, reason, undo)
+    if isinstance(exc, MigrationError):
+        return type(exc)(f"{reason}{undo}")
+    error = InitializerError if step.startswith("initializer") else ProvisionError
+    return error(f"store {app.name}.{plan.store}: {step} failed: {reason}{undo}")
 
 
 def _initializer_name(spec: InitializerSpec) -> str:

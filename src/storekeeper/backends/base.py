@@ -172,6 +172,23 @@ class Backend(abc.ABC):
         """Accept connections to a sealed template again (to migrate it further)."""
 
     @abc.abstractmethod
+    def mark_unfinished(self, name: str, note: str = "") -> None:
+        """Mark database ``name`` as made but not yet through its first initialization.
+
+        The mark lives in the database itself, so every process and site on the service sees
+        it; a database that carries it when its lock is next taken was left by a run that was
+        interrupted (Ctrl-C, SIGTERM, ``kill -9``), and is made again as new.
+        """
+
+    @abc.abstractmethod
+    def unfinished(self, name: str) -> bool:
+        """Whether database ``name`` carries the mark of :meth:`mark_unfinished`."""
+
+    @abc.abstractmethod
+    def mark_finished(self, name: str) -> None:
+        """Remove the mark of :meth:`mark_unfinished` (nothing else) from database ``name``."""
+
+    @abc.abstractmethod
     def ping(self) -> str:
         """Connect and return a one-line description of the server; raise if unreachable."""
 

@@ -22,6 +22,9 @@ log = logging.getLogger("storekeeper")
 
 MAINTENANCE_DATABASE = "postgres"
 _MARK = "storekeeper template: "
+# A database's comment while its first initialization runs: in the server's shared catalog,
+# readable without connecting to the database, and gone with it.
+_UNFINISHED = "storekeeper: first initialization not finished"
 
 # A lock's holder record rides in a comment of the statement that took the lock, so other
 # sessions read it from pg_stat_activity.query while the lock connection sits idle.
@@ -179,6 +182,26 @@ class PostgresBackend(Backend):
         if not isinstance(comment, str) or not comment.startswith(_MARK):
             return None
         return comment[len(_MARK) :]
+
+    def _comment(self, name: str) -> str | None:
+        comment = self._scalar(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n",
+            n=name,
+        )
+        return comment if isinstance(comment, str) else None
+
+    def mark_unfinished(self, name: str, note: str = "") -> None:
+        with self._connection() as conn:
+            text_ = _UNFINISHED + (f" ({note})" if note else "")
+            comment = conn.exec_driver_sql("SELECT quote_literal(%s)", (text_,)).scalar()
+            conn.exec_driver_sql(f"COMMENT ON DATABASE {quote(name)} IS {comment}")
+
+    def unfinished(self, name: str) -> bool:
+        return (self._comment(name) or "").startswith(_UNFINISHED)
+
+    def mark_finished(self, name: str) -> None:
+        if self.unfinished(name):
+            self._run(f"COMMENT ON DATABASE {quote(name)} IS NULL", f"marking {name!r} finished")
 
     def unseal_template(self, name: str) -> None:
         self._run(f"COMMENT ON DATABASE {quote(name)} IS NULL", f"unsealing template {name!r}")

@@ -21,6 +21,9 @@ from .base import Backend, LockHolder, Service, lock_timeout_error
 log = logging.getLogger("storekeeper")
 
 SUFFIX = ".sqlite"
+# The database header's application id while a store's first initialization runs ("SKuf"):
+# in the file itself, so the mark moves with it.
+_UNFINISHED = 0x534B7566
 
 
 class SqliteBackend(Backend):
@@ -107,6 +110,25 @@ class SqliteBackend(Backend):
             dst.close()
             src.close()
         partial.replace(target)
+
+    def _application_id(self, name: str, value: int | None = None) -> int:
+        conn = sqlite3.connect(self.path(name), timeout=30)
+        try:
+            if value is not None:
+                conn.execute(f"PRAGMA application_id = {int(value)}")
+            return int(conn.execute("PRAGMA application_id").fetchone()[0])
+        finally:
+            conn.close()
+
+    def mark_unfinished(self, name: str, note: str = "") -> None:
+        self._application_id(name, _UNFINISHED)
+
+    def unfinished(self, name: str) -> bool:
+        return self.path(name).is_file() and self._application_id(name) == _UNFINISHED
+
+    def mark_finished(self, name: str) -> None:
+        if self.unfinished(name):
+            self._application_id(name, 0)
 
     def _mark_file(self, name: str) -> Path:
         path = self.path(name)
