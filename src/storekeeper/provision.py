@@ -248,10 +248,18 @@ def _provision(
 
 
 def _drop(plan: _Plan, backend: Backend, url: URL) -> None:
-    """Drop the store's database, after closing this process's connections to it."""
-    plan.app.site.dispose_engine(url)
-    plan.app.forget(plan.store)
-    backend.drop(plan.placement.database)
+    """Drop the store's database (its lock held): this process's connections to it are closed,
+    and other connections ended (PostgreSQL) or waited for (SQLite)."""
+    _drop_database(plan.app, plan.store, backend, plan.placement.database)
+
+
+def _drop_database(app: App, store: str, backend: Backend, database: str) -> bool:
+    app.site.dispose_engine(backend.database_url(database))
+    app.forget(store)
+    with backend.sole_use(database):
+        existed = backend.exists(database)
+        backend.drop(database)
+    return existed
 
 
 def _create(plan: _Plan, backend: Backend, result: StoreResult, doing: str) -> str:
@@ -441,7 +449,7 @@ def create_store(
         scripts = kind_scripts(app, kind)
         if scripts.exists:
             plan.scripts, plan.kind = scripts, kind
-    result = _provision(plan, refresh=refresh, first_time=first_time, runtime=(server, kind))
+    result = _provision(plan, refresh=refresh, first_time=bool(first_time), runtime=(server, kind))
     app.forget(name)
     return result
 
@@ -451,12 +459,11 @@ def drop_store(app: App, name: str) -> bool:
     placement = place(app, name)
     site = app.site
     backend = site.backend(placement.service)
-    site.dispose_engine(backend.database_url(placement.database))
-    app.forget(name)
-    with backend.lock(placement.database):
-        existed = backend.exists(placement.database)
-        backend.drop(placement.database)
-    site.remove_runtime_store(app.name, name)
+    # The lock first: nothing (engines, sessions, the file) is touched while another process
+    # provisions or migrates the store, and nothing at all if the lock is not had in time.
+    with backend.lock(placement.database, doing=f"dropping store {app.name}.{name}"):
+        existed = _drop_database(app, name, backend, placement.database)
+        site.remove_runtime_store(app.name, name)
     site.catalog.record(app.name, name, "drop", ok=True, detail="dropped" if existed else "absent")
     log.info("%s.%s on service %s: dropped", app.name, name, placement.service.name)
     return existed

@@ -8,7 +8,7 @@ import os
 import re
 import socket
 import sys
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from sqlalchemy import URL, Engine
@@ -127,6 +127,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def drop(self, name: str) -> None:
         """Drop database ``name`` if it exists, ending other connections to it first."""
+
+    def sole_use(self, name: str) -> AbstractContextManager[None]:
+        """A block in which no other connection uses database ``name``, to drop it in.
+
+        Where :meth:`drop` ends other connections itself (PostgreSQL) there is nothing to do.
+        A backend that cannot end them (SQLite) waits up to :attr:`lock_timeout` seconds for
+        them to close, and raises :class:`LockTimeout` when they do not.
+        """
+        return nullcontext()
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> list[str]:

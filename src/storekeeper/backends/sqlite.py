@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 from sqlalchemy import URL, Engine, event
 
-from ..errors import InvalidName, ProvisionError, ServiceUnavailable
+from ..errors import InvalidName, LockTimeout, ProvisionError, ServiceUnavailable
 from .base import Backend, LockHolder, Service, lock_timeout_error
 
 log = logging.getLogger("storekeeper")
@@ -159,6 +160,49 @@ class SqliteBackend(Backend):
         for suffix in ("", "-wal", "-shm", "-journal"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
         self._mark_file(name).unlink(missing_ok=True)
+
+    @contextmanager
+    def sole_use(self, name: str) -> Iterator[None]:
+        path = self.path(name)
+        if not path.is_file():
+            yield
+            return
+        # Leaving WAL mode needs every other connection closed (each holds a shared lock on
+        # the file while open); then an exclusive lock keeps new ones out until the files are
+        # gone. SQLite cannot end another process's connection, so this waits for them.
+        conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            deadline = time.monotonic() + self.lock_timeout
+            warned = False
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode=DELETE")
+                    conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+                    conn.execute("BEGIN EXCLUSIVE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"store database {name!r} is still open in another connection after "
+                        f"{self.lock_timeout:g} s (a pooled connection or an open transaction, "
+                        "in this process or another) and SQLite cannot end other processes' "
+                        "connections: close them (engine.dispose()) and drop again, or give "
+                        "more time with --lock-timeout SECONDS (lock_timeout in storekeeper.toml)"
+                    )
+                if not warned:
+                    log.warning(
+                        "waiting for the other connections to %r to close before dropping it "
+                        "(giving up after %g s)",
+                        name,
+                        self.lock_timeout,
+                    )
+                    warned = True
+                time.sleep(0.05)
+            yield
+        finally:
+            conn.close()
 
     def list(self, prefix: str = "") -> list[str]:
         if not self.folder.is_dir():
