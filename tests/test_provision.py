@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sqlite3
@@ -33,6 +34,7 @@ from storekeeper import (
     Store,
 )
 from storekeeper.config import Sourced
+from storekeeper.provision import create_store
 from storekeeper.site import Site
 
 
@@ -460,3 +462,20 @@ def test_a_failing_cleanup_does_not_hide_the_initializers_error(
     made = app.create_store("acme", kind="tenant")
     assert (made.action, made.first_time) == ("created", True)
     assert notes(app, "acme") == ["welcome"]
+
+
+# create_store on a store that exists -------------------------------------------------------
+
+
+def test_create_store_again_decides_first_time_instead_of_claiming_it(app: App) -> None:
+    assert app.create_store("acme", kind="tenant").first_time is True
+    again = app.create_store("acme", kind="tenant")
+    assert (again.action, again.first_time) == ("up to date", False)
+    assert CALLS[-1][1] is False
+    assert notes(app, "acme") == ["welcome"]  # the seed row was not added again
+    # The library function decides the same way; True is the caller's word.
+    assert create_store(app, "acme", kind="tenant").first_time is False
+    assert app.create_store("acme", kind="tenant", first_time=True).first_time is True
+    assert notes(app, "acme") == ["welcome", "welcome"]
+    for function in (App.create_store, create_store):
+        assert inspect.signature(function).parameters["first_time"].default is None

@@ -402,14 +402,14 @@ def create_store(
     initializer: InitializerSpec = None,
     spatial: bool | None = None,
     refresh: bool = False,
-    first_time: bool = False,
+    first_time: bool | None = None,
 ) -> StoreResult:
     """Make store ``name`` at run time and record it in the catalog (see :meth:`App.create_store`).
 
     The server is the one behind server setting ``server`` (or the app's only server setting,
     or the default service when it declares none). ``kind`` gives metadata, initializer and
     spatial; ``initializer``/``spatial`` override them. Existing stores are kept (and their
-    initializer run with ``first_time`` false) unless ``refresh``.
+    initializer run with ``first_time`` false unless ``first_time=True``) unless ``refresh``.
     """
     check_identifier(name, "store")
     if name in {s.name for s in app.stores}:
