@@ -34,6 +34,7 @@ from storekeeper import (
     Store,
 )
 from storekeeper.config import Sourced
+from storekeeper.migrate.fanout import resolve_targets
 from storekeeper.provision import create_store
 from storekeeper.site import Site
 
@@ -479,3 +480,30 @@ def test_create_store_again_decides_first_time_instead_of_claiming_it(app: App) 
     assert notes(app, "acme") == ["welcome", "welcome"]
     for function in (App.create_store, create_store):
         assert inspect.signature(function).parameters["first_time"].default is None
+
+
+def test_create_store_again_without_kind_keeps_the_recorded_kind(site: Site, app_name: str) -> None:
+    CALLS.clear()
+    site.assign(app_name, "tenants", "main")
+    app = App(
+        app_name,
+        servers=[ServerSetting("tenants")],
+        kinds=[
+            Kind("tenant", metadata=Base.metadata, initializer=init_tenant),
+            Kind("other", metadata=Base.metadata),
+        ],
+    ).bind(site)
+    app.create_store("acme", kind="tenant")
+    again = app.create_store("acme")
+    assert (again.action, again.first_time) == ("up to date", False)
+    assert CALLS[-1][1] is False  # the kind's initializer ran, told it is not the first time
+    assert [r.kind for r in site.catalog.runtime_stores(app_name)] == ["tenant"]
+    assert [ref.store for ref in resolve_targets([app], [f"{app_name}.tenant:*"])] == ["acme"]
+
+    with pytest.raises(BadInput, match=r"'acme' was made with kind 'tenant', not 'other'"):
+        app.create_store("acme", kind="other")
+    assert [r.kind for r in site.catalog.runtime_stores(app_name)] == ["tenant"]
+    # Made anew, it may change kind.
+    remade = app.create_store("acme", kind="other", refresh=True)
+    assert remade.action == "recreated"
+    assert [r.kind for r in site.catalog.runtime_stores(app_name)] == ["other"]

@@ -429,6 +429,7 @@ def create_store(
         )
     else:
         service = app.site.require_assignment(app.name, name)
+    kind = _recorded_kind(app, name, kind, refresh=refresh)
     declared_kind = app.kind(kind) if kind is not None else None
     where = f"store {app.name}.{name}"
     spec = (
@@ -452,6 +453,26 @@ def create_store(
     result = _provision(plan, refresh=refresh, first_time=bool(first_time), runtime=(server, kind))
     app.forget(name)
     return result
+
+
+def _recorded_kind(app: App, name: str, kind: str | None, *, refresh: bool) -> str | None:
+    """The kind to make store ``name`` with: the one it was made with when ``kind`` is not
+    given; a different one only when the store is made anew (``refresh``)."""
+    if kind is not None:
+        app.kind(kind)  # an unknown kind is refused first, naming the app's kinds
+    record = app.site.runtime_store(app.name, name)
+    if record is None or refresh:
+        return kind
+    if kind is None:
+        return record.kind
+    if kind != record.kind:
+        made = f"with kind {record.kind!r}" if record.kind else "without a kind"
+        keep = f"kind={record.kind!r}" if record.kind else "no kind"
+        raise BadInput(
+            f"store {app.name}.{name}: {name!r} was made {made}, not {kind!r}; pass {keep} "
+            f"(or leave kind out), or refresh=True to make it anew as a {kind!r}"
+        )
+    return kind
 
 
 def drop_store(app: App, name: str) -> bool:
