@@ -507,3 +507,5 @@ def test_create_store_again_without_kind_keeps_the_recorded_kind(site: Site, app
     remade = app.create_store("acme", kind="other", refresh=True)
     assert remade.action == "recreated"
     assert [r.kind for r in site.catalog.runtime_stores(app_name)] == ["other"]
+    app.create_store("acme", refresh=True)
+    assert [r.kind for r in site.catalog.runtime_stores(app_name)] == ["other"]

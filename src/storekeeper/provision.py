@@ -461,11 +461,11 @@ def _recorded_kind(app: App, name: str, kind: str | None, *, refresh: bool) -> s
     if kind is not None:
         app.kind(kind)  # an unknown kind is refused first, naming the app's kinds
     record = app.site.runtime_store(app.name, name)
-    if record is None or refresh:
+    if record is None:
         return kind
     if kind is None:
         return record.kind
-    if kind != record.kind:
+    if kind != record.kind and not refresh:
         made = f"with kind {record.kind!r}" if record.kind else "without a kind"
         keep = f"kind={record.kind!r}" if record.kind else "no kind"
         raise BadInput(

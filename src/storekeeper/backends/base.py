@@ -18,7 +18,7 @@ from ..errors import LockTimeout, ServiceUnavailable
 from ..secret import mask
 
 # What a holder record may carry: it is written into SQL comments and one-line files.
-_UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:=@/+()\[\]<>'#%~-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:=@/*+()\[\]<>'#~-]")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,9 @@ class LockHolder:
 
 def safe_text(text: str, limit: int = 300) -> str:
     """``text`` with passwords masked and only plain characters kept, for a holder record."""
-    return _UNSAFE.sub("?", mask(text))[:limit]
+    # Nothing that could end (or nest) the SQL comment a PostgreSQL lock carries it in.
+    plain = _UNSAFE.sub("?", mask(text)).replace("*/", "*?").replace("/*", "?*")
+    return plain[:limit]
 
 
 def lock_timeout_error(name: str, timeout: float, holder: LockHolder | None) -> LockTimeout:
