@@ -28,7 +28,7 @@ from .secret import mask
 from .site import Placement
 
 if TYPE_CHECKING:
-    from sqlalchemy import URL, Engine, MetaData
+    from sqlalchemy import Engine, MetaData
 
     from .backends import Backend, Service
     from .declare import App, Initializer, InitializerSpec
@@ -196,16 +196,21 @@ def _provision(
                 plan.store,
                 database,
             )
-            _drop(plan, backend, url)
+            _drop(plan, backend)
             existed = False
         elif existed and refresh:
-            _drop(plan, backend, url)
+            _drop(plan, backend)
             existed = False
             result.action = "recreated"
         step = "creating the database"
         try:
             if not existed:
-                step = _create(plan, backend, result, doing)
+                step = (
+                    f"cloning the template of kind {plan.kind}"
+                    if plan.scripts is not None and plan.kind is not None
+                    else "creating the database"
+                )
+                _create(plan, backend, result, doing)
             engine = site.engine(url, backend)
             if plan.scripts is None:
                 step = "creating the tables"
@@ -230,10 +235,11 @@ def _provision(
         except BaseException as exc:
             # Leave nothing half-made: the next sync is a clean first time. Should the drop
             # fail too, the mark is still there and the next sync drops it.
-            undo_failed = _undo(plan, backend, url) if not existed else None
-            if not isinstance(exc, Exception):
+            failed = exc if isinstance(exc, Exception) else None
+            undo_failed = None if existed else _undo(plan, backend, interrupted=failed is None)
+            if failed is None:
                 raise  # interrupted (Ctrl-C, SystemExit): as it is, after the cleanup
-            raise _failure(plan, exc, step, existed, undo_failed) from exc
+            raise _failure(plan, failed, step, existed, undo_failed) from exc
     result.seconds = time.perf_counter() - started
     detail = result.action + (
         f", tables added: {', '.join(result.tables_added)}" if result.tables_added else ""
@@ -247,30 +253,30 @@ def _provision(
     return result
 
 
-def _drop(plan: _Plan, backend: Backend, url: URL) -> None:
+def _drop(plan: _Plan, backend: Backend, *, wait: float | None = None) -> None:
     """Drop the store's database (its lock held): this process's connections to it are closed,
-    and other connections ended (PostgreSQL) or waited for (SQLite)."""
-    _drop_database(plan.app, plan.store, backend, plan.placement.database)
+    and other connections ended (PostgreSQL) or waited for (SQLite, ``wait`` seconds)."""
+    _drop_database(plan.app, plan.store, backend, plan.placement.database, wait=wait)
 
 
-def _drop_database(app: App, store: str, backend: Backend, database: str) -> bool:
+def _drop_database(
+    app: App, store: str, backend: Backend, database: str, *, wait: float | None = None
+) -> bool:
     app.site.dispose_engine(backend.database_url(database))
     app.forget(store)
-    with backend.sole_use(database):
+    with backend.sole_use(database, wait):
         existed = backend.exists(database)
         backend.drop(database)
     return existed
 
 
-def _create(plan: _Plan, backend: Backend, result: StoreResult, doing: str) -> str:
+def _create(plan: _Plan, backend: Backend, result: StoreResult, doing: str) -> None:
     """Make the store's database (cloned from its kind's template, or empty) and mark it
-    unfinished; returns the step it was at."""
+    unfinished."""
     database = plan.placement.database
-    step = "creating the database"
     if plan.scripts is not None and plan.kind is not None:
         from .migrate.templates import clone_from_template
 
-        step = f"cloning the template of kind {plan.kind}"
         result.revision = clone_from_template(plan.app, plan.kind, plan.placement.service, database)
         result.from_template = True
     else:
@@ -280,13 +286,15 @@ def _create(plan: _Plan, backend: Backend, result: StoreResult, doing: str) -> s
     here = LockHolder.here(doing)
     when = f"{here.since:%Y-%m-%d %H:%M:%S} UTC" if here.since else "?"
     backend.mark_unfinished(database, f"pid {here.pid} on {here.host}, started {when}")
-    return step
 
 
-def _undo(plan: _Plan, backend: Backend, url: URL) -> str | None:
-    """Drop the database this run made; returns why that failed (logged), or ``None``."""
+def _undo(plan: _Plan, backend: Backend, *, interrupted: bool) -> str | None:
+    """Drop the database this run made; returns why that failed (logged), or ``None``.
+
+    An interrupted run does not wait for other connections to close: its mark makes the next
+    run drop the database."""
     try:
-        _drop(plan, backend, url)
+        _drop(plan, backend, wait=0 if interrupted else None)
     except Exception as exc:
         reason = mask(f"{type(exc).__name__}: {exc}", plan.placement.service.url.password)
         log.error(

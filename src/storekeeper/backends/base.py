@@ -130,12 +130,12 @@ class Backend(abc.ABC):
     def drop(self, name: str) -> None:
         """Drop database ``name`` if it exists, ending other connections to it first."""
 
-    def sole_use(self, name: str) -> AbstractContextManager[None]:
+    def sole_use(self, name: str, timeout: float | None = None) -> AbstractContextManager[None]:
         """A block in which no other connection uses database ``name``, to drop it in.
 
         Where :meth:`drop` ends other connections itself (PostgreSQL) there is nothing to do.
-        A backend that cannot end them (SQLite) waits up to :attr:`lock_timeout` seconds for
-        them to close, and raises :class:`LockTimeout` when they do not.
+        A backend that cannot end them (SQLite) waits up to ``timeout`` seconds (by default
+        :attr:`lock_timeout`) for them to close, and raises :class:`LockTimeout` if they do not.
         """
         return nullcontext()
 

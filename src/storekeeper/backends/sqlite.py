@@ -162,7 +162,8 @@ class SqliteBackend(Backend):
         self._mark_file(name).unlink(missing_ok=True)
 
     @contextmanager
-    def sole_use(self, name: str) -> Iterator[None]:
+    def sole_use(self, name: str, timeout: float | None = None) -> Iterator[None]:
+        wait = self.lock_timeout if timeout is None else timeout
         path = self.path(name)
         if not path.is_file():
             yield
@@ -172,7 +173,7 @@ class SqliteBackend(Backend):
         # gone. SQLite cannot end another process's connection, so this waits for them.
         conn = sqlite3.connect(path, timeout=0, isolation_level=None)
         try:
-            deadline = time.monotonic() + self.lock_timeout
+            deadline = time.monotonic() + wait
             warned = False
             while True:
                 try:
@@ -186,7 +187,7 @@ class SqliteBackend(Backend):
                 if time.monotonic() >= deadline:
                     raise LockTimeout(
                         f"store database {name!r} is still open in another connection after "
-                        f"{self.lock_timeout:g} s (a pooled connection or an open transaction, "
+                        f"{wait:g} s (a pooled connection or an open transaction, "
                         "in this process or another) and SQLite cannot end other processes' "
                         "connections: close them (engine.dispose()) and drop again, or give "
                         "more time with --lock-timeout SECONDS (lock_timeout in storekeeper.toml)"
@@ -196,7 +197,7 @@ class SqliteBackend(Backend):
                         "waiting for the other connections to %r to close before dropping it "
                         "(giving up after %g s)",
                         name,
-                        self.lock_timeout,
+                        wait,
                     )
                     warned = True
                 time.sleep(0.05)
