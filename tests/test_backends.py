@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
@@ -80,3 +83,21 @@ def test_a_sealed_postgres_template_refuses_connections(backend: Backend, app_na
             backend.clone(template, f"{app_name}_one")
     engine.dispose()
     assert not backend.exists(f"{app_name}_one")
+
+
+def test_a_lock_holder_record_names_the_holder_and_never_its_secrets(
+    backend: Backend, app_name: str
+) -> None:
+    name = f"{app_name}_locked"
+    assert backend.lock_holder(name) is None
+    doing = "copying postgresql://app:s3cret@db/x */ DROP DATABASE x; -- %s"
+    with backend.lock(name, doing=doing):
+        holder = backend.lock_holder(name)
+        assert holder is not None
+        assert (holder.pid, holder.host) == (os.getpid(), socket.gethostname())
+        assert holder.since is not None
+        described = holder.describe()
+        assert described.startswith(f"pid {os.getpid()} on {socket.gethostname()} since ")
+        assert "doing: copying postgresql://app:***@db/x *? DROP DATABASE x? -- ?s" in described
+        assert "s3cret" not in described
+    assert backend.lock_holder(name) is None

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, String, func, select, text
@@ -14,6 +25,7 @@ from storekeeper import (
     InitializerError,
     InvalidName,
     Kind,
+    LockTimeout,
     NotAssigned,
     NotFound,
     ProvisionError,
@@ -22,6 +34,8 @@ from storekeeper import (
     Store,
 )
 from storekeeper.config import Sourced
+from storekeeper.migrate.fanout import resolve_targets
+from storekeeper.provision import create_store
 from storekeeper.site import Site
 
 
@@ -269,3 +283,229 @@ def test_passwords_stay_out_of_errors_logs_and_history(
     assert "cannot use" in history
     for shown in (str(failed.value), str(down.value), caplog.text, history):
         assert str(password) not in shown
+
+
+# drop_store and the connections others hold ---------------------------------------------
+
+HOLDER = """
+import os
+import sys
+
+from sqlalchemy import create_engine, text
+
+engine = create_engine(os.environ["HOLD_URL"])
+conn = engine.connect()
+conn.execute(text("SELECT count(*) FROM notes")).scalar()
+if sys.argv[1] == "transaction":
+    conn.execute(text("INSERT INTO notes (text) VALUES ('held')"))
+else:
+    conn.commit()
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    conn.execute(text("SELECT count(*) FROM notes")).scalar()
+    conn.rollback()
+    print("alive", flush=True)
+except Exception as exc:
+    print("ended", type(exc).__name__, flush=True)
+"""
+
+
+@contextmanager
+def holders(app: App, store: str, tmp_path: Path) -> Iterator[Callable[[], list[str]]]:
+    """Two real processes using ``store``: one with an idle connection, one in the middle of a
+    transaction that wrote a row. Yields a function that lets them go on (each runs one
+    more query) and returns what each saw: ``alive`` or ``ended ERROR``."""
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOREKEEPER_")}
+    env["HOLD_URL"] = app.url(store).render_as_string(hide_password=False)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), mode],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for mode in ("idle", "transaction")
+    ]
+    seen: list[str] = []
+
+    def go_on() -> list[str]:
+        if not seen:
+            seen.extend(p.communicate("\n", timeout=60)[0].strip() for p in processes)
+        return seen
+
+    try:
+        for process in processes:
+            assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        yield go_on
+    finally:
+        go_on()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_drop_store_ends_other_connections_first_on_postgresql(
+    app: App, site: Site, tmp_path: Path
+) -> None:
+    app.create_store("acme", kind="tenant")
+    with holders(app, "acme", tmp_path) as go_on:
+        assert app.drop_store("acme") is True
+        assert not app.store_exists("acme")
+        assert [seen.split(" ")[0] for seen in go_on()] == ["ended", "ended"]
+    assert site.catalog.runtime_stores(app.name) == []
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_drop_store_on_sqlite_waits_for_other_connections_to_close_then_drops(
+    app: App, site: Site, tmp_path: Path
+) -> None:
+    app.create_store("acme", kind="tenant")
+    waiting = threading.Event()
+
+    class Handshake(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for the other connections" in record.getMessage():
+                waiting.set()
+
+    handler = Handshake()
+    logging.getLogger("storekeeper").addHandler(handler)
+    try:
+        with holders(app, "acme", tmp_path) as go_on, ThreadPoolExecutor(1) as pool:
+            dropped = pool.submit(app.drop_store, "acme")
+            assert waiting.wait(60), dropped.exception(timeout=0) if dropped.done() else None
+            # The file is still there while they use it, and their work still counts.
+            assert not dropped.done() and app.store_exists("acme")
+            assert go_on() == ["alive", "alive"]
+            assert dropped.result(timeout=60) is True
+    finally:
+        logging.getLogger("storekeeper").removeHandler(handler)
+    assert not app.store_exists("acme")
+    assert site.catalog.runtime_stores(app.name) == []
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_drop_store_on_sqlite_gives_up_after_lock_timeout_and_changes_nothing(
+    app: App, site: Site, tmp_path: Path
+) -> None:
+    app.create_store("acme", kind="tenant")
+    site.config.lock_timeout = Sourced("0.2", "test")
+    with holders(app, "acme", tmp_path) as go_on:
+        with pytest.raises(LockTimeout, match=r"still open in another connection after 0.2 s"):
+            app.drop_store("acme")
+        assert go_on() == ["alive", "alive"]
+    assert app.store_exists("acme")
+    assert notes(app, "acme") == ["welcome"]  # the held transaction wrote nothing
+    assert [r.name for r in site.catalog.runtime_stores(app.name)] == ["acme"]
+
+
+def test_drop_store_takes_the_lock_first_and_changes_nothing_without_it(
+    app: App, site: Site, tmp_path: Path
+) -> None:
+    app.create_store("acme", kind="tenant")
+    engine = app.engine("acme")
+    site.config.lock_timeout = Sourced("0", "test")
+    backend = site.backend(site.service("main"))
+    database = app.placement("acme").database
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with backend.lock(database, doing="a test"):
+            held.set()
+            release.wait(60)
+
+    with ThreadPoolExecutor(1) as pool:
+        holding = pool.submit(hold)
+        assert held.wait(60)
+        try:
+            with pytest.raises(LockTimeout, match="doing: a test"):
+                app.drop_store("acme")
+            # Nothing was touched: the same engine, the store and its record are there.
+            assert app.engine("acme") is engine
+            assert notes(app, "acme") == ["welcome"]
+            assert [r.name for r in site.catalog.runtime_stores(app.name)] == ["acme"]
+        finally:
+            release.set()
+            holding.result(timeout=60)
+    assert app.drop_store("acme") is True
+
+
+LEAKED: list[Any] = []
+
+
+def leaking_broken_init(engine: Engine, first_time: bool) -> None:
+    # A connection left open (so the store cannot be dropped again at once), then a failure.
+    LEAKED.append(sqlite3.connect(str(engine.url.database)))
+    LEAKED[-1].execute("SELECT 1 FROM notes").fetchall()
+    raise RuntimeError("the river is dry")
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_a_failing_cleanup_does_not_hide_the_initializers_error(
+    app: App, site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    site.config.lock_timeout = Sourced("0", "test")
+    try:
+        with pytest.raises(InitializerError) as failed:
+            app.create_store("acme", kind="tenant", initializer=leaking_broken_init)
+    finally:
+        for conn in LEAKED:
+            conn.close()
+        LEAKED.clear()
+    message = str(failed.value)
+    assert "initializer" in message and "RuntimeError: the river is dry" in message
+    assert "failed too (LockTimeout: store database" in message
+    assert "the next sync drops it and makes it again" in message
+    assert "dropping half-made database" in caplog.text
+    # The half-made store is still marked: made again as new once nothing holds it.
+    made = app.create_store("acme", kind="tenant")
+    assert (made.action, made.first_time) == ("created", True)
+    assert notes(app, "acme") == ["welcome"]
+
+
+# create_store on a store that exists -------------------------------------------------------
+
+
+def test_create_store_again_decides_first_time_instead_of_claiming_it(app: App) -> None:
+    assert app.create_store("acme", kind="tenant").first_time is True
+    again = app.create_store("acme", kind="tenant")
+    assert (again.action, again.first_time) == ("up to date", False)
+    assert CALLS[-1][1] is False
+    assert notes(app, "acme") == ["welcome"]  # the seed row was not added again
+    # The library function decides the same way; True is the caller's word.
+    assert create_store(app, "acme", kind="tenant").first_time is False
+    assert app.create_store("acme", kind="tenant", first_time=True).first_time is True
+    assert notes(app, "acme") == ["welcome", "welcome"]
+    for function in (App.create_store, create_store):
+        assert inspect.signature(function).parameters["first_time"].default is None
+
+
+def test_create_store_again_without_kind_keeps_the_recorded_kind(site: Site, app_name: str) -> None:
+    CALLS.clear()
+    site.assign(app_name, "tenants", "main")
+    app = App(
+        app_name,
+        servers=[ServerSetting("tenants")],
+        kinds=[
+            Kind("tenant", metadata=Base.metadata, initializer=init_tenant),
+            Kind("other", metadata=Base.metadata),
+        ],
+    ).bind(site)
+    app.create_store("acme", kind="tenant")
+    again = app.create_store("acme")
+    assert (again.action, again.first_time) == ("up to date", False)
+    assert CALLS[-1][1] is False  # the kind's initializer ran, told it is not the first time
+    assert [r.kind for r in site.catalog.runtime_stores(app_name)] == ["tenant"]
+    assert [ref.store for ref in resolve_targets([app], [f"{app_name}.tenant:*"])] == ["acme"]
+
+    with pytest.raises(BadInput, match=r"'acme' was made with kind 'tenant', not 'other'"):
+        app.create_store("acme", kind="other")
+    assert [r.kind for r in site.catalog.runtime_stores(app_name)] == ["tenant"]
+    # Made anew, it may change kind.
+    remade = app.create_store("acme", kind="other", refresh=True)
+    assert remade.action == "recreated"
+    assert [r.kind for r in site.catalog.runtime_stores(app_name)] == ["other"]
+    app.create_store("acme", refresh=True)
+    assert [r.kind for r in site.catalog.runtime_stores(app_name)] == ["other"]

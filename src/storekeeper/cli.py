@@ -85,6 +85,11 @@ class Context:
 
             env = getattr(self.args, "env", None)
             self._site = Site.load(getattr(self.args, "config", None), env=env or True)
+            lock_timeout = getattr(self.args, "lock_timeout", None)
+            if lock_timeout is not None:
+                from .config import Sourced
+
+                self._site.config.lock_timeout = Sourced(lock_timeout, "--lock-timeout")
             Site.set_default(self._site)
         return self._site
 
@@ -708,6 +713,10 @@ def cmd_config_show(ctx: Context) -> int:
                     "value": cfg.default_service.value,
                     "source": cfg.default_service.source,
                 },
+                "lock_timeout": {
+                    "value": cfg.lock_timeout_seconds,
+                    "source": cfg.lock_timeout.source,
+                },
                 "services": {
                     n: {"url": s.display_url, "source": s.source, "production": s.production}
                     for n, s in services.items()
@@ -726,6 +735,7 @@ def cmd_config_show(ctx: Context) -> int:
     say(f"catalog          {site.catalog.display_url}   [{cfg.catalog.source}]")
     default = cfg.default_service
     say(f"default service  {default.value or '(none)'}   [{default.source}]")
+    say(f"lock timeout     {cfg.lock_timeout.value} s   [{cfg.lock_timeout.source}]")
     say("services:")
     for s in services.values():
         flag = "  production" if s.production else ""
@@ -859,6 +869,26 @@ def _common(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
+def _lock_timeout_flag(parser: argparse.ArgumentParser) -> None:
+    def seconds(text: str) -> str:
+        from .config import check_lock_timeout
+
+        try:
+            return check_lock_timeout(text, "--lock-timeout")
+        except BadInput:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number of seconds (0 or more), like 300"
+            ) from None
+
+    parser.add_argument(
+        "--lock-timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help="give up waiting for a store's lock after this long, saying who holds it "
+        "(default: lock_timeout in storekeeper.toml, else 300; 0: do not wait)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``storekeeper`` command."""
     from . import __version__
@@ -922,6 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--yes", "-y", action="store_true", help="do not ask before --refresh")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _lock_timeout_flag(p)
 
     p = command("status", cmd_status, "every store: its service, whether it exists, size")
     p.add_argument("apps", nargs="*", metavar="APP")
@@ -959,6 +990,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--continue-on-error", action="store_true", help="go on with the other stores"
         )
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        _lock_timeout_flag(p)
 
     fanout("upgrade", cmd_upgrade, "migrate stores up to head (or --to REV)", "head")
     fanout("downgrade", cmd_downgrade, "migrate stores down to --to REV (or -1, base)", None)

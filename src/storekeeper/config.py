@@ -7,7 +7,7 @@
    ``STOREKEEPER_ENV`` (``test`` under pytest);
 4. the catalog (services and assignments made with the CLI) — merged by :mod:`storekeeper.site`;
 5. environment variables: ``STOREKEEPER_SERVICE_<NAME>`` (or ``..._FILE``),
-   ``STOREKEEPER_CATALOG``, ``STOREKEEPER_DEFAULT_SERVICE``.
+   ``STOREKEEPER_CATALOG``, ``STOREKEEPER_DEFAULT_SERVICE``, ``STOREKEEPER_LOCK_TIMEOUT``.
 
 Every value remembers where it came from, so ``storekeeper config show`` can say so.
 """
@@ -30,7 +30,20 @@ CONFIG_FILE = "storekeeper.toml"
 BUILTIN = "built-in"
 ENV_PREFIX = "STOREKEEPER_SERVICE_"
 
-_TOP_KEYS = {"apps", "default_service", "catalog", "services", "assign", "env", "production"}
+_TOP_KEYS = {
+    "apps",
+    "default_service",
+    "catalog",
+    "services",
+    "assign",
+    "env",
+    "production",
+    "lock_timeout",
+}
+#: Seconds to wait for a store's lock before giving up (``lock_timeout``, ``--lock-timeout``):
+#: long enough for a sync or migration that is working, short enough that a hung one is
+#: reported while someone still watches; Liquibase waits five minutes for its lock too.
+DEFAULT_LOCK_TIMEOUT = "300"
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,25 @@ class Config:
     production_services: set[str] = field(default_factory=set)
     #: The environment overlays the file has (``[env.test]`` gives ``"test"``).
     overlays: set[str] = field(default_factory=set)
+    #: Seconds to wait for a store's lock before giving up (0: do not wait).
+    lock_timeout: Sourced = Sourced(DEFAULT_LOCK_TIMEOUT, BUILTIN)
+
+    @property
+    def lock_timeout_seconds(self) -> float:
+        """:attr:`lock_timeout` as a number (checked when it was read)."""
+        return float(self.lock_timeout.value)
+
+
+def check_lock_timeout(value: object, where: str) -> str:
+    """``value`` as the text of a lock timeout in seconds; :class:`ConfigError` names it unless
+    it is a number of seconds, 0 or more."""
+    try:
+        seconds = float(value) if isinstance(value, int | float | str) else float("nan")
+    except ValueError:
+        seconds = float("nan")
+    if isinstance(value, bool) or not seconds >= 0 or seconds == float("inf"):
+        raise ConfigError(f"{where}: {value!r} is not a number of seconds (0 or more), like 300")
+    return f"{seconds:g}"
 
     def __repr__(self) -> str:
         return masked_repr(self)
@@ -206,6 +238,10 @@ def _apply_table(config: Config, data: Any, where: str, *, top: bool) -> None:
         if value:
             check_identifier(value, "service")
         config.default_service = Sourced(value, where)
+    if "lock_timeout" in data:
+        config.lock_timeout = Sourced(
+            check_lock_timeout(data["lock_timeout"], f"{where}: lock_timeout"), where
+        )
     if "catalog" in data:
         if not isinstance(data["catalog"], str) or not data["catalog"]:
             raise ConfigError(f"{where}: 'catalog' must be a database URL")
@@ -272,6 +308,10 @@ def _apply_environ(config: Config, environ: Mapping[str, str]) -> None:
         config.env_services[name] = Sourced(value, f"env {key}")
     if environ.get("STOREKEEPER_CATALOG"):
         config.catalog = Sourced(environ["STOREKEEPER_CATALOG"], "env STOREKEEPER_CATALOG")
+    if environ.get("STOREKEEPER_LOCK_TIMEOUT"):
+        where = "env STOREKEEPER_LOCK_TIMEOUT"
+        value = check_lock_timeout(environ["STOREKEEPER_LOCK_TIMEOUT"], where)
+        config.lock_timeout = Sourced(value, where)
     if "STOREKEEPER_DEFAULT_SERVICE" in environ:
         value = environ["STOREKEEPER_DEFAULT_SERVICE"]
         if value:

@@ -417,9 +417,14 @@ class App:
         initializer: InitializerSpec = None,
         spatial: bool | None = None,
         refresh: bool = False,
-        first_time: bool = True,
+        first_time: bool | None = None,
     ) -> StoreInfo:
-        """Make a store at run time on the server behind ``server`` (recorded in the catalog)."""
+        """Make a store at run time on the server behind ``server`` (recorded in the catalog).
+
+        The initializer runs with ``first_time`` true when this call created the database, or
+        when ``first_time=True`` is given; by default (``None``) that is decided. A store that
+        exists is kept (its kind too, when ``kind`` is not given) unless ``refresh``.
+        """
         from .provision import create_store
 
         return create_store(

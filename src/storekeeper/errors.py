@@ -39,6 +39,10 @@ class ServiceUnavailable(StorekeeperError):
     """A database server could not be reached or refused the credentials."""
 
 
+class LockTimeout(StorekeeperError):
+    """A store's lock was not had in time; the message says who holds it."""
+
+
 class ProvisionError(StorekeeperError):
     """Creating, dropping or initializing a store failed."""
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect
 
+from .backends.base import LockHolder
 from .config import Sourced
 from .errors import (
     BadInput,
@@ -29,7 +30,7 @@ from .site import Placement
 if TYPE_CHECKING:
     from sqlalchemy import Engine, MetaData
 
-    from .backends import Service
+    from .backends import Backend, Service
     from .declare import App, Initializer, InitializerSpec
 
 
@@ -190,34 +191,44 @@ class _Plan:
 def _provision(
     plan: _Plan, *, refresh: bool, first_time: bool, runtime: tuple[str | None, str | None] | None
 ) -> StoreResult:
-    """Create (or recreate) one store, bring its schema up and initialize it, under a lock."""
+    """Create (or recreate) one store, bring its schema up and initialize it, under a lock.
+
+    A database made here carries the backend's "unfinished" mark until everything succeeded:
+    when a run is interrupted (Ctrl-C, SIGTERM, ``kill -9``) the next one finds the mark and
+    makes the store again as new. A failure drops what this run made.
+    """
     app, site = plan.app, plan.app.site
     service, database = plan.placement.service, plan.placement.database
     backend = site.backend(service)
     url = backend.database_url(database)
     started = time.perf_counter()
     result = StoreResult(app.name, plan.store, service.name, database, "up to date")
-    with backend.lock(database):
+    doing = f"{'creating' if runtime is not None else 'syncing'} store {app.name}.{plan.store}"
+    with backend.lock(database, doing=doing):
         existed = backend.exists(database)
-        if existed and refresh:
-            site.dispose_engine(url)
-            app.forget(plan.store)
-            backend.drop(database)
+        if existed and backend.unfinished(database):
+            log.warning(
+                "%s.%s: database %r was left half-made by an interrupted first initialization; "
+                "making it again",
+                app.name,
+                plan.store,
+                database,
+            )
+            _drop(plan, backend)
+            existed = False
+        elif existed and refresh:
+            _drop(plan, backend)
             existed = False
             result.action = "recreated"
         step = "creating the database"
         try:
             if not existed:
-                if plan.scripts is not None and plan.kind is not None:
-                    from .migrate.templates import clone_from_template
-
-                    step = f"cloning the template of kind {plan.kind}"
-                    result.revision = clone_from_template(app, plan.kind, service, database)
-                    result.from_template = True
-                else:
-                    backend.create(database, spatial=plan.spatial)
-                if result.action != "recreated":
-                    result.action = "created"
+                step = (
+                    f"cloning the template of kind {plan.kind}"
+                    if plan.scripts is not None and plan.kind is not None
+                    else "creating the database"
+                )
+                _create(plan, backend, result, doing)
             engine = site.engine(url, backend)
             if plan.scripts is None:
                 step = "creating the tables"
@@ -236,28 +247,17 @@ def _provision(
             if runtime is not None:
                 step = "recording the store in the catalog"
                 site.add_runtime_store(app.name, plan.store, service.name, *runtime)
-        except Exception as exc:
             if not existed:
-                # Leave nothing half-made: the next sync is a clean first time.
-                site.dispose_engine(url)
-                backend.drop(database)
-            reason = (
-                str(exc)
-                if isinstance(exc, MigrationError)
-                else mask(f"{type(exc).__name__}: {exc}", service.url.password)
-            )
-            site.catalog.record(app.name, plan.store, "sync", ok=False, detail=reason)
-            if not existed:
-                undo = f"; database {database!r} made in this run was dropped again"
-            elif isinstance(exc, MigrationError):
-                undo = ""  # its message says at which revision the store stays
-            else:
-                undo = "; the existing database was left as it was"
-            log.error("%s.%s: %s failed: %s%s", app.name, plan.store, step, reason, undo)
-            if isinstance(exc, MigrationError):
-                raise type(exc)(f"{reason}{undo}") from exc
-            error = InitializerError if step.startswith("initializer") else ProvisionError
-            raise error(f"store {app.name}.{plan.store}: {step} failed: {reason}{undo}") from exc
+                step = "marking the store's first initialization finished"
+                backend.mark_finished(database)
+        except BaseException as exc:
+            # Leave nothing half-made: the next sync is a clean first time. Should the drop
+            # fail too, the mark is still there and the next sync drops it.
+            failed = exc if isinstance(exc, Exception) else None
+            undo_failed = None if existed else _undo(plan, backend, interrupted=failed is None)
+            if failed is None:
+                raise  # interrupted (Ctrl-C, SystemExit): as it is, after the cleanup
+            raise _failure(plan, failed, step, existed, undo_failed) from exc
     result.seconds = time.perf_counter() - started
     detail = result.action + (
         f", tables added: {', '.join(result.tables_added)}" if result.tables_added else ""
@@ -269,6 +269,94 @@ def _provision(
     site.catalog.record(app.name, plan.store, "sync", ok=True, detail=detail)
     log.info("%s.%s on service %s: %s", app.name, plan.store, service.name, detail)
     return result
+
+
+def _drop(plan: _Plan, backend: Backend, *, wait: float | None = None) -> None:
+    """Drop the store's database (its lock held): this process's connections to it are closed,
+    and other connections ended (PostgreSQL) or waited for (SQLite, ``wait`` seconds)."""
+    _drop_database(plan.app, plan.store, backend, plan.placement.database, wait=wait)
+
+
+def _drop_database(
+    app: App, store: str, backend: Backend, database: str, *, wait: float | None = None
+) -> bool:
+    app.site.dispose_engine(backend.database_url(database))
+    app.forget(store)
+    with backend.sole_use(database, wait):
+        existed = backend.exists(database)
+        backend.drop(database)
+    return existed
+
+
+def _create(plan: _Plan, backend: Backend, result: StoreResult, doing: str) -> None:
+    """Make the store's database (cloned from its kind's template, or empty) and mark it
+    unfinished."""
+    database = plan.placement.database
+    if plan.scripts is not None and plan.kind is not None:
+        from .migrate.templates import clone_from_template
+
+        result.revision = clone_from_template(plan.app, plan.kind, plan.placement.service, database)
+        result.from_template = True
+    else:
+        backend.create(database, spatial=plan.spatial)
+    if result.action != "recreated":
+        result.action = "created"
+    here = LockHolder.here(doing)
+    when = f"{here.since:%Y-%m-%d %H:%M:%S} UTC" if here.since else "?"
+    backend.mark_unfinished(database, f"pid {here.pid} on {here.host}, started {when}")
+
+
+def _undo(plan: _Plan, backend: Backend, *, interrupted: bool) -> str | None:
+    """Drop the database this run made; returns why that failed (logged), or ``None``.
+
+    An interrupted run does not wait for other connections to close: its mark makes the next
+    run drop the database."""
+    try:
+        _drop(plan, backend, wait=0 if interrupted else None)
+    except Exception as exc:
+        reason = mask(f"{type(exc).__name__}: {exc}", plan.placement.service.url.password)
+        log.error(
+            "%s.%s: dropping half-made database %r failed: %s",
+            plan.app.name,
+            plan.store,
+            plan.placement.database,
+            reason,
+        )
+        return reason
+    return None
+
+
+def _failure(
+    plan: _Plan, exc: Exception, step: str, existed: bool, undo_failed: str | None
+) -> StorekeeperError:
+    """The error to raise for ``exc`` at ``step``: its own message first, then what became of
+    the database; recorded in the catalog and logged."""
+    app, database = plan.app, plan.placement.database
+    reason = (
+        str(exc)
+        if isinstance(exc, MigrationError)
+        else mask(f"{type(exc).__name__}: {exc}", plan.placement.service.url.password)
+    )
+    if not existed and undo_failed is None:
+        undo = f"; database {database!r} made in this run was dropped again"
+    elif not existed:
+        undo = (
+            f"; dropping database {database!r} made in this run failed too ({undo_failed}), "
+            "so the next sync drops it and makes it again"
+        )
+    elif isinstance(exc, MigrationError):
+        undo = ""  # its message says at which revision the store stays
+    else:
+        undo = "; the existing database was left as it was"
+    try:
+        app.site.catalog.record(app.name, plan.store, "sync", ok=False, detail=reason + undo)
+    except Exception as record_failed:  # the store's own error matters more
+        log.error("%s.%s: recording the failure failed: %s", app.name, plan.store, record_failed)
+    log.error("%s.%s: %s failed: %s%s", app.name, plan.store, step, reason, undo)
+    if isinstance(exc, MigrationError):
+        return type(exc)(f"{reason}{undo}")
+    error = InitializerError if step.startswith("initializer") else ProvisionError
+    return error(f"store {app.name}.{plan.store}: {step} failed: {reason}{undo}")
 
 
 def _initializer_name(spec: InitializerSpec) -> str:
@@ -369,14 +457,14 @@ def create_store(
     initializer: InitializerSpec = None,
     spatial: bool | None = None,
     refresh: bool = False,
-    first_time: bool = False,
+    first_time: bool | None = None,
 ) -> StoreResult:
     """Make store ``name`` at run time and record it in the catalog (see :meth:`App.create_store`).
 
     The server is the one behind server setting ``server`` (or the app's only server setting,
     or the default service when it declares none). ``kind`` gives metadata, initializer and
     spatial; ``initializer``/``spatial`` override them. Existing stores are kept (and their
-    initializer run with ``first_time`` false) unless ``refresh``.
+    initializer run with ``first_time`` false unless ``first_time=True``) unless ``refresh``.
     """
     check_identifier(name, "store")
     if name in {s.name for s in app.stores}:
@@ -396,6 +484,7 @@ def create_store(
         )
     else:
         service = app.site.require_assignment(app.name, name)
+    kind = _recorded_kind(app, name, kind, refresh=refresh)
     declared_kind = app.kind(kind) if kind is not None else None
     where = f"store {app.name}.{name}"
     spec = (
@@ -416,9 +505,29 @@ def create_store(
         scripts = kind_scripts(app, kind)
         if scripts.exists:
             plan.scripts, plan.kind = scripts, kind
-    result = _provision(plan, refresh=refresh, first_time=first_time, runtime=(server, kind))
+    result = _provision(plan, refresh=refresh, first_time=bool(first_time), runtime=(server, kind))
     app.forget(name)
     return result
+
+
+def _recorded_kind(app: App, name: str, kind: str | None, *, refresh: bool) -> str | None:
+    """The kind to make store ``name`` with: the one it was made with when ``kind`` is not
+    given; a different one only when the store is made anew (``refresh``)."""
+    if kind is not None:
+        app.kind(kind)  # an unknown kind is refused first, naming the app's kinds
+    record = app.site.runtime_store(app.name, name)
+    if record is None:
+        return kind
+    if kind is None:
+        return record.kind
+    if kind != record.kind and not refresh:
+        made = f"with kind {record.kind!r}" if record.kind else "without a kind"
+        keep = f"kind={record.kind!r}" if record.kind else "no kind"
+        raise BadInput(
+            f"store {app.name}.{name}: {name!r} was made {made}, not {kind!r}; pass {keep} "
+            f"(or leave kind out), or refresh=True to make it anew as a {kind!r}"
+        )
+    return kind
 
 
 def drop_store(app: App, name: str) -> bool:
@@ -426,12 +535,11 @@ def drop_store(app: App, name: str) -> bool:
     placement = place(app, name)
     site = app.site
     backend = site.backend(placement.service)
-    site.dispose_engine(backend.database_url(placement.database))
-    app.forget(name)
-    with backend.lock(placement.database):
-        existed = backend.exists(placement.database)
-        backend.drop(placement.database)
-    site.remove_runtime_store(app.name, name)
+    # The lock first: nothing (engines, sessions, the file) is touched while another process
+    # provisions or migrates the store, and nothing at all if the lock is not had in time.
+    with backend.lock(placement.database, doing=f"dropping store {app.name}.{name}"):
+        existed = _drop_database(app, name, backend, placement.database)
+        site.remove_runtime_store(app.name, name)
     site.catalog.record(app.name, name, "drop", ok=True, detail="dropped" if existed else "absent")
     log.info("%s.%s on service %s: dropped", app.name, name, placement.service.name)
     return existed

@@ -156,6 +156,7 @@ class Site:
         backend = self._backends.get(key)
         if backend is None:
             backend = self._backends[key] = backend_for(service)
+        backend.lock_timeout = self.config.lock_timeout_seconds
         return backend
 
     def add_service(self, name: str, url: str, *, replace: bool = False) -> Service:

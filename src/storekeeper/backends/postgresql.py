@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,10 +16,21 @@ from sqlalchemy.pool import NullPool
 
 from ..errors import ProvisionError
 from ..secret import mask
-from .base import Backend, Service, unreachable
+from .base import Backend, LockHolder, Service, lock_timeout_error, unreachable
+
+log = logging.getLogger("storekeeper")
 
 MAINTENANCE_DATABASE = "postgres"
 _MARK = "storekeeper template: "
+# A database's comment while its first initialization runs: in the server's shared catalog,
+# readable without connecting to the database, and gone with it.
+_UNFINISHED = "storekeeper: first initialization not finished"
+
+# A lock's holder record rides in a comment of the statement that took the lock, so other
+# sessions read it from pg_stat_activity.query while the lock connection sits idle.
+_HOLDER = "storekeeper lock holder"
+_HOLDER_RECORD = re.compile(_HOLDER + r": pid=(\d+); host=([^;]*); doing=(.*?) \*/")
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 def quote(name: str) -> str:
@@ -38,14 +52,15 @@ class PostgresBackend(Backend):
     def __init__(self, service: Service) -> None:
         super().__init__(service)
         self._admin: Engine | None = None
+        self._locks: Engine | None = None
         self._version: int | None = None
 
     @property
     def admin(self) -> Engine:
         """An autocommit engine on the maintenance database (``postgres``)."""
         if self._admin is None:
-            # Three kept: making a store of a kind holds the store's lock and its template's
-            # while it asks and clones, and new connections would cost more than the clone.
+            # Each use is one short statement (locks have connections of their own), so a few
+            # kept serve many threads; new connections would cost more than most statements.
             self._admin = create_engine(
                 self.server_url(),
                 isolation_level="AUTOCOMMIT",
@@ -168,6 +183,26 @@ class PostgresBackend(Backend):
             return None
         return comment[len(_MARK) :]
 
+    def _comment(self, name: str) -> str | None:
+        comment = self._scalar(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n",
+            n=name,
+        )
+        return comment if isinstance(comment, str) else None
+
+    def mark_unfinished(self, name: str, note: str = "") -> None:
+        with self._connection() as conn:
+            text_ = _UNFINISHED + (f" ({note})" if note else "")
+            comment = conn.exec_driver_sql("SELECT quote_literal(%s)", (text_,)).scalar()
+            conn.exec_driver_sql(f"COMMENT ON DATABASE {quote(name)} IS {comment}")
+
+    def unfinished(self, name: str) -> bool:
+        return (self._comment(name) or "").startswith(_UNFINISHED)
+
+    def mark_finished(self, name: str) -> None:
+        if self.unfinished(name):
+            self._run(f"COMMENT ON DATABASE {quote(name)} IS NULL", f"marking {name!r} finished")
+
     def unseal_template(self, name: str) -> None:
         self._run(f"COMMENT ON DATABASE {quote(name)} IS NULL", f"unsealing template {name!r}")
         self._run(
@@ -203,17 +238,106 @@ class PostgresBackend(Backend):
         )
         return None if value is None else int(value)
 
+    @property
+    def lock_engine(self) -> Engine:
+        """An engine on the maintenance database whose connections each hold one lock.
+
+        Outside the admin pool, and unpooled: a lock never waits for a connection that the
+        work under it needs, and closing the connection lets the lock go even if unlocking
+        cannot be sent.
+        """
+        if self._locks is None:
+            self._locks = create_engine(
+                self.server_url(),
+                isolation_level="AUTOCOMMIT",
+                poolclass=NullPool,
+                connect_args={"application_name": "storekeeper lock"},
+            )
+        return self._locks
+
     @contextmanager
-    def lock(self, name: str) -> Iterator[None]:
+    def lock(self, name: str, *, doing: str = "") -> Iterator[None]:
         # A session-level advisory lock on the maintenance database: it exists before the
         # store does, and the server releases the lock if this process dies.
         key = lock_key(name)
-        with self._connection() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        here = LockHolder.here(doing)
+        record = f"/* {_HOLDER}: pid={here.pid}; host={here.host}; doing={here.doing} */"
+        try:
+            conn = self.lock_engine.connect()
+        except OperationalError as exc:
+            raise unreachable(self.service, exc) from None
+        owner = os.getpid()
+        try:
+            if not conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({key}) {record}").scalar():
+                self._wait(conn, name, key, record)
+        except BaseException:
+            conn.invalidate()
+            conn.close()
+            raise
+        try:
+            yield
+        finally:
+            # A forked child must not let go of its parent's lock.
+            if os.getpid() == owner:
+                try:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                except DBAPIError:
+                    conn.invalidate()  # closing it ends the session, and the lock with it
+                finally:
+                    conn.close()
+
+    def _wait(self, conn: Connection, name: str, key: int, record: str) -> None:
+        timeout = self.lock_timeout
+        log.warning(
+            "waiting for the lock on %r, held by %s (giving up after %g s)",
+            name,
+            (self._holder(conn, key) or LockHolder(detail="just released")).describe(),
+            timeout,
+        )
+        if timeout > 0:
+            # lock_timeout 0 means "wait forever" to PostgreSQL: only a positive one is set.
+            conn.exec_driver_sql(f"SET lock_timeout = {max(int(timeout * 1000), 1)}")
             try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.exec_driver_sql(f"SELECT pg_advisory_lock({key}) {record}")
+                return
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                    raise
+        raise lock_timeout_error(name, timeout, self._holder(conn, key))
+
+    def lock_holder(self, name: str) -> LockHolder | None:
+        with self._connection() as conn:
+            return self._holder(conn, lock_key(name))
+
+    def _holder(self, conn: Connection, key: int) -> LockHolder | None:
+        row = conn.execute(
+            text(
+                "SELECT a.pid, a.query, a.state, a.state_change, a.application_name, "
+                "host(a.client_addr) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                "AND l.classid::bigint = :hi AND l.objid::bigint = :lo "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF},
+        ).first()
+        if row is None:
+            return None
+        server_pid, query, state, since, application, client = row
+        found = _HOLDER_RECORD.search(query or "")
+        if found is None:
+            # Another role's sessions hide their query (pg_read_all_stats shows them).
+            where = f" from {client}" if client else ""
+            return LockHolder(
+                since=since if state == "idle" else None,
+                detail=f"server process {server_pid}{where}, application {application!r}",
+            )
+        return LockHolder(
+            int(found[1]),
+            found[2],
+            since,
+            found[3],
+            detail=f"server process {server_pid}",
+        )
 
     def ping(self) -> str:
         version = self._scalar("SHOW server_version")
@@ -227,3 +351,6 @@ class PostgresBackend(Backend):
         if self._admin is not None:
             self._admin.dispose()
             self._admin = None
+        if self._locks is not None:
+            self._locks.dispose()
+            self._locks = None

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import logging
+import os
 import sqlite3
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from sqlalchemy import URL, Engine, event
 
-from ..errors import InvalidName, ProvisionError, ServiceUnavailable
-from .base import Backend, Service
+from ..errors import InvalidName, LockTimeout, ProvisionError, ServiceUnavailable
+from .base import Backend, LockHolder, Service, lock_timeout_error
+
+log = logging.getLogger("storekeeper")
 
 SUFFIX = ".sqlite"
+# The database header's application id while a store's first initialization runs ("SKuf"):
+# in the file itself, so the mark moves with it.
+_UNFINISHED = 0x534B7566
 
 
 class SqliteBackend(Backend):
@@ -102,6 +112,25 @@ class SqliteBackend(Backend):
             src.close()
         partial.replace(target)
 
+    def _application_id(self, name: str, value: int | None = None) -> int:
+        conn = sqlite3.connect(self.path(name), timeout=30)
+        try:
+            if value is not None:
+                conn.execute(f"PRAGMA application_id = {int(value)}")
+            return int(conn.execute("PRAGMA application_id").fetchone()[0])
+        finally:
+            conn.close()
+
+    def mark_unfinished(self, name: str, note: str = "") -> None:
+        self._application_id(name, _UNFINISHED)
+
+    def unfinished(self, name: str) -> bool:
+        return self.path(name).is_file() and self._application_id(name) == _UNFINISHED
+
+    def mark_finished(self, name: str) -> None:
+        if self.unfinished(name):
+            self._application_id(name, 0)
+
     def _mark_file(self, name: str) -> Path:
         path = self.path(name)
         return path.with_name(f".{path.name}.template")
@@ -132,6 +161,50 @@ class SqliteBackend(Backend):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
         self._mark_file(name).unlink(missing_ok=True)
 
+    @contextmanager
+    def sole_use(self, name: str, timeout: float | None = None) -> Iterator[None]:
+        wait = self.lock_timeout if timeout is None else timeout
+        path = self.path(name)
+        if not path.is_file():
+            yield
+            return
+        # Leaving WAL mode needs every other connection closed (each holds a shared lock on
+        # the file while open); then an exclusive lock keeps new ones out until the files are
+        # gone. SQLite cannot end another process's connection, so this waits for them.
+        conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            deadline = time.monotonic() + wait
+            warned = False
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode=DELETE")
+                    conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+                    conn.execute("BEGIN EXCLUSIVE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"store database {name!r} is still open in another connection after "
+                        f"{wait:g} s (a pooled connection or an open transaction, "
+                        "in this process or another) and SQLite cannot end other processes' "
+                        "connections: close them (engine.dispose()) and drop again, or give "
+                        "more time with --lock-timeout SECONDS (lock_timeout in storekeeper.toml)"
+                    )
+                if not warned:
+                    log.warning(
+                        "waiting for the other connections to %r to close before dropping it "
+                        "(giving up after %g s)",
+                        name,
+                        wait,
+                    )
+                    warned = True
+                time.sleep(0.05)
+            yield
+        finally:
+            conn.close()
+
     def list(self, prefix: str = "") -> list[str]:
         if not self.folder.is_dir():
             return []
@@ -148,11 +221,71 @@ class SqliteBackend(Backend):
         wal = path.with_name(path.name + "-wal")
         return path.stat().st_size + (wal.stat().st_size if wal.is_file() else 0)
 
-    @contextmanager
-    def lock(self, name: str) -> Iterator[None]:
+    def _lock_files(self, name: str) -> tuple[Path, Path]:
         folder = self._folder()
-        with FileLock(str(folder / f".{name}.lock")):
+        return folder / f".{name}.lock", folder / f".{name}.lock.holder"
+
+    @contextmanager
+    def lock(self, name: str, *, doing: str = "") -> Iterator[None]:
+        path, record = self._lock_files(name)
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            self._wait(lock, name)
+        try:
+            # The holder record sits beside the lock; the next holder overwrites a stale one
+            # (the lock itself dies with its process).
+            here = LockHolder.here(doing)
+            partial = record.with_name(f"{record.name}.{os.getpid()}")
+            partial.write_text(
+                json.dumps(
+                    {
+                        "pid": here.pid,
+                        "host": here.host,
+                        "since": here.since.isoformat() if here.since else None,
+                        "doing": here.doing,
+                    }
+                )
+            )
+            partial.replace(record)
             yield
+        finally:
+            with suppress(OSError):
+                record.unlink()
+            lock.release()
+
+    def _wait(self, lock: FileLock, name: str) -> None:
+        timeout = self.lock_timeout
+        log.warning(
+            "waiting for the lock on %r, held by %s (giving up after %g s)",
+            name,
+            (self.lock_holder(name) or LockHolder(detail="just released")).describe(),
+            timeout,
+        )
+        try:
+            if timeout <= 0:
+                raise Timeout(str(lock.lock_file))
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise lock_timeout_error(name, timeout, self.lock_holder(name)) from None
+
+    def lock_holder(self, name: str) -> LockHolder | None:
+        path, record = self._lock_files(name)
+        probe = FileLock(str(path))
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            pass
+        else:
+            probe.release()
+            return None
+        try:
+            data = json.loads(record.read_text())
+            since = dt.datetime.fromisoformat(data["since"]) if data.get("since") else None
+            return LockHolder(data.get("pid"), data.get("host"), since, data.get("doing", ""))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return LockHolder(detail="it has not written its record yet")
 
     def ping(self) -> str:
         folder = self._folder()
