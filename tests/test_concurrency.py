@@ -287,7 +287,11 @@ def test_a_sync_waiting_for_a_held_lock_names_the_holder_and_gives_up_after_lock
         who = f"pid {holder.pid} on {socket.gethostname()} since "
         waiting, gave_up = (
             [line for line in run.stderr.splitlines() if line.startswith(text)]
-            for text in (f"waiting for the lock on '{database}'", "error: gave up waiting")
+            for text in (
+                f"waiting for the lock on '{database}'",
+                # sync reports each store's failure under the store's name.
+                f"error: {app_name}.main_db: gave up waiting",
+            )
         )
         assert len(waiting) == 1 and who in waiting[0] and "giving up after 0.5 s" in waiting[0]
         assert len(gave_up) == 1 and who in gave_up[0]
