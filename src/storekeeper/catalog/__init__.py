@@ -7,14 +7,16 @@ Its schema carries a version, so later releases can change it (see :mod:`.tables
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Engine,
+    Table,
     create_engine,
     delete,
     event,
@@ -22,9 +24,8 @@ from sqlalchemy import (
     insert,
     select,
     text,
-    update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from ..errors import ConfigError, ServiceUnavailable
 from ..secret import mask, seal, unseal
@@ -48,6 +49,27 @@ def _sqlite_journal(dbapi_conn: Any, _record: Any) -> None:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _insert(
+    conn: Connection, table: Table, values: dict[str, Any], *, replace: Sequence[str]
+) -> int:
+    """Insert a row; on a conflict with its primary key, set the ``replace`` columns instead
+    (none: keep the row there). One statement, so two writers racing on one key cannot make it
+    fail: a failed INSERT aborts a PostgreSQL transaction, whose COMMIT then silently rolls
+    back. Returns the number of rows written."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    keys = [column.name for column in table.primary_key]
+    statement: Any = dialect.insert(table).values(values)
+    if replace:
+        statement = statement.on_conflict_do_update(
+            index_elements=keys, set_={c: statement.excluded[c] for c in replace}
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=keys)
+    return conn.execute(statement).rowcount
 
 
 @dataclass(frozen=True)
@@ -95,6 +117,12 @@ class Catalog:
             "postgres",
         ):
             self.url = self.url.set(drivername="postgresql+psycopg")
+        if self.url.get_backend_name() not in ("sqlite", "postgresql"):
+            # Its writes are INSERT ... ON CONFLICT in these two dialects.
+            raise ConfigError(
+                f"the catalog must be a SQLite or PostgreSQL database, not {self.display_url}; "
+                "check STOREKEEPER_CATALOG or 'catalog' in storekeeper.toml"
+            )
         self._engine: Engine | None = None
 
     @property
@@ -184,19 +212,15 @@ class Catalog:
 
     def add_service(self, name: str, url: str, *, replace: bool = False) -> bool:
         """Add a service; with ``replace``, change its URL. Returns whether it existed."""
+        values = {"name": name, "url": seal(url), "created_at": _now()}
         with self.engine.begin() as conn:
+            if not replace:
+                return _insert(conn, t.services, values, replace=()) == 0
             existed = conn.execute(
                 select(t.services.c.name).where(t.services.c.name == name)
             ).first()
-            if existed and not replace:
-                return True
-            if existed:
-                conn.execute(
-                    update(t.services).where(t.services.c.name == name).values(url=seal(url))
-                )
-            else:
-                conn.execute(insert(t.services).values(name=name, url=seal(url), created_at=_now()))
-        return bool(existed)
+            _insert(conn, t.services, values, replace=("url",))
+        return existed is not None
 
     def remove_service(self, name: str) -> bool:
         """Remove a service; returns whether it was there."""
@@ -220,17 +244,9 @@ class Catalog:
 
     def assign(self, app: str, setting: str, service: str) -> None:
         """Plug ``service`` into ``app.setting`` (replacing an earlier assignment)."""
+        values = {"app": app, "setting": setting, "service": service, "assigned_at": _now()}
         with self.engine.begin() as conn:
-            conn.execute(
-                delete(t.assignments).where(
-                    (t.assignments.c.app == app) & (t.assignments.c.setting == setting)
-                )
-            )
-            conn.execute(
-                insert(t.assignments).values(
-                    app=app, setting=setting, service=service, assigned_at=_now()
-                )
-            )
+            _insert(conn, t.assignments, values, replace=("service", "assigned_at"))
 
     def unassign(self, app: str, setting: str) -> bool:
         """Remove the assignment of ``app.setting``; returns whether there was one."""
@@ -269,22 +285,18 @@ class Catalog:
         self, app: str, name: str, service: str, server_setting: str | None, kind: str | None
     ) -> None:
         """Record a store made at run time (replacing an older record of the same name)."""
+        values = {
+            "app": app,
+            "name": name,
+            "service": service,
+            "server_setting": server_setting,
+            "kind": kind,
+            "created_at": _now(),
+        }
         with self.engine.begin() as conn:
-            conn.execute(
-                delete(t.stores).where((t.stores.c.app == app) & (t.stores.c.name == name))
+            _insert(
+                conn, t.stores, values, replace=("service", "server_setting", "kind", "created_at")
             )
-            # A concurrent create of the same name may have recorded it first.
-            with contextlib.suppress(IntegrityError):
-                conn.execute(
-                    insert(t.stores).values(
-                        app=app,
-                        name=name,
-                        service=service,
-                        server_setting=server_setting,
-                        kind=kind,
-                        created_at=_now(),
-                    )
-                )
 
     def remove_runtime_store(self, app: str, name: str) -> bool:
         """Forget a store made at run time."""
