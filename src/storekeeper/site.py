@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import config as config_mod
+from . import forks
 from .backends import Backend, Service, backend_for, parse_service_url
 from .catalog import Catalog, RuntimeStore
 from .config import BUILTIN, Config, Sourced
@@ -258,9 +259,7 @@ class Site:
         with self._engines_lock:
             engine = self._engines.get(key)
             if engine is None:
-                from sqlalchemy import create_engine
-
-                engine = create_engine(url, **{**backend.engine_options(), **options})
+                engine = forks.create_engine(url, **{**backend.engine_options(), **options})
                 backend.prepare_engine(engine)
                 self._engines[key] = engine
         return engine
@@ -293,9 +292,7 @@ class Site:
             engines = self._async_engines.setdefault(loop, {})
             engine = engines.get(key)
             if engine is None:
-                from sqlalchemy.ext.asyncio import create_async_engine
-
-                engine = create_async_engine(
+                engine = forks.create_async_engine(
                     backend.async_url(url), **{**backend.engine_options(), **options}
                 )
                 backend.prepare_engine(engine.sync_engine)

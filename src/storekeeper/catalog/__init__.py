@@ -17,7 +17,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
-    create_engine,
     delete,
     event,
     func,
@@ -27,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError
 
+from .. import forks
 from ..errors import ConfigError, ServiceUnavailable
 from ..secret import mask, seal, unseal
 from . import tables as t
@@ -139,7 +139,7 @@ class Catalog:
                 if self.url.database:
                     Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
                 options["connect_args"] = {"timeout": 30}
-            engine = create_engine(self.url, **options)
+            engine = forks.create_engine(self.url, **options)
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_journal)
             try:
