@@ -25,6 +25,9 @@ def test_a_new_catalog_records_schema_version_1(project: Path) -> None:
     site = Site.load()
     try:
         assert tables.SCHEMA_VERSION == 1
+        # Reading makes nothing; opening it makes the catalog.
+        assert site.services()["local"].source == "built-in"
+        assert not (project / "var").exists()
         assert site.catalog.schema_version() == 1
     finally:
         site.close()

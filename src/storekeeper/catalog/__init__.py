@@ -97,12 +97,16 @@ class Event:
 
 
 class Catalog:
-    """Reads and writes the catalog database; opens (and creates or upgrades) it lazily."""
+    """Reads and writes the catalog database; opens (and upgrades) it lazily, and creates it
+    on the first write: reading a catalog that was never made finds it empty."""
 
     def __init__(self, url: str, root: Path) -> None:
         from sqlalchemy import make_url
 
         self.url = make_url(url)
+        #: A SQLite catalog's file. Until it exists, reading the catalog finds nothing and makes
+        #: nothing (so read-only commands leave a bare folder as it was); a write makes it.
+        self._file: Path | None = None
         if self.url.get_backend_name() == "sqlite" and self.url.database not in (
             None,
             "",
@@ -112,6 +116,7 @@ class Catalog:
             if not path.is_absolute():
                 path = root / path
             self.url = self.url.set(database=str(path))
+            self._file = path
         elif self.url.get_backend_name() == "postgresql" and self.url.drivername in (
             "postgresql",
             "postgres",
@@ -154,6 +159,10 @@ class Catalog:
             self._engine = engine
         return self._engine
 
+    def _absent(self) -> bool:
+        """Whether the catalog was never made: a SQLite file that is not there (yet)."""
+        return self._engine is None and self._file is not None and not self._file.exists()
+
     def _upgrade(self, engine: Engine) -> None:
         # Several processes may open a new catalog at once (two `sync` runs): the schema is
         # made or upgraded by one of them at a time.
@@ -189,7 +198,7 @@ class Catalog:
             conn.execute(insert(t.meta).values(key="schema_version", value=str(version)))
 
     def schema_version(self) -> int:
-        """The schema version of the catalog database."""
+        """The schema version of the catalog database (which this opens: makes or upgrades)."""
         with self.engine.connect() as conn:
             raw = conn.execute(
                 select(t.meta.c.value).where(t.meta.c.key == "schema_version")
@@ -206,6 +215,8 @@ class Catalog:
 
     def services(self) -> dict[str, str]:
         """Every service in the catalog, name to URL (decrypted)."""
+        if self._absent():
+            return {}
         with self.engine.connect() as conn:
             rows = conn.execute(select(t.services.c.name, t.services.c.url)).all()
         return {name: unseal(url) for name, url in rows}
@@ -224,11 +235,15 @@ class Catalog:
 
     def remove_service(self, name: str) -> bool:
         """Remove a service; returns whether it was there."""
+        if self._absent():
+            return False
         with self.engine.begin() as conn:
             return conn.execute(delete(t.services).where(t.services.c.name == name)).rowcount > 0
 
     def raw_service_urls(self) -> list[str]:
         """The stored (possibly encrypted) URL column, for checks that secrets are sealed."""
+        if self._absent():
+            return []
         with self.engine.connect() as conn:
             return list(conn.execute(select(t.services.c.url)).scalars())
 
@@ -236,6 +251,8 @@ class Catalog:
 
     def assignments(self) -> dict[tuple[str, str], str]:
         """Every assignment, ``(app, setting)`` to service name."""
+        if self._absent():
+            return {}
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(t.assignments.c.app, t.assignments.c.setting, t.assignments.c.service)
@@ -250,6 +267,8 @@ class Catalog:
 
     def unassign(self, app: str, setting: str) -> bool:
         """Remove the assignment of ``app.setting``; returns whether there was one."""
+        if self._absent():
+            return False
         with self.engine.begin() as conn:
             result = conn.execute(
                 delete(t.assignments).where(
@@ -260,6 +279,8 @@ class Catalog:
 
     def users_of(self, service: str) -> list[str]:
         """``app.setting`` names assigned to ``service`` and run-time stores living on it."""
+        if self._absent():
+            return []
         with self.engine.connect() as conn:
             assigned = conn.execute(
                 select(t.assignments.c.app, t.assignments.c.setting).where(
@@ -275,6 +296,8 @@ class Catalog:
 
     def runtime_stores(self, app: str | None = None) -> list[RuntimeStore]:
         """Stores made at run time, of one app or of all."""
+        if self._absent():
+            return []
         query = select(t.stores).order_by(t.stores.c.app, t.stores.c.name)
         if app is not None:
             query = query.where(t.stores.c.app == app)
@@ -300,6 +323,8 @@ class Catalog:
 
     def remove_runtime_store(self, app: str, name: str) -> bool:
         """Forget a store made at run time."""
+        if self._absent():
+            return False
         with self.engine.begin() as conn:
             result = conn.execute(
                 delete(t.stores).where((t.stores.c.app == app) & (t.stores.c.name == name))
@@ -321,6 +346,8 @@ class Catalog:
         self, app: str | None = None, store: str | None = None, limit: int = 100
     ) -> list[Event]:
         """The newest entries first."""
+        if self._absent():
+            return []
         query = select(t.events).order_by(t.events.c.id.desc()).limit(limit)
         if app is not None:
             query = query.where(t.events.c.app == app)
@@ -333,6 +360,8 @@ class Catalog:
 
     def last_events(self, action: str) -> dict[tuple[str, str], dt.datetime]:
         """When ``action`` last succeeded for each ``(app, store)``."""
+        if self._absent():
+            return {}
         query = (
             select(t.events.c.app, t.events.c.store, func.max(t.events.c.at))
             .where((t.events.c.action == action) & t.events.c.ok)
