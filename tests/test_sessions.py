@@ -16,7 +16,8 @@ from sqlalchemy import String, select, text
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from storekeeper import App, ServerSetting, Store
+from storekeeper import App, NotFound, ServerSetting, Store
+from storekeeper.migrate.scripts import store_scripts
 from storekeeper.site import Site
 
 
@@ -248,3 +249,18 @@ def test_sessions_joined_to_a_test_transaction_are_not_used_by_a_forked_child(
                 assert session.scalars(select(Item.name)).all() == ["inside the test's transaction"]
         outer.rollback()
     assert names(app) == []
+
+
+def test_no_such_store_names_the_stores_made_at_run_time_too(app: App) -> None:
+    app.site.add_runtime_store(app.name, "acme", "main", "tenants", None)
+    # The declared store, and its migrations (upgrade, current, history...).
+    for attempt in (lambda: app.store("nope"), lambda: store_scripts(app, "nope")):
+        with pytest.raises(NotFound) as info:
+            attempt()
+        assert str(info.value) == (
+            f"app {app.name!r} declares no store 'nope'; its stores: main_db; "
+            "made at run time: acme"
+        )
+    # A session of it (already listed both).
+    with pytest.raises(NotFound, match=r"has no store 'nope'; its stores: main_db, acme$"):
+        app.session("nope")

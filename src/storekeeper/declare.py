@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import BadInput, InvalidName, NotFound
+from .errors import BadInput, InvalidName, NotFound, StorekeeperError
 from .naming import check_identifier, physical_name
 
 if TYPE_CHECKING:
@@ -166,8 +166,20 @@ class App:
     # declarations ---------------------------------------------------------------------
 
     def store(self, name: str) -> Store:
-        """The declared store called ``name``."""
-        return self._declared(self.stores, name, "store", "stores")
+        """The declared store called ``name``; :class:`NotFound` names the app's stores, those
+        made at run time included."""
+        for store in self.stores:
+            if store.name == name:
+                return store
+        try:
+            runtime = [r.name for r in self.site.catalog.runtime_stores(self.name)]
+        except StorekeeperError:  # an unreachable catalog must not hide this error
+            runtime = []
+        made = f"; made at run time: {', '.join(runtime)}" if runtime else ""
+        raise NotFound(
+            f"app {self.name!r} declares no store {name!r}; its stores: "
+            f"{', '.join(s.name for s in self.stores) or 'none'}{made}"
+        )
 
     def server(self, name: str) -> ServerSetting:
         """The declared server setting called ``name``."""
