@@ -63,7 +63,9 @@ def _reset_own_connections_only(engine: Engine) -> None:
         record.info[_OPENED_BY] = os.getpid()
 
     def reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
-        if state.transaction_was_reset or state.terminate_only or not state.asyncio_safe:
+        # What the pool's own reset does (a rollback unless the transaction already ended, and
+        # no I/O where asyncio forbids it), only for a connection this process opened.
+        if state.transaction_was_reset or not state.asyncio_safe:
             return
         if record is None or record.info.get(_OPENED_BY) != os.getpid():
             return
