@@ -11,7 +11,7 @@ transaction). So, in the child:
   dropped from their registries, so the child's next session opens its own connection;
 - pools made by :func:`create_engine` roll back a returned connection only in the process that
   opened it: the parent's connections that the child's garbage collector finds (another
-  thread's session, which the child does not have; what is left at exit) go back untouched.
+  thread's session, which the child does not have) go back untouched.
 """
 
 from __future__ import annotations
