@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -264,3 +265,33 @@ def test_no_such_store_names_the_stores_made_at_run_time_too(app: App) -> None:
     # A session of it (already listed both).
     with pytest.raises(NotFound, match=r"has no store 'nope'; its stores: main_db, acme$"):
         app.session("nope")
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_locks_another_thread_held_at_the_fork_do_not_hang_the_child(app: App) -> None:
+    # A thread of the parent is making an engine (or a scoped session) when another forks:
+    # the child has the locks, held by a thread it does not have.
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with app.site._engines_lock, app._lock, Site._default_lock:
+            held.set()
+            assert release.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(30)
+
+        def child() -> object:
+            signal.alarm(10)  # a child that hangs is killed, and the test fails
+            with app.server_engine("tenants").connect() as conn:
+                one = conn.execute(text("SELECT 1")).scalar_one()
+            app.bind(app.site)
+            Site.set_default(app.site)
+            return one
+
+        assert in_child(child) == 1
+    finally:
+        release.set()
+        thread.join(30)

@@ -36,7 +36,9 @@ _SITES: weakref.WeakSet[Site] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     # Connections opened by the parent must never be used by the child: give every engine a
-    # fresh pool without closing the parent's sockets (SQLAlchemy's documented recipe).
+    # fresh pool without closing the parent's sockets (SQLAlchemy's documented recipe). A
+    # lock that another thread of the parent held would never be released in the child.
+    Site._default_lock = threading.Lock()
     for site in list(_SITES):
         site.forget_connections()
 
@@ -317,6 +319,7 @@ class Site:
 
     def forget_connections(self) -> None:
         """After a fork: new pools for every engine, without touching the parent's sockets."""
+        self._engines_lock = threading.Lock()
         for engine in list(self._engines.values()):
             engine.dispose(close=False)
         # The parent's event loops do not run in the child: forget their engines whole.
