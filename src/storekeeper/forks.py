@@ -67,6 +67,8 @@ def _reset_own_connections_only(engine: Engine) -> None:
         # no I/O where asyncio forbids it), only for a connection this process opened.
         if state.transaction_was_reset or not state.asyncio_safe:
             return
+        # os.getpid() itself, not a value an at-fork hook keeps: the child collects the other
+        # threads' objects before any such hook runs.
         if record is None or record.info.get(_OPENED_BY) != os.getpid():
             return
         dialect.do_rollback(dbapi_connection)
