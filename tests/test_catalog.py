@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import make_url
+from sqlalchemy import event, make_url
 
 from conftest import write_app, write_config
-from storekeeper.catalog import tables
+from storekeeper.catalog import Catalog, tables
 from storekeeper.cli import main
 from storekeeper.errors import ConfigError
 from storekeeper.site import Site
@@ -22,6 +25,9 @@ def test_a_new_catalog_records_schema_version_1(project: Path) -> None:
     site = Site.load()
     try:
         assert tables.SCHEMA_VERSION == 1
+        # Reading makes nothing; opening it makes the catalog.
+        assert site.services()["local"].source == "built-in"
+        assert not (project / "var").exists()
         assert site.catalog.schema_version() == 1
     finally:
         site.close()
@@ -164,3 +170,96 @@ def test_a_postgresql_catalog_from_storekeeper_catalog_works(
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (2,)
     # And nothing went to the SQLite catalog of the built-in default.
     assert not (project / "var" / "catalog.sqlite").exists()
+
+
+def _postgres_catalog_url(postgres_url: str, app_name: str) -> str:
+    """A new database for a catalog on the suite's PostgreSQL (dropped with the app's)."""
+    catalog_db = f"{app_name}_catalog"
+    with psycopg.connect(_conninfo(postgres_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{catalog_db}"')
+    return make_url(postgres_url).set(database=catalog_db).render_as_string(hide_password=False)
+
+
+def _until_a_writer_waits_for_a_lock(postgres_url: str, database: str) -> None:
+    """Return once a session on ``database`` waits for a lock another transaction holds."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
+    deadline = time.monotonic() + 30
+    with psycopg.connect(_conninfo(postgres_url, database), autocommit=True) as conn:
+        while conn.execute(query, (database,)).fetchone() == (0,):
+            assert time.monotonic() < deadline, "the second writer never waited for the first"
+            time.sleep(0.005)
+
+
+# Each catalog write, given the value it writes, and how to read back the value that won.
+CATALOG_WRITES: dict[
+    str, tuple[str, Callable[[Catalog, str], object], Callable[[Catalog], str]]
+] = {
+    "runtime store": (
+        "storekeeper_stores",
+        lambda c, v: c.add_runtime_store("app", "tenant_a", v, None, None),
+        lambda c: c.runtime_stores("app")[0].service,
+    ),
+    "assignment": (
+        "storekeeper_assignments",
+        lambda c, v: c.assign("app", "main_db", v),
+        lambda c: c.assignments()[("app", "main_db")],
+    ),
+    "service replaced": (
+        "storekeeper_services",
+        lambda c, v: c.add_service("pg", f"sqlite:///{v}", replace=True),
+        lambda c: c.services()["pg"].removeprefix("sqlite:///"),
+    ),
+}
+
+
+@pytest.mark.parametrize("write", list(CATALOG_WRITES))
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_two_writers_racing_on_one_key_lose_no_write_on_a_postgresql_catalog(
+    project: Path, postgres_url: str, app_name: str, write: str
+) -> None:
+    table, do, read = CATALOG_WRITES[write]
+    url = _postgres_catalog_url(postgres_url, app_name)
+    first, second = Catalog(url, project), Catalog(url, project)
+    # The first writer stops inside its transaction, right after its INSERT, until released.
+    inserted, release = threading.Event(), threading.Event()
+
+    def pause(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().startswith(f"INSERT INTO {table}") and not inserted.is_set():
+            inserted.set()
+            assert release.wait(30)
+
+    event.listen(first.engine, "after_cursor_execute", pause)
+    errors: list[BaseException] = []
+
+    def writer(catalog: Catalog, value: str) -> None:
+        try:
+            do(catalog, value)
+        except BaseException as exc:
+            errors.append(exc)
+
+    one = threading.Thread(target=writer, args=(first, "first"))
+    two = threading.Thread(target=writer, args=(second, "second"))
+    try:
+        one.start()
+        assert inserted.wait(30)
+        two.start()
+        # The second writer is blocked by the first's uncommitted row: it writes last.
+        _until_a_writer_waits_for_a_lock(postgres_url, make_url(url).database or "")
+        release.set()
+        one.join(30)
+        two.join(30)
+        assert errors == []
+        assert read(Catalog(url, project)) == "second"
+    finally:
+        release.set()
+        first.close()
+        second.close()
+
+
+def test_a_catalog_on_another_dialect_is_refused_by_name(project: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        Catalog("mysql://app:s3cretpw@db.example/catalog", project)
+    message = str(info.value)
+    assert "SQLite or PostgreSQL" in message
+    assert "mysql://app:***@db.example/catalog" in message
+    assert "s3cretpw" not in message

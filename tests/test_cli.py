@@ -610,7 +610,7 @@ def test_an_installed_app_is_found_without_configuration(tmp_path: Path) -> None
     rows = json.loads(result.stdout)
     gauges = [r for r in rows if r["app"] == "gauges"]
     assert [(r["store"], r["service"]) for r in gauges] == [("stream_db", "local")]
-    assert list(tmp_path.iterdir()) == [tmp_path / "var"]  # only storekeeper's own catalog
+    assert list(tmp_path.iterdir()) == []  # status only reads: not even a catalog
 
 
 def test_app_option_names_a_module_without_configuration(

@@ -6,15 +6,17 @@ are imported when an app first touches a database.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import BadInput, InvalidName, NotFound
+from .errors import BadInput, InvalidName, NotFound, StorekeeperError
 from .naming import check_identifier, physical_name
 
 if TYPE_CHECKING:
@@ -133,6 +135,7 @@ class App:
 
     def __post_init__(self) -> None:
         check_identifier(self.name, "app")
+        _APPS.add(self)
         if self.module is None:
             # The module that called App(...) (frame 0 is this method, 1 the dataclass
             # __init__): its folder is where the app's migrations live by default.
@@ -163,8 +166,20 @@ class App:
     # declarations ---------------------------------------------------------------------
 
     def store(self, name: str) -> Store:
-        """The declared store called ``name``."""
-        return self._declared(self.stores, name, "store", "stores")
+        """The declared store called ``name``; :class:`NotFound` names the app's stores, those
+        made at run time included."""
+        for store in self.stores:
+            if store.name == name:
+                return store
+        try:
+            runtime = [r.name for r in self.site.catalog.runtime_stores(self.name)]
+        except StorekeeperError:  # an unreachable catalog must not hide this error
+            runtime = []
+        made = f"; made at run time: {', '.join(runtime)}" if runtime else ""
+        raise NotFound(
+            f"app {self.name!r} declares no store {name!r}; its stores: "
+            f"{', '.join(s.name for s in self.stores) or 'none'}{made}"
+        )
 
     def server(self, name: str) -> ServerSetting:
         """The declared server setting called ``name``."""
@@ -462,6 +477,24 @@ class App:
         """The app's server settings."""
         return [s.name for s in self.servers]
 
+    def _forget_parents_sessions(self) -> None:
+        # In a forked child: the sessions holding the parent's connections (this thread's
+        # scoped sessions, sessions joined to a test's connection) let go of them without a
+        # byte on their sockets, and are dropped; the child's next sessions are its own. A
+        # lock another thread of the parent held would never be released here.
+        from .forks import abandon, abandon_session
+
+        self._lock = threading.Lock()
+        for scoped in self._scoped.values():
+            if scoped.registry.has():
+                abandon_session(scoped.registry())
+                scoped.registry.clear()
+        for connection, joined in self._joined.values():
+            abandon(connection)
+            for name in [n for n, maker in self._makers.items() if maker is joined]:
+                del self._makers[name]
+        self._joined.clear()
+
     def forget(self, name: str) -> None:
         """Drop cached session factories of store ``name`` (after a drop or reassignment)."""
         with self._lock:
@@ -470,6 +503,17 @@ class App:
             scoped = self._scoped.get(name)
         if scoped is not None:
             scoped.remove()
+
+
+_APPS: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for app in list(_APPS):
+        app._forget_parents_sessions()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _SessionScope:

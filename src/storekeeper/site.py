@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import config as config_mod
+from . import forks
 from .backends import Backend, Service, backend_for, parse_service_url
 from .catalog import Catalog, RuntimeStore
 from .config import BUILTIN, Config, Sourced
@@ -36,7 +37,9 @@ _SITES: weakref.WeakSet[Site] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     # Connections opened by the parent must never be used by the child: give every engine a
-    # fresh pool without closing the parent's sockets (SQLAlchemy's documented recipe).
+    # fresh pool without closing the parent's sockets (SQLAlchemy's documented recipe). A
+    # lock that another thread of the parent held would never be released in the child.
+    Site._default_lock = threading.Lock()
     for site in list(_SITES):
         site.forget_connections()
 
@@ -269,9 +272,7 @@ class Site:
         with self._engines_lock:
             engine = self._engines.get(key)
             if engine is None:
-                from sqlalchemy import create_engine
-
-                engine = create_engine(url, **{**backend.engine_options(), **options})
+                engine = forks.create_engine(url, **{**backend.engine_options(), **options})
                 backend.prepare_engine(engine)
                 self._engines[key] = engine
         return engine
@@ -304,9 +305,7 @@ class Site:
             engines = self._async_engines.setdefault(loop, {})
             engine = engines.get(key)
             if engine is None:
-                from sqlalchemy.ext.asyncio import create_async_engine
-
-                engine = create_async_engine(
+                engine = forks.create_async_engine(
                     backend.async_url(url), **{**backend.engine_options(), **options}
                 )
                 backend.prepare_engine(engine.sync_engine)
@@ -331,6 +330,7 @@ class Site:
 
     def forget_connections(self) -> None:
         """After a fork: new pools for every engine, without touching the parent's sockets."""
+        self._engines_lock = threading.Lock()
         for engine in list(self._engines.values()):
             engine.dispose(close=False)
         # The parent's event loops do not run in the child: forget their engines whole.

@@ -7,25 +7,26 @@ Its schema carries a version, so later releases can change it (see :mod:`.tables
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Engine,
-    create_engine,
+    Table,
     delete,
     event,
     func,
     insert,
     select,
     text,
-    update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 
+from .. import forks
 from ..errors import ConfigError, ServiceUnavailable
 from ..secret import mask, mask_url, seal, unseal
 from . import tables as t
@@ -48,6 +49,27 @@ def _sqlite_journal(dbapi_conn: Any, _record: Any) -> None:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _insert(
+    conn: Connection, table: Table, values: dict[str, Any], *, replace: Sequence[str]
+) -> int:
+    """Insert a row; on a conflict with its primary key, set the ``replace`` columns instead
+    (none: keep the row there). One statement, so two writers racing on one key cannot make it
+    fail: a failed INSERT aborts a PostgreSQL transaction, whose COMMIT then silently rolls
+    back. Returns the number of rows written."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    keys = [column.name for column in table.primary_key]
+    statement: Any = dialect.insert(table).values(values)
+    if replace:
+        statement = statement.on_conflict_do_update(
+            index_elements=keys, set_={c: statement.excluded[c] for c in replace}
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=keys)
+    return conn.execute(statement).rowcount
 
 
 @dataclass(frozen=True)
@@ -75,12 +97,16 @@ class Event:
 
 
 class Catalog:
-    """Reads and writes the catalog database; opens (and creates or upgrades) it lazily."""
+    """Reads and writes the catalog database; opens (and upgrades) it lazily, and creates it
+    on the first write: reading a catalog that was never made finds it empty."""
 
     def __init__(self, url: str, root: Path) -> None:
         from sqlalchemy import make_url
 
         self.url = make_url(url)
+        #: A SQLite catalog's file. Until it exists, reading the catalog finds nothing and makes
+        #: nothing (so read-only commands leave a bare folder as it was); a write makes it.
+        self._file: Path | None = None
         if self.url.get_backend_name() == "sqlite" and self.url.database not in (
             None,
             "",
@@ -90,11 +116,18 @@ class Catalog:
             if not path.is_absolute():
                 path = root / path
             self.url = self.url.set(database=str(path))
+            self._file = path
         elif self.url.get_backend_name() == "postgresql" and self.url.drivername in (
             "postgresql",
             "postgres",
         ):
             self.url = self.url.set(drivername="postgresql+psycopg")
+        if self.url.get_backend_name() not in ("sqlite", "postgresql"):
+            # Its writes are INSERT ... ON CONFLICT in these two dialects.
+            raise ConfigError(
+                f"the catalog must be a SQLite or PostgreSQL database, not {self.display_url}; "
+                "check STOREKEEPER_CATALOG or 'catalog' in storekeeper.toml"
+            )
         self._engine: Engine | None = None
 
     def __repr__(self) -> str:
@@ -114,7 +147,7 @@ class Catalog:
                 if self.url.database:
                     Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
                 options["connect_args"] = {"timeout": 30}
-            engine = create_engine(self.url, **options)
+            engine = forks.create_engine(self.url, **options)
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_journal)
             try:
@@ -128,6 +161,10 @@ class Catalog:
                 ) from None
             self._engine = engine
         return self._engine
+
+    def _absent(self) -> bool:
+        """Whether the catalog was never made: a SQLite file that is not there (yet)."""
+        return self._engine is None and self._file is not None and not self._file.exists()
 
     def _upgrade(self, engine: Engine) -> None:
         # Several processes may open a new catalog at once (two `sync` runs): the schema is
@@ -164,7 +201,7 @@ class Catalog:
             conn.execute(insert(t.meta).values(key="schema_version", value=str(version)))
 
     def schema_version(self) -> int:
-        """The schema version of the catalog database."""
+        """The schema version of the catalog database (which this opens: makes or upgrades)."""
         with self.engine.connect() as conn:
             raw = conn.execute(
                 select(t.meta.c.value).where(t.meta.c.key == "schema_version")
@@ -181,33 +218,35 @@ class Catalog:
 
     def services(self) -> dict[str, str]:
         """Every service in the catalog, name to URL (decrypted)."""
+        if self._absent():
+            return {}
         with self.engine.connect() as conn:
             rows = conn.execute(select(t.services.c.name, t.services.c.url)).all()
         return {name: unseal(url) for name, url in rows}
 
     def add_service(self, name: str, url: str, *, replace: bool = False) -> bool:
         """Add a service; with ``replace``, change its URL. Returns whether it existed."""
+        values = {"name": name, "url": seal(url), "created_at": _now()}
         with self.engine.begin() as conn:
+            if not replace:
+                return _insert(conn, t.services, values, replace=()) == 0
             existed = conn.execute(
                 select(t.services.c.name).where(t.services.c.name == name)
             ).first()
-            if existed and not replace:
-                return True
-            if existed:
-                conn.execute(
-                    update(t.services).where(t.services.c.name == name).values(url=seal(url))
-                )
-            else:
-                conn.execute(insert(t.services).values(name=name, url=seal(url), created_at=_now()))
-        return bool(existed)
+            _insert(conn, t.services, values, replace=("url",))
+        return existed is not None
 
     def remove_service(self, name: str) -> bool:
         """Remove a service; returns whether it was there."""
+        if self._absent():
+            return False
         with self.engine.begin() as conn:
             return conn.execute(delete(t.services).where(t.services.c.name == name)).rowcount > 0
 
     def raw_service_urls(self) -> list[str]:
         """The stored (possibly encrypted) URL column, for checks that secrets are sealed."""
+        if self._absent():
+            return []
         with self.engine.connect() as conn:
             return list(conn.execute(select(t.services.c.url)).scalars())
 
@@ -215,6 +254,8 @@ class Catalog:
 
     def assignments(self) -> dict[tuple[str, str], str]:
         """Every assignment, ``(app, setting)`` to service name."""
+        if self._absent():
+            return {}
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(t.assignments.c.app, t.assignments.c.setting, t.assignments.c.service)
@@ -223,20 +264,14 @@ class Catalog:
 
     def assign(self, app: str, setting: str, service: str) -> None:
         """Plug ``service`` into ``app.setting`` (replacing an earlier assignment)."""
+        values = {"app": app, "setting": setting, "service": service, "assigned_at": _now()}
         with self.engine.begin() as conn:
-            conn.execute(
-                delete(t.assignments).where(
-                    (t.assignments.c.app == app) & (t.assignments.c.setting == setting)
-                )
-            )
-            conn.execute(
-                insert(t.assignments).values(
-                    app=app, setting=setting, service=service, assigned_at=_now()
-                )
-            )
+            _insert(conn, t.assignments, values, replace=("service", "assigned_at"))
 
     def unassign(self, app: str, setting: str) -> bool:
         """Remove the assignment of ``app.setting``; returns whether there was one."""
+        if self._absent():
+            return False
         with self.engine.begin() as conn:
             result = conn.execute(
                 delete(t.assignments).where(
@@ -247,6 +282,8 @@ class Catalog:
 
     def users_of(self, service: str) -> list[str]:
         """``app.setting`` names assigned to ``service`` and run-time stores living on it."""
+        if self._absent():
+            return []
         with self.engine.connect() as conn:
             assigned = conn.execute(
                 select(t.assignments.c.app, t.assignments.c.setting).where(
@@ -262,6 +299,8 @@ class Catalog:
 
     def runtime_stores(self, app: str | None = None) -> list[RuntimeStore]:
         """Stores made at run time, of one app or of all."""
+        if self._absent():
+            return []
         query = select(t.stores).order_by(t.stores.c.app, t.stores.c.name)
         if app is not None:
             query = query.where(t.stores.c.app == app)
@@ -272,25 +311,23 @@ class Catalog:
         self, app: str, name: str, service: str, server_setting: str | None, kind: str | None
     ) -> None:
         """Record a store made at run time (replacing an older record of the same name)."""
+        values = {
+            "app": app,
+            "name": name,
+            "service": service,
+            "server_setting": server_setting,
+            "kind": kind,
+            "created_at": _now(),
+        }
         with self.engine.begin() as conn:
-            conn.execute(
-                delete(t.stores).where((t.stores.c.app == app) & (t.stores.c.name == name))
+            _insert(
+                conn, t.stores, values, replace=("service", "server_setting", "kind", "created_at")
             )
-            # A concurrent create of the same name may have recorded it first.
-            with contextlib.suppress(IntegrityError):
-                conn.execute(
-                    insert(t.stores).values(
-                        app=app,
-                        name=name,
-                        service=service,
-                        server_setting=server_setting,
-                        kind=kind,
-                        created_at=_now(),
-                    )
-                )
 
     def remove_runtime_store(self, app: str, name: str) -> bool:
         """Forget a store made at run time."""
+        if self._absent():
+            return False
         with self.engine.begin() as conn:
             result = conn.execute(
                 delete(t.stores).where((t.stores.c.app == app) & (t.stores.c.name == name))
@@ -312,6 +349,8 @@ class Catalog:
         self, app: str | None = None, store: str | None = None, limit: int = 100
     ) -> list[Event]:
         """The newest entries first."""
+        if self._absent():
+            return []
         query = select(t.events).order_by(t.events.c.id.desc()).limit(limit)
         if app is not None:
             query = query.where(t.events.c.app == app)
@@ -324,6 +363,8 @@ class Catalog:
 
     def last_events(self, action: str) -> dict[tuple[str, str], dt.datetime]:
         """When ``action`` last succeeded for each ``(app, store)``."""
+        if self._absent():
+            return {}
         query = (
             select(t.events.c.app, t.events.c.store, func.max(t.events.c.at))
             .where((t.events.c.action == action) & t.events.c.ok)
