@@ -3,6 +3,7 @@ PostgreSQL and SQLite: isolation per test, a database per xdist worker, keepdb, 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -43,11 +44,30 @@ def inner(
     if dialect == "postgresql":
         engine = create_engine(make_url(server), poolclass=NullPool, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
-            for (db,) in conn.execute(
-                text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": f"%{name}%"}
-            ):
+            for db in leftovers(server, name):
                 conn.execute(text(f'DROP DATABASE "{db}" WITH (FORCE)'))
         engine.dispose()
+
+
+def server_of(pytester: pytest.Pytester, options: list[str], cache: str = ".pytest_cache") -> str:
+    """Where the inner runs' test databases live: the server's URL, or the SQLite folder."""
+    server = options[-1].removeprefix("--storekeeper-server=")
+    if server == "sqlite":
+        return "sqlite:///" + str(pytester.path / cache / "d/storekeeper/stores")
+    return server
+
+
+def leftovers(server: str, name: str) -> dict[str, str | None]:
+    """The databases of app ``name`` on ``server`` (a URL, or a SQLite folder), with their
+    notes: by their name, or the note of a kept template."""
+    from storekeeper.backends import Service, backend_for
+
+    backend = backend_for(Service("s", make_url(server)))
+    try:
+        notes = {db: backend.note(db) for db in backend.list()}
+    finally:
+        backend.close()
+    return {db: note for db, note in notes.items() if name in db or name in (note or "")}
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -87,13 +107,19 @@ def test_commits_in_a_test_are_invisible_to_the_next_and_app_sessions_join(
 
             def test_4_and_it_is_rolled_back_too(dbsession, storekeeper_app):
                 assert count(dbsession) == 2
-                db = storekeeper_app.placement("main_db").database
-                assert db == "test_{name}_main_db_main"
+                # The run's own database, marked as the plugin's with the run's id.
+                where = storekeeper_app.placement("main_db")
+                run = where.database.split("_")[1]
+                assert where.database == f"test_{{run}}_main_{name}_main_db"
+                note = storekeeper_app.site.backend(where.service).note(where.database)
+                assert note == f"storekeeper test: run {{run}}"
             """
         )
     )
     result = run(pytester, *options, "-v")
     result.assert_outcomes(passed=4)
+    # Nothing of the run is left behind, on a server given with --storekeeper-server too.
+    assert leftovers(server_of(pytester, options), name) == {}
 
 
 def test_a_test_that_poisons_or_closes_its_session_leaves_the_next_clean(
@@ -154,14 +180,61 @@ def test_each_xdist_worker_gets_its_own_database(
                 db = dbsession.execute(text("SELECT current_database()")).scalar()
                 log = tmp_path_factory.getbasetemp().parent / f"db-{worker_id}.txt"
                 log.write_text(db)
-                assert db.endswith("_" + worker_id)
             """
         )
     )
     result = run(pytester, *options, "-n", "2")
     result.assert_outcomes(passed=8)
     seen = {p.read_text() for p in pytester.path.parent.glob("**/db-gw*.txt")}
-    assert seen == {f"test_{name}_main_db_gw0", f"test_{name}_main_db_gw1"}
+    runs = {db.split("_")[1] for db in seen}
+    assert len(runs) == 1, seen
+    assert seen == {f"test_{r}_{w}_{name}_main_db" for r in runs for w in ("gw0", "gw1")}
+
+
+def test_two_runs_at_once_on_one_server_both_pass(
+    inner: tuple[pytest.Pytester, str, list[str]],
+) -> None:
+    pytester, name, options = inner
+    pytester.makepyfile(
+        test_overlap=COUNT
+        + textwrap.dedent(
+            f"""
+            import os
+            import time
+            from pathlib import Path
+            from {name} import Item
+
+            def test_overlaps_the_other_run(dbsession):
+                assert dbsession.scalar(select(func.count()).select_from(Item)) == 2
+                # Handshake: each run waits here until the other has made its databases.
+                Path(os.environ["ME"]).touch()
+                deadline = time.monotonic() + 120
+                while not Path(os.environ["OTHER"]).exists():
+                    assert time.monotonic() < deadline, "the other run never got here"
+                    time.sleep(0.05)
+                dbsession.add(Item(name=Path(os.environ["ME"]).name))
+                dbsession.commit()
+                assert dbsession.scalar(select(func.count()).select_from(Item)) == 3
+            """
+        )
+    )
+    runs = []
+    for me, other in (("a", "b"), ("b", "a")):
+        env = {**os.environ, "ME": str(pytester.path / me), "OTHER": str(pytester.path / other)}
+        runs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pytest", "-q", *options],
+                cwd=pytester.path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [process.communicate(timeout=300)[0] for process in runs]
+    assert [p.returncode for p in runs] == [0, 0], outputs
+    assert all("1 passed" in output for output in outputs), outputs
+    assert leftovers(server_of(pytester, options), name) == {}
 
 
 def test_keepdb_reuses_the_template_until_the_models_change(
@@ -187,8 +260,9 @@ def test_keepdb_reuses_the_template_until_the_models_change(
         # Without keepdb every run builds anew.
         run(pytester, *options, *env).assert_outcomes(passed=1)
         assert init_log.read_text().split() == ["True", "True"]
+        # ... and leave the kept template alone: a run without keepdb builds its own.
         run(pytester, *options, *env, "--storekeeper-keepdb").assert_outcomes(passed=1)
-        assert len(init_log.read_text().split()) == 3
+        assert init_log.read_text().split() == ["True", "True"]
         # A model change (a new column) makes keepdb rebuild.
         module = pytester.path / f"{name}.py"
         module.write_text(
@@ -199,7 +273,15 @@ def test_keepdb_reuses_the_template_until_the_models_change(
             )
         )
         run(pytester, *options, *env, "--storekeeper-keepdb").assert_outcomes(passed=1)
-        assert init_log.read_text().split() == ["True"] * 4
+        assert init_log.read_text().split() == ["True"] * 3
+    # What stays are the kept templates (one per state of the models), each marked as the
+    # plugin's; the clones and the runs' own templates are gone.
+    kept = leftovers(server_of(pytester, options, ".cache"), name)
+    assert len(kept) == 2, kept
+    assert all(
+        db.startswith("test_tpl_") and (note or "").startswith(f"storekeeper test: keep {name}.")
+        for db, note in kept.items()
+    ), kept
 
 
 def test_a_production_service_is_refused_and_nothing_is_made(
@@ -346,14 +428,14 @@ def test_the_store_is_chosen_by_marker_parameter_or_ini(pytester: pytest.Pyteste
 
             @pytest.mark.storekeeper("{second}.main_db")
             def test_marker(dbsession):
-                assert "test_{second}_main_db_main" in database(dbsession)
+                assert "_main_{second}_main_db" in database(dbsession)
 
             @pytest.mark.parametrize("dbsession", ["{first}.main_db"], indirect=True)
             def test_parameter(dbsession):
-                assert "test_{first}_main_db_main" in database(dbsession)
+                assert "_main_{first}_main_db" in database(dbsession)
 
             def test_ini_default(dbsession):
-                assert "test_{first}_main_db_main" in database(dbsession)
+                assert "_main_{first}_main_db" in database(dbsession)
             """
         )
     )

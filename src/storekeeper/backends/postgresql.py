@@ -154,9 +154,24 @@ class PostgresBackend(Backend):
         )
         # The comment lives in the shared catalog, readable without connecting to the
         # template, and is not copied to clones.
+        self._comment(name, _MARK + mark)
+
+    def _comment(self, name: str, comment: str) -> None:
         with self._connection() as conn:
-            comment = conn.exec_driver_sql("SELECT quote_literal(%s)", (_MARK + mark,)).scalar()
-            conn.exec_driver_sql(f"COMMENT ON DATABASE {quote(name)} IS {comment}")
+            literal = conn.exec_driver_sql("SELECT quote_literal(%s)", (comment,)).scalar()
+            conn.exec_driver_sql(f"COMMENT ON DATABASE {quote(name)} IS {literal}")
+
+    def note(self, name: str) -> str | None:
+        comment = self._scalar(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n",
+            n=name,
+        )
+        if not isinstance(comment, str):
+            return None
+        return comment.removeprefix(_MARK)
+
+    def set_note(self, name: str, note: str) -> None:
+        self._comment(name, note)
 
     def template_mark(self, name: str) -> str | None:
         comment = self._scalar(

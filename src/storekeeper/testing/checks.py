@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import StorekeeperError
+from ..naming import TEST_PREFIX
 from ..provision import place
 from ..site import Site
-from .janitor import TEST_PREFIX, StoreUnderTest, check_test_database
+from .janitor import StoreUnderTest, check_test_database
 
 if TYPE_CHECKING:
     from .janitor import Janitor
@@ -25,9 +26,9 @@ def check_migrations(janitor: Janitor) -> list[str]:
     from ..migrate import store_scripts
 
     problems: list[str] = []
-    for ready in janitor.stores:
-        if store_scripts(ready.app, ready.store).exists:
-            problems += check_store(janitor, ready)
+    for app, store in janitor.bind().values():
+        if store_scripts(app, store.name).exists:
+            problems += check_store(janitor, janitor.ensure(app, store))
     return problems
 
 

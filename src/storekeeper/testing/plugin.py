@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ..errors import StorekeeperError
+
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
     from sqlalchemy.orm import Session
 
     from ..config import Config
-    from ..declare import App
+    from ..declare import App, Store
     from .janitor import Janitor, StoreUnderTest
 
 SERVER_CHOICES = "sqlite, postgresql, config or a database URL"
@@ -73,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     mode = _server_option(config)  # a bad value is one usage error at start
     if hasattr(config, "workerinput"):
         return  # an xdist worker: the controller chose the run's id and server
-    config.stash[_RUN] = uuid.uuid4().hex[:12]
+    config.stash[_RUN] = uuid.uuid4().hex[:8]
     if mode == "postgresql":
         from .server import PostgresServer
 
@@ -128,7 +130,12 @@ def _state_folder(config: pytest.Config) -> Path:
     return folder
 
 
-def config_for_tests(config: pytest.Config, worker: str, server_url: str) -> Config:
+def _catalog_file(config: pytest.Config, run_id: str, worker: str) -> Path:
+    """The test catalog of one worker of one run (removed when it ends)."""
+    return _state_folder(config) / f"catalog-{run_id}-{worker}.sqlite"
+
+
+def config_for_tests(config: pytest.Config, worker: str, run_id: str, server_url: str) -> Config:
     """The configuration the tests run with: the ``test`` overlay, a catalog of their own, and
     every store on one server unless the mode is ``config``."""
     from .. import config as config_mod
@@ -136,7 +143,8 @@ def config_for_tests(config: pytest.Config, worker: str, server_url: str) -> Con
 
     loaded = config_mod.load(env="test", cwd=config.invocation_params.dir)
     folder = _state_folder(config)
-    loaded.catalog = Sourced(f"sqlite:///{folder}/catalog-{worker}.sqlite", "pytest plugin")
+    # A catalog of the run's own: two runs at once share no record of stores made at run time.
+    loaded.catalog = Sourced(f"sqlite:///{_catalog_file(config, run_id, worker)}", "pytest plugin")
     mode = _server_option(config) or ("config" if "test" in loaded.overlays else "sqlite")
     if mode == "config":
         return loaded
@@ -166,9 +174,12 @@ class Stores:
     """The run's test stores on this worker, with one connection per store held for the
     whole run, in which each test's transaction begins and is rolled back."""
 
-    def __init__(self, janitor: Janitor, stores: list[StoreUnderTest], default: str) -> None:
+    def __init__(
+        self, janitor: Janitor, stores: dict[str, tuple[App, Store]], default: str
+    ) -> None:
         self.janitor = janitor
-        self.stores = {s.target: s for s in stores}
+        #: The stores under test by ``app.store``; each is built when first asked for.
+        self.stores = stores
         self.default = default
         self._connections: dict[str, Connection] = {}
         self._engines: dict[str, Engine] = {}
@@ -184,7 +195,7 @@ class Stores:
         )
         if not wanted:
             if len(self.stores) == 1:
-                return next(iter(self.stores.values()))
+                return self.get(next(iter(self.stores)))
             raise pytest.UsageError(
                 "several stores are under test ("
                 + ", ".join(self.stores)
@@ -200,7 +211,12 @@ class Stores:
                 f"no test store {target!r}; the stores under test are: "
                 + (", ".join(self.stores) or "none (no apps found)")
             )
-        return self.stores[target]
+        app, store = self.stores[target]
+        try:
+            return self.janitor.ensure(app, store)
+        except StorekeeperError as exc:
+            # One clear error for the run, not the same one for every test.
+            pytest.exit(f"storekeeper: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
     def connection(self, ready: StoreUnderTest) -> Connection:
         """This worker's connection to ``ready``'s database (made again if a test broke it)."""
@@ -329,12 +345,11 @@ def _stores(config: pytest.Config) -> Stores:
     stores = config.stash.get(_STORES, None)
     if stores is not None:
         return stores
-    from ..errors import StorekeeperError
     from .janitor import Janitor
 
     worker, run_id, server_url = _worker(config)
     try:
-        loaded = config_for_tests(config, worker, server_url)
+        loaded = config_for_tests(config, worker, run_id, server_url)
         janitor = Janitor(
             _apps(config, loaded),
             loaded,
@@ -342,16 +357,64 @@ def _stores(config: pytest.Config) -> Stores:
             run_id=run_id,
             keepdb=bool(config.getoption("storekeeper_keepdb")),
         )
-        prepared = janitor.prepare()
+        targets = janitor.bind()
     except StorekeeperError as exc:
         # One clear error for the run, not the same one for every test.
         pytest.exit(f"storekeeper: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     stores = config.stash[_STORES] = Stores(
-        janitor, prepared, str(config.getini("storekeeper_store") or "")
+        janitor, targets, str(config.getini("storekeeper_store") or "")
     )
-    config.add_cleanup(janitor.finish)
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        # Sent to the controller when the worker's session ends, before its cleanup runs.
+        workeroutput["storekeeper_services"] = sorted(
+            {
+                (s.name, s.url.render_as_string(hide_password=False))
+                for s in janitor.services(targets)
+            }
+        )
+    config.add_cleanup(
+        lambda: _finish(janitor, _catalog_file(config, run_id, worker), workeroutput)
+    )
     config.add_cleanup(stores.close)
     return stores
+
+
+def _finish(janitor: Janitor, catalog: Path, workeroutput: Any) -> None:
+    """End of the run in this process: drop what it made. The process that owns the run (no
+    xdist, or its controller) also drops what the run's workers shared: its templates."""
+    try:
+        janitor.finish(sweep=workeroutput is None)
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            catalog.with_name(catalog.name + suffix).unlink(missing_ok=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist: remember the services a worker made databases on, to sweep at the end."""
+    services = getattr(node, "workeroutput", {}).get("storekeeper_services", [])
+    node.config.stash.setdefault(_SWEEP, set()).update(tuple(s) for s in services)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    services = config.stash.get(_SWEEP, set())
+    if not services or hasattr(config, "workerinput"):
+        return
+    from sqlalchemy import make_url
+
+    from ..backends import Service, backend_for
+    from .janitor import sweep_run
+
+    backends = [backend_for(Service(name, make_url(url))) for name, url in sorted(services)]
+    try:
+        sweep_run(backends, config.stash[_RUN])
+    finally:
+        for backend in backends:
+            backend.close()
+
+
+_SWEEP = pytest.StashKey[set[tuple[str, str]]]()
 
 
 @pytest.fixture(scope="session")
