@@ -454,6 +454,62 @@ def test_the_store_is_chosen_by_marker_parameter_or_ini(pytester: pytest.Pyteste
     result.stdout.fnmatch_lines([f"*no test store 'nope.db'*{first}.main_db*"])
 
 
+def test_each_store_is_tested_on_its_own_backend_and_the_header_says_where(
+    pytester: pytest.Pytester, postgres_url: str
+) -> None:
+    pg, lite, shared = (f"t{uuid.uuid4().hex[:10]}" for _ in range(3))
+    for name in (pg, lite, shared):
+        pytester.makepyfile(**{name: APP_MODULE.format(name=name)})
+    real_port = make_url(postgres_url).port
+    pytester.makefile(
+        ".toml",
+        storekeeper=textwrap.dedent(
+            f"""
+            [services]
+            main = "{postgres_url}"
+            ci = {{ url = "{postgres_url}", tests = true }}
+            [assign]
+            "{pg}.main_db" = "main"
+            "{shared}.main_db" = "ci"
+            """
+        ),
+    )
+    pytester.makepyfile(
+        test_where=textwrap.dedent(
+            f"""
+            import pytest
+
+            @pytest.mark.storekeeper("{pg}.main_db")
+            def test_a_postgresql_store_gets_a_throwaway_postgresql_server(dbsession):
+                url = dbsession.get_bind().engine.url
+                assert url.get_backend_name() == "postgresql"
+                assert url.port != {real_port}
+
+            @pytest.mark.storekeeper("{lite}.main_db")
+            def test_a_sqlite_store_stays_on_sqlite(dbsession):
+                assert dbsession.get_bind().engine.url.get_backend_name() == "sqlite"
+                assert ".pytest_cache" in dbsession.get_bind().engine.url.database
+
+            @pytest.mark.storekeeper("{shared}.main_db")
+            def test_a_service_marked_tests_is_used_as_it_is(dbsession):
+                assert dbsession.get_bind().engine.url.port == {real_port}
+            """
+        )
+    )
+    apps = [f"--storekeeper-app={n}:app" for n in (pg, lite, shared)]
+    result = run(pytester, "-p", "no:randomly", *apps, "-v")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "storekeeper: service main (postgresql): a throwaway PostgreSQL server*",
+            "storekeeper: service local (sqlite): SQLite files in *.pytest_cache*",
+            "storekeeper: service ci (postgresql): postgresql+psycopg://*:***@*tests = true*",
+        ]
+    )
+    assert leftovers(postgres_url, pg) == {}
+    assert leftovers(postgres_url, shared) == {}
+
+
 # migrations -----------------------------------------------------------------------------
 
 ENV_PY = "from storekeeper.migrate.env import run\n\nrun()\n"

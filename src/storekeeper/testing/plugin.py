@@ -3,18 +3,21 @@ savepoint.
 
 Loaded automatically (entry point ``pytest11``) and idle until a test asks for one of its
 fixtures: ``storekeeper_app``, ``storekeeper_apps``, ``store_engine``, ``dbsession``. Then the
-run builds every store's ``test_`` template once, clones it per worker, and binds the apps to
-the clones, so code under test that calls ``app.session(...)`` uses the test databases.
+first test asking for a store builds its ``test_`` template, clones it for the worker, and the
+apps are bound to the clones, so code under test that calls ``app.session(...)`` uses the test
+databases.
 
-Where the test databases live (``--storekeeper-server`` or ini ``storekeeper_server``):
-``sqlite`` (files under ``.pytest_cache``), ``postgresql`` (a throwaway cluster this run
-starts), a database URL (a server the tests may create databases on), or ``config`` (the
-services of the ``[env.test]`` overlay). The default is ``config`` when the configuration has
-an ``[env.test]`` overlay, else ``sqlite``.
+Where the test databases live: by default each store on its own backend (a throwaway
+PostgreSQL server of this run for a store on a PostgreSQL service, SQLite files under
+``.pytest_cache`` for a SQLite one; a service marked ``tests = true`` as it is); with an
+``[env.test]`` overlay, its services (``config``); or every store on the one place
+``--storekeeper-server`` (ini ``storekeeper_server``) gives: ``sqlite``, ``postgresql`` (a
+throwaway cluster) or a database URL. The run's header says where, one line per service.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ..config import Sourced
 from ..errors import StorekeeperError
+from ..site import Site
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -43,7 +48,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--storekeeper-server",
         metavar="WHERE",
         help=f"where test databases live: {SERVER_CHOICES} (default: config when storekeeper."
-        "toml has [env.test], else sqlite)",
+        "toml has [env.test], else each store on its own backend, PostgreSQL on a throwaway "
+        "server)",
     )
     group.addoption(
         "--storekeeper-keepdb",
@@ -77,11 +83,15 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # an xdist worker: the controller chose the run's id and server
     config.stash[_RUN] = uuid.uuid4().hex[:8]
     if mode == "postgresql":
-        from .server import PostgresServer
-
-        server = PostgresServer().start()
-        config.add_cleanup(server.stop)
-        config.stash[_SERVER_URL] = server.url
+        _throwaway_url(config)
+    elif not mode and getattr(config.option, "dist", "no") != "no":
+        # The controller of xdist workers starts the throwaway server they share, when the
+        # stores' own services need one (without workers, the first test that needs it does).
+        loaded = _loaded(config)
+        if "test" not in loaded.overlays and any(
+            how == "postgresql" for how, _ in _own_backends(config, loaded)[0].values()
+        ):
+            _throwaway_url(config)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -95,6 +105,23 @@ _RUN = pytest.StashKey[str]()
 _SERVER_URL = pytest.StashKey[str]()
 
 
+def _throwaway_url(config: pytest.Config) -> str:
+    """The URL of this run's throwaway PostgreSQL server, started on first use (an xdist
+    worker uses its controller's)."""
+    url = config.stash.get(_SERVER_URL, "")
+    workerinput = getattr(config, "workerinput", None)
+    if not url and workerinput is not None:
+        url = str(workerinput["storekeeper_server_url"])
+    if not url:
+        from .server import PostgresServer
+
+        server = PostgresServer().start()
+        config.add_cleanup(server.stop)
+        url = server.url
+    config.stash[_SERVER_URL] = url
+    return url
+
+
 def _server_option(config: pytest.Config) -> str:
     """The ``--storekeeper-server`` (or ini) value, checked; empty when not given."""
     value = config.getoption("storekeeper_server") or config.getini("storekeeper_server")
@@ -104,16 +131,12 @@ def _server_option(config: pytest.Config) -> str:
     return mode
 
 
-def _worker(config: pytest.Config) -> tuple[str, str, str]:
-    """This process's worker name, the run's id and the throwaway server's URL (if any)."""
+def _worker(config: pytest.Config) -> tuple[str, str]:
+    """This process's worker name and the run's id."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
-        return (
-            str(workerinput["workerid"]),
-            str(workerinput["storekeeper_run"]),
-            str(workerinput["storekeeper_server_url"]),
-        )
-    return "main", config.stash[_RUN], config.stash.get(_SERVER_URL, "")
+        return str(workerinput["workerid"]), str(workerinput["storekeeper_run"])
+    return "main", config.stash[_RUN]
 
 
 def _state_folder(config: pytest.Config) -> Path:
@@ -135,23 +158,77 @@ def _catalog_file(config: pytest.Config, run_id: str, worker: str) -> Path:
     return _state_folder(config) / f"catalog-{run_id}-{worker}.sqlite"
 
 
-def config_for_tests(config: pytest.Config, worker: str, run_id: str, server_url: str) -> Config:
-    """The configuration the tests run with: the ``test`` overlay, a catalog of their own, and
-    every store on one server unless the mode is ``config``."""
+def _loaded(config: pytest.Config) -> Config:
     from .. import config as config_mod
-    from ..config import Sourced
 
-    loaded = config_mod.load(env="test", cwd=config.invocation_params.dir)
-    folder = _state_folder(config)
+    return config_mod.load(env="test", cwd=config.invocation_params.dir)
+
+
+def _own_backends(
+    config: pytest.Config, loaded: Config
+) -> tuple[dict[str, tuple[str, str]], dict[tuple[str, str], Sourced]]:
+    """With no ``[env.test]`` and no ``--storekeeper-server``, each store is tested on its own
+    backend: for every service stores use, ``(how, URL)`` with ``how`` one of ``tests`` (a
+    service marked ``tests = true``, used as it is), ``sqlite`` (files in ``.pytest_cache``) or
+    ``postgresql`` (this run's throwaway server; URL empty here); and the assignments, the
+    catalog's included (read, never created)."""
+    import dataclasses
+
+    from ..config import BUILTIN
+
+    site = Site(dataclasses.replace(loaded))
+    catalog = site.catalog.url
+    if catalog.get_backend_name() == "sqlite" and not Path(catalog.database or "").is_file():
+        site.close()
+        site = Site(dataclasses.replace(loaded, catalog=Sourced("sqlite://", BUILTIN)))
+    try:
+        services = site.services()
+        assignments = site.assignments()
+    finally:
+        site.close()
+    used = {loaded.default_service.value, *(a.value for a in assignments.values())}
+    plan: dict[str, tuple[str, str]] = {}
+    for name, service in services.items():
+        backend = service.url.get_backend_name()
+        if name in loaded.test_services:
+            plan[name] = ("tests", service.url.render_as_string(hide_password=False))
+        elif backend == "sqlite":
+            plan[name] = ("sqlite", f"sqlite:///{_state_folder(config)}/stores")
+        elif name in used:
+            plan[name] = (backend, "")
+    return {n: plan[n] for n in sorted(plan) if n in used or plan[n][0] != "postgresql"}, dict(
+        assignments
+    )
+
+
+def config_for_tests(config: pytest.Config, worker: str, run_id: str) -> Config:
+    """The configuration the tests run with: the ``test`` overlay (mode ``config``), or every
+    store on one server (``--storekeeper-server``), or each store on its own backend; and a
+    catalog of their own."""
+    loaded = _loaded(config)
+    mode = _server_option(config) or ("config" if "test" in loaded.overlays else "")
+    own = _own_backends(config, loaded) if not mode else None
     # A catalog of the run's own: two runs at once share no record of stores made at run time.
     loaded.catalog = Sourced(f"sqlite:///{_catalog_file(config, run_id, worker)}", "pytest plugin")
-    mode = _server_option(config) or ("config" if "test" in loaded.overlays else "sqlite")
     if mode == "config":
         return loaded
+    if own is not None:
+        plan, assignments = own
+        loaded.services = {}
+        loaded.assignments = assignments
+        loaded.env_services = {
+            name: Sourced(
+                url or _throwaway_url(config),
+                "pytest plugin" + (" (tests = true)" if how == "tests" else f" ({how})"),
+            )
+            for name, (how, url) in plan.items()
+        }
+        loaded.production_services &= loaded.test_services
+        return loaded
     if mode == "sqlite":
-        url = f"sqlite:///{folder}/stores"
+        url = f"sqlite:///{_state_folder(config)}/stores"
     elif mode == "postgresql":
-        url = server_url
+        url = _throwaway_url(config)
     else:
         url = mode
     source = f"pytest plugin ({mode.split('://')[0]})"
@@ -161,6 +238,62 @@ def config_for_tests(config: pytest.Config, worker: str, run_id: str, server_url
     loaded.default_service = Sourced("test", source)
     loaded.production_services = set()
     return loaded
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Where each service's test databases live, one line per service (only in a project
+    that has storekeeper apps)."""
+    from ..secret import mask
+
+    if not _has_apps(config):
+        return []
+    try:
+        loaded = _loaded(config)
+        mode = _server_option(config) or ("config" if "test" in loaded.overlays else "")
+        if mode == "config":
+            site = Site(dataclasses.replace(loaded, catalog=Sourced("sqlite://", "header")))
+            try:
+                return [
+                    f"storekeeper: service {s.name} ({s.url.get_backend_name()}): "
+                    f"{s.display_url} ([env.test])"
+                    for s in site.services().values()
+                ]
+            finally:
+                site.close()
+        if mode:
+            where = {
+                "sqlite": f"SQLite files in {_state_folder(config) / 'stores'}",
+                "postgresql": "a throwaway PostgreSQL server started for this run",
+            }.get(mode) or mask(mode)
+            return [f"storekeeper: every store on {where} (--storekeeper-server)"]
+        plan, _ = _own_backends(config, loaded)
+    except StorekeeperError as exc:
+        return [f"storekeeper: {exc}"]
+    lines = []
+    for name, (how, url) in plan.items():
+        backend = (url or "postgresql").split(":")[0].split("+")[0]
+        if how == "tests":
+            where = f"{mask(url)} (tests = true)"
+        elif how == "sqlite":
+            where = f"SQLite files in {url.removeprefix('sqlite:///')}"
+        else:
+            where = "a throwaway PostgreSQL server started for this run"
+        lines.append(f"storekeeper: service {name} ({backend}): {where}")
+    return lines
+
+
+def _has_apps(config: pytest.Config) -> bool:
+    """Whether this project tests storekeeper apps (configured, given, or installed)."""
+    from importlib.metadata import entry_points
+
+    if config.getoption("storekeeper_app") or config.getini("storekeeper_apps"):
+        return True
+    try:
+        if _loaded(config).apps:
+            return True
+    except StorekeeperError:
+        return True
+    return bool(entry_points(group="storekeeper.apps"))
 
 
 def _apps(config: pytest.Config, loaded: Config) -> list[App]:
@@ -347,9 +480,9 @@ def _stores(config: pytest.Config) -> Stores:
         return stores
     from .janitor import Janitor
 
-    worker, run_id, server_url = _worker(config)
+    worker, run_id = _worker(config)
     try:
-        loaded = config_for_tests(config, worker, run_id, server_url)
+        loaded = config_for_tests(config, worker, run_id)
         janitor = Janitor(
             _apps(config, loaded),
             loaded,
