@@ -441,10 +441,18 @@ def test_the_store_is_chosen_by_marker_parameter_or_ini(pytester: pytest.Pyteste
     )
     apps = [f"--storekeeper-app={first}:app", f"--storekeeper-app={second}:app"]
     run(pytester, *apps, "-o", f"storekeeper_store={first}.main_db").assert_outcomes(passed=3)
-    # Without a choice, a test using dbsession is told which stores it may name.
-    result = run(pytester, *apps, "-k", "ini_default")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*several stores are under test*@pytest.mark.storekeeper*"])
+    # Without a choice, the run is told once which stores it may name, and how: no test runs.
+    pytester.makepyfile(
+        test_unchosen="\n".join(f"def test_{i}(dbsession):\n    pass\n" for i in range(3))
+    )
+    result = run(pytester, *apps, "test_unchosen.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert output.count("several stores are under test") == 1, output
+    assert "@pytest.mark.storekeeper('app.store')" in output
+    assert "ini option storekeeper_store" in output
+    assert "Traceback" not in output and "PASSED" not in output
+    (pytester.path / "test_unchosen.py").unlink()
     pytester.makepyfile(
         test_choose="import pytest\n\n@pytest.mark.storekeeper('nope.db')\n"
         "def test_unknown(dbsession):\n    pass\n"

@@ -329,13 +329,16 @@ class Stores:
         if not wanted:
             if len(self.stores) == 1:
                 return self.get(next(iter(self.stores)))
-            raise pytest.UsageError(
-                "several stores are under test ("
-                + ", ".join(self.stores)
-                + "): choose one with @pytest.mark.storekeeper('app.store') or the ini option "
-                "storekeeper_store"
-            )
+            raise pytest.UsageError(self.several(f"test {request.node.nodeid} does not"))
         return self.get(str(wanted))
+
+    def several(self, who: str) -> str:
+        """The message for tests that do not say which of several stores they use."""
+        return (
+            f"storekeeper: several stores are under test ({', '.join(self.stores)}) and {who} "
+            "say which one dbsession uses: mark them with @pytest.mark.storekeeper('app.store'), "
+            "or set the ini option storekeeper_store = app.store"
+        )
 
     def get(self, target: str) -> StoreUnderTest:
         """The test store named ``app.store``."""
@@ -591,11 +594,43 @@ class MigrationCheck(pytest.Item):
         return self.path, 0, "storekeeper: migration checks"
 
 
+#: The fixtures that use one chosen store.
+_CHOOSING = frozenset({"dbsession", "async_dbsession", "storekeeper_app"})
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
+    _every_test_can_choose(config, items)
     if config.getoption("storekeeper_check_migrations"):
         items.insert(0, MigrationCheck.from_parent(session, name="storekeeper_migrations"))
+
+
+def _every_test_can_choose(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With several stores under test, a test using ``dbsession`` (or another fixture of one
+    store) must say which: one usage error for the run, before any test runs."""
+    if config.getini("storekeeper_store"):
+        return
+    unchosen = []
+    for item in items:
+        uses = _CHOOSING & set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if uses and not item.get_closest_marker("storekeeper") and not uses & set(params):
+            unchosen.append((item, uses))
+    if not unchosen:
+        return
+    stores = _stores(config)
+    several_apps = len(stores.janitor.apps) > 1
+    unchosen = [
+        (item, uses)
+        for item, uses in unchosen
+        if len(stores.stores) > 1 and (uses - {"storekeeper_app"} or several_apps)
+    ]
+    if unchosen:
+        raise pytest.UsageError(
+            stores.several(f"{len(unchosen)} test(s), like {unchosen[0][0].nodeid}, do not")
+        )
 
 
 @pytest.fixture
