@@ -518,6 +518,40 @@ def test_each_store_is_tested_on_its_own_backend_and_the_header_says_where(
     assert leftovers(postgres_url, shared) == {}
 
 
+def test_a_store_is_built_when_a_test_first_asks_for_it(pytester: pytest.Pytester) -> None:
+    used, other = (f"t{uuid.uuid4().hex[:10]}" for _ in range(2))
+    for name in (used, other):
+        pytester.makepyfile(**{name: APP_MODULE.format(name=name)})
+    pytester.makepyfile(
+        test_lazy=COUNT
+        + textwrap.dedent(
+            f"""
+            from pathlib import Path
+            import pytest
+            from {used} import Item
+
+            def initialized():
+                return Path("init.log").read_text().split()
+
+            @pytest.mark.storekeeper("{used}.main_db")
+            def test_1_uses_one_store(dbsession):
+                assert dbsession.scalar(select(func.count()).select_from(Item)) == 2
+
+            def test_2_only_that_one_was_built():
+                assert initialized() == ["True"]
+
+            def test_3_code_asking_for_the_other_gets_it_built(storekeeper_apps):
+                app = next(a for a in storekeeper_apps if a.name == "{other}")
+                with app.session("main_db") as session:
+                    assert session.scalar(select(func.count()).select_from(Item)) == 2
+                assert initialized() == ["True", "True"]
+            """
+        )
+    )
+    apps = [f"--storekeeper-app={n}:app" for n in (used, other)]
+    run(pytester, "-p", "no:randomly", *apps).assert_outcomes(passed=3)
+
+
 # migrations -----------------------------------------------------------------------------
 
 ENV_PY = "from storekeeper.migrate.env import run\n\nrun()\n"

@@ -168,8 +168,8 @@ class TestSite(Site):
     the run (:func:`test_database_name`), or in the database :attr:`names` gives for its
     physical name (templates), and every database made through it carries the run's note.
 
-    ``on_engine`` (set by the janitor) is called with a database's name before the first
-    engine on it is made, so a store's test database is ready when code first uses it.
+    ``on_engine`` (set by the janitor) is called with a database's URL before an engine on
+    it is made, so a store's test database is ready when code first uses it.
     """
 
     __test__ = False  # not a test class, for pytest
@@ -199,13 +199,13 @@ class TestSite(Site):
         return list(self._backends.values())
 
     def engine(self, url: URL, backend: Backend, **options: Any) -> Engine:
-        if self.on_engine is not None and url.database:
-            self.on_engine(url.database)
+        if self.on_engine is not None:
+            self.on_engine(url)
         return super().engine(url, backend, **options)
 
     def async_engine(self, url: URL, backend: Backend, **options: Any) -> AsyncEngine:
-        if self.on_engine is not None and url.database:
-            self.on_engine(url.database)
+        if self.on_engine is not None:
+            self.on_engine(url)
         return super().async_engine(url, backend, **options)
 
 
@@ -329,15 +329,21 @@ class Janitor:
                     app.bind(self.site)
                 for target, (app, store) in targets.items():
                     if target not in self._ready:
-                        self._lazy[place(app, store.name).database] = (app, store)
+                        self._lazy[self._key(app, store.name)] = (app, store)
                 self.site.on_engine = self._on_engine
                 self._bound = True
             return targets
 
-    def _on_engine(self, database: str) -> None:
-        if database in self._lazy:
-            app, store = self._lazy[database]
-            self.ensure(app, store)
+    def _key(self, app: App, store: str) -> str:
+        where = place(app, store)
+        url = self.site.backend(where.service).database_url(where.database)
+        return url.render_as_string(hide_password=False)
+
+    def _on_engine(self, url: URL) -> None:
+        if self._lazy:
+            found = self._lazy.get(url.render_as_string(hide_password=False))
+            if found is not None:
+                self.ensure(*found)
 
     def prepare(self) -> list[StoreUnderTest]:
         """Build (or reuse) every store's template and clone it for this worker."""
@@ -354,7 +360,7 @@ class Janitor:
                 ready = self._prepare_store(app, store)
                 self._ready[target] = ready
                 self.stores.append(ready)
-                self._lazy.pop(ready.database, None)
+                self._lazy.pop(self._key(app, store.name), None)
             return ready
 
     def _prepare_store(self, app: App, store: Store) -> StoreUnderTest:
