@@ -335,22 +335,40 @@ def test_data_outside_test_databases_is_never_touched(
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])
-def test_a_stray_connection_on_a_test_database_does_not_stop_the_run(
+def test_a_kept_template_is_rebuilt_only_when_the_plugin_marked_it(
     inner: tuple[pytest.Pytester, str, list[str]], postgres_url: str
 ) -> None:
+    from storekeeper.backends import Service, backend_for
+
     pytester, name, options = inner
-    stray_db = f"test_{name}_main_db_main"
-    admin = create_engine(make_url(postgres_url), poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{stray_db}"'))
-    stray = create_engine(make_url(postgres_url).set(database=stray_db), poolclass=NullPool)
+    pytester.makepyfile(test_it="def test_uses(dbsession):\n    pass\n")
+    keep = [*options, "--storekeeper-keepdb"]
+    run(pytester, *keep).assert_outcomes(passed=1)
+    (template,) = leftovers(postgres_url, name)
+    backend = backend_for(Service("s", make_url(postgres_url)))
+    # A build of a run that died half-way: unsealed, with a connection still on it.
+    backend.unseal_template(template)
+    backend.set_note(template, "storekeeper test: run deadbeef")
+    stray = create_engine(make_url(postgres_url).set(database=template), poolclass=NullPool)
     held = stray.connect()
     held.execute(text("SELECT 1"))
-    pytester.makepyfile(test_it="def test_uses(dbsession):\n    pass\n")
-    run(pytester, *options).assert_outcomes(passed=1)
+    run(pytester, *keep).assert_outcomes(passed=1)
+    # Rebuilt (the initializer ran again) and sealed with the kept template's mark.
+    assert (pytester.path / "init.log").read_text().split() == ["True", "True"]
+    fingerprint = template.removeprefix("test_tpl_")
+    mark = backend.template_mark(template) or ""
+    assert mark.startswith(f"storekeeper test: keep {name}.main_db {fingerprint}"), mark
     held.invalidate()
     stray.dispose()
-    admin.dispose()
+    # The same name without the plugin's mark (someone else's database): refused, kept.
+    backend.unseal_template(template)
+    backend.set_note(template, "the reporting team's copy")
+    result = run(pytester, *keep)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines([f"*refusing to drop database '{template}'*not marked*"])
+    assert backend.exists(template) and backend.note(template) == "the reporting team's copy"
+    backend.drop(template)
+    backend.close()
 
 
 def test_an_unreachable_server_is_one_clear_error(
