@@ -523,7 +523,8 @@ def test_each_store_is_tested_on_its_own_backend_and_the_header_says_where(
         )
     )
     apps = [f"--storekeeper-app={n}:app" for n in (pg, lite, shared)]
-    result = run(pytester, "-p", "no:randomly", *apps, "-v")
+    # Under xdist, so the controller starts the throwaway server its workers share.
+    result = run(pytester, "-p", "no:randomly", *apps, "-v", "-n", "2")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines_random(
         [
