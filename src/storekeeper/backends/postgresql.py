@@ -157,8 +157,13 @@ class PostgresBackend(Backend):
         self._comment(name, _MARK + mark)
 
     def _comment(self, name: str, comment: str) -> None:
+        # COMMENT takes no parameters. Plain printable text is quoted here (standard strings
+        # take backslashes as they are); anything else is quoted by the server.
         with self._connection() as conn:
-            literal = conn.exec_driver_sql("SELECT quote_literal(%s)", (comment,)).scalar()
+            if comment.isprintable() and "\\" not in comment:
+                literal = "'" + comment.replace("'", "''") + "'"
+            else:
+                literal = conn.exec_driver_sql("SELECT quote_literal(%s)", (comment,)).scalar()
             conn.exec_driver_sql(f"COMMENT ON DATABASE {quote(name)} IS {literal}")
 
     def note(self, name: str) -> str | None:
