@@ -163,7 +163,7 @@ class PostgresBackend(Backend):
             if comment.isprintable() and "\\" not in comment:
                 literal = "'" + comment.replace("'", "''") + "'"
             else:
-                literal = conn.exec_driver_sql("SELECT quote_literal(%s)", (comment,)).scalar()
+                literal = str(conn.exec_driver_sql("SELECT quote_literal(%s)", (comment,)).scalar())
             conn.exec_driver_sql(f"COMMENT ON DATABASE {quote(name)} IS {literal}")
 
     def note(self, name: str) -> str | None:
