@@ -432,7 +432,7 @@ class Janitor:
                 backend = self.site.backend(ready.service)
                 self.site.dispose_engine(backend.database_url(ready.database))
                 drop_test_database(backend, ready.database)
-            if sweep:
+            if sweep and self.stores:
                 sweep_run(self.backends(), self.run_id)
         finally:
             self.site.close()

@@ -18,6 +18,7 @@ throwaway cluster) or a database URL. The run's header says where, one line per 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -521,6 +522,9 @@ def _finish(janitor: Janitor, catalog: Path, workeroutput: Any) -> None:
     xdist, or its controller) also drops what the run's workers shared: its templates."""
     try:
         janitor.finish(sweep=workeroutput is None)
+    except StorekeeperError as exc:
+        # The run's outcome stands; say once what could not be cleaned up.
+        sys.stderr.write(f"storekeeper: cleaning up after the run: {exc}\n")
     finally:
         for suffix in ("", "-wal", "-shm", "-journal"):
             catalog.with_name(catalog.name + suffix).unlink(missing_ok=True)
