@@ -189,6 +189,8 @@ def test_each_xdist_worker_gets_its_own_database(
     runs = {db.split("_")[1] for db in seen}
     assert len(runs) == 1, seen
     assert seen == {f"test_{r}_{w}_{name}_main_db" for r in runs for w in ("gw0", "gw1")}
+    # The workers dropped their clones, the controller the run's template.
+    assert leftovers(server_of(pytester, options), name) == {}
 
 
 def test_two_runs_at_once_on_one_server_both_pass(

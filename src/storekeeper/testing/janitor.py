@@ -9,10 +9,11 @@ Names (all short enough for PostgreSQL's 63 bytes, hashed where a store's name i
 
 So two runs at once on one server never touch each other's clones, and a run drops no
 template another run clones from. Every database the plugin makes carries a note saying so
-(``storekeeper test: run <run>``, or ``storekeeper test: keep <fingerprint>`` on a kept
-template): it creates, drops or clones nothing whose name does not start with ``test_``,
-drops nothing without its note, and uses no service marked ``production = true``. A store's
-template is built when a test first asks for the store (a fixture, or its engine).
+(``storekeeper test: run <run>``, followed by ``app.store`` on a template; or
+``storekeeper test: keep <app.store> <fingerprint>`` on a kept template): it creates, drops or
+clones nothing whose name does not start with ``test_``, drops nothing without its note, and
+uses no service marked ``production = true``. A store's template is built when a test first
+asks for the store (a fixture, or its engine).
 """
 
 from __future__ import annotations
@@ -44,9 +45,16 @@ log = logging.getLogger("storekeeper.testing")
 MARK = "storekeeper test: "
 
 
-def run_mark(run: str) -> str:
-    """The note on the databases a run made (and drops at its end)."""
-    return f"{MARK}run {run}"
+def run_mark(run: str, target: str = "") -> str:
+    """The note on the databases a run made (and drops at its end); a template's names its
+    store (``app.store``)."""
+    return f"{MARK}run {run}" + (f" {target}" if target else "")
+
+
+def made_by_run(note: str | None, run: str) -> bool:
+    """Whether ``note`` is the note of a database ``run`` made."""
+    mark = run_mark(run)
+    return note is not None and (note == mark or note.startswith(mark + " "))
 
 
 def keep_mark(target: str, built_from: str) -> str:
@@ -109,7 +117,7 @@ def sweep_run(backends: Iterable[Backend], run: str) -> list[str]:
     dropped: list[str] = []
     for backend in backends:
         for name in backend.list(prefix=TEST_PREFIX):
-            if backend.note(name) != run_mark(run):
+            if not made_by_run(backend.note(name), run):
                 continue
             try:
                 backend.drop(name)
@@ -298,6 +306,8 @@ class Janitor:
         self._previous: dict[int, Site | None] = {}
         self._lock = threading.RLock()
         self._bound = False
+        #: ``(name, URL)`` of each service this janitor built a template on.
+        self.made_on: list[tuple[str, str]] = []
 
     def targets(self) -> dict[str, tuple[App, Store]]:
         """Every store under test by ``app.store``: the declared ones with a service (an
@@ -314,10 +324,6 @@ class Janitor:
                     continue
                 found[f"{app.name}.{store.name}"] = (app, store)
         return found
-
-    def services(self, targets: dict[str, tuple[App, Store]]) -> set[Service]:
-        """The services the stores ``targets`` are tested on."""
-        return {place(app, store.name).service for app, store in targets.values()}
 
     def bind(self) -> dict[str, tuple[App, Store]]:
         """Bind the apps to this worker's site (nothing is built yet); returns the targets."""
@@ -358,6 +364,9 @@ class Janitor:
             ready = self._ready.get(target)
             if ready is None:
                 ready = self._prepare_store(app, store)
+                made_on = (ready.service.name, ready.service.url.render_as_string(False))
+                if made_on not in self.made_on:
+                    self.made_on.append(made_on)
                 self._ready[target] = ready
                 self.stores.append(ready)
                 self._lazy.pop(self._key(app, store.name), None)
@@ -373,7 +382,7 @@ class Janitor:
         )
         template = template_database_name(self.run_id, built_from, keep=self.keepdb)
         target = f"{app.name}.{store.name}"
-        mark = keep_mark(target, built_from) if self.keepdb else run_mark(self.run_id)
+        mark = keep_mark(target, built_from) if self.keepdb else run_mark(self.run_id, target)
         built = False
         # Not the template's own lock: sync takes that one while building it.
         with backend.lock(f"{template}_build"):

@@ -173,8 +173,6 @@ def _own_backends(
     service marked ``tests = true``, used as it is), ``sqlite`` (files in ``.pytest_cache``) or
     ``postgresql`` (this run's throwaway server; URL empty here); and the assignments, the
     catalog's included (read, never created)."""
-    import dataclasses
-
     from ..config import BUILTIN
 
     site = Site(dataclasses.replace(loaded))
@@ -197,9 +195,7 @@ def _own_backends(
             plan[name] = ("sqlite", f"sqlite:///{_state_folder(config)}/stores")
         elif name in used:
             plan[name] = (backend, "")
-    return {n: plan[n] for n in sorted(plan) if n in used or plan[n][0] != "postgresql"}, dict(
-        assignments
-    )
+    return {name: plan[name] for name in sorted(plan)}, dict(assignments)
 
 
 def config_for_tests(config: pytest.Config, worker: str, run_id: str) -> Config:
@@ -503,13 +499,9 @@ def _stores(config: pytest.Config) -> Stores:
     )
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
-        # Sent to the controller when the worker's session ends, before its cleanup runs.
-        workeroutput["storekeeper_services"] = sorted(
-            {
-                (s.name, s.url.render_as_string(hide_password=False))
-                for s in janitor.services(targets)
-            }
-        )
+        # Sent to the controller when the worker's session ends (before its cleanup runs):
+        # the services this worker built templates on, for the controller to sweep.
+        workeroutput["storekeeper_services"] = janitor.made_on
     config.add_cleanup(
         lambda: _finish(janitor, _catalog_file(config, run_id, worker), workeroutput)
     )
@@ -549,6 +541,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     backends = [backend_for(Service(name, make_url(url))) for name, url in sorted(services)]
     try:
         sweep_run(backends, config.stash[_RUN])
+    except StorekeeperError as exc:
+        sys.stderr.write(f"storekeeper: cleaning up after the run: {exc}\n")
     finally:
         for backend in backends:
             backend.close()
