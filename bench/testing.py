@@ -97,7 +97,7 @@ def isolation(pg_url: str, folder: Path, rounds: int, tests: int) -> dict[str, f
 
     config = bench_config(pg_url, folder)
     app = App(f"bench{uuid.uuid4().hex[:6]}", stores=[Store("main_db", metadata=Base.metadata)])
-    janitor = Janitor([app], config, worker="bench", run_id=uuid.uuid4().hex, keepdb=False)
+    janitor = Janitor([app], config, worker="bench", run_id=uuid.uuid4().hex[:8], keepdb=False)
     (ready,) = janitor.prepare()
     stores = Stores(janitor, [ready], "")
     url = make_url(pg_url)
@@ -189,7 +189,7 @@ def fresh_databases(
     app = App(
         f"fresh{migrations}x{uuid.uuid4().hex[:4]}", stores=[Store("main_db", migrations=scripts)]
     )
-    janitor = Janitor([app], config, worker="bench", run_id=uuid.uuid4().hex, keepdb=False)
+    janitor = Janitor([app], config, worker="bench", run_id=uuid.uuid4().hex[:8], keepdb=False)
     started = time.perf_counter()
     (ready,) = janitor.prepare()
     build_ms = (time.perf_counter() - started) * 1000

@@ -101,3 +101,22 @@ def test_a_lock_holder_record_names_the_holder_and_never_its_secrets(
         assert "doing: copying postgresql://app:***@db/x *? DROP DATABASE x? -- ?s" in described
         assert "s3cret" not in described
     assert backend.lock_holder(name) is None
+
+
+def test_the_unfinished_mark_and_a_note_share_a_database_without_erasing_each_other(
+    backend: Backend, app_name: str
+) -> None:
+    # The test plugin notes what it made; a first initialization marks the store unfinished
+    # meanwhile. Neither may erase the other, or the plugin would leave its database behind.
+    database = f"{app_name}_noted"
+    backend.create(database)
+    backend.set_note(database, "storekeeper test: run abc")
+    backend.mark_unfinished(database, "pid 1 on here")
+    assert backend.unfinished(database)
+    assert backend.note(database) == "storekeeper test: run abc"
+    backend.set_note(database, "storekeeper test: run def")
+    assert backend.unfinished(database)
+    backend.mark_finished(database)
+    assert not backend.unfinished(database)
+    assert backend.note(database) == "storekeeper test: run def"
+    backend.drop(database)

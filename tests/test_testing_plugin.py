@@ -3,6 +3,7 @@ PostgreSQL and SQLite: isolation per test, a database per xdist worker, keepdb, 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -43,11 +44,30 @@ def inner(
     if dialect == "postgresql":
         engine = create_engine(make_url(server), poolclass=NullPool, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
-            for (db,) in conn.execute(
-                text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": f"%{name}%"}
-            ):
+            for db in leftovers(server, name):
                 conn.execute(text(f'DROP DATABASE "{db}" WITH (FORCE)'))
         engine.dispose()
+
+
+def server_of(pytester: pytest.Pytester, options: list[str], cache: str = ".pytest_cache") -> str:
+    """Where the inner runs' test databases live: the server's URL, or the SQLite folder."""
+    server = options[-1].removeprefix("--storekeeper-server=")
+    if server == "sqlite":
+        return "sqlite:///" + str(pytester.path / cache / "d/storekeeper/stores")
+    return server
+
+
+def leftovers(server: str, name: str) -> dict[str, str | None]:
+    """The databases of app ``name`` on ``server`` (a URL, or a SQLite folder), with their
+    notes: by their name, or the note of a kept template."""
+    from storekeeper.backends import Service, backend_for
+
+    backend = backend_for(Service("s", make_url(server)))
+    try:
+        notes = {db: backend.note(db) for db in backend.list()}
+    finally:
+        backend.close()
+    return {db: note for db, note in notes.items() if name in db or name in (note or "")}
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -87,13 +107,19 @@ def test_commits_in_a_test_are_invisible_to_the_next_and_app_sessions_join(
 
             def test_4_and_it_is_rolled_back_too(dbsession, storekeeper_app):
                 assert count(dbsession) == 2
-                db = storekeeper_app.placement("main_db").database
-                assert db == "test_{name}_main_db_main"
+                # The run's own database, marked as the plugin's with the run's id.
+                where = storekeeper_app.placement("main_db")
+                run = where.database.split("_")[1]
+                assert where.database == f"test_{{run}}_main_{name}_main_db"
+                note = storekeeper_app.site.backend(where.service).note(where.database)
+                assert note == f"storekeeper test: run {{run}}"
             """
         )
     )
     result = run(pytester, *options, "-v")
     result.assert_outcomes(passed=4)
+    # Nothing of the run is left behind, on a server given with --storekeeper-server too.
+    assert leftovers(server_of(pytester, options), name) == {}
 
 
 def test_a_test_that_poisons_or_closes_its_session_leaves_the_next_clean(
@@ -154,14 +180,63 @@ def test_each_xdist_worker_gets_its_own_database(
                 db = dbsession.execute(text("SELECT current_database()")).scalar()
                 log = tmp_path_factory.getbasetemp().parent / f"db-{worker_id}.txt"
                 log.write_text(db)
-                assert db.endswith("_" + worker_id)
             """
         )
     )
     result = run(pytester, *options, "-n", "2")
     result.assert_outcomes(passed=8)
     seen = {p.read_text() for p in pytester.path.parent.glob("**/db-gw*.txt")}
-    assert seen == {f"test_{name}_main_db_gw0", f"test_{name}_main_db_gw1"}
+    runs = {db.split("_")[1] for db in seen}
+    assert len(runs) == 1, seen
+    assert seen == {f"test_{r}_{w}_{name}_main_db" for r in runs for w in ("gw0", "gw1")}
+    # The workers dropped their clones, the controller the run's template.
+    assert leftovers(server_of(pytester, options), name) == {}
+
+
+def test_two_runs_at_once_on_one_server_both_pass(
+    inner: tuple[pytest.Pytester, str, list[str]],
+) -> None:
+    pytester, name, options = inner
+    pytester.makepyfile(
+        test_overlap=COUNT
+        + textwrap.dedent(
+            f"""
+            import os
+            import time
+            from pathlib import Path
+            from {name} import Item
+
+            def test_overlaps_the_other_run(dbsession):
+                assert dbsession.scalar(select(func.count()).select_from(Item)) == 2
+                # Handshake: each run waits here until the other has made its databases.
+                Path(os.environ["ME"]).touch()
+                deadline = time.monotonic() + 120
+                while not Path(os.environ["OTHER"]).exists():
+                    assert time.monotonic() < deadline, "the other run never got here"
+                    time.sleep(0.05)
+                dbsession.add(Item(name=Path(os.environ["ME"]).name))
+                dbsession.commit()
+                assert dbsession.scalar(select(func.count()).select_from(Item)) == 3
+            """
+        )
+    )
+    runs = []
+    for me, other in (("a", "b"), ("b", "a")):
+        env = {**os.environ, "ME": str(pytester.path / me), "OTHER": str(pytester.path / other)}
+        runs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pytest", "-q", *options],
+                cwd=pytester.path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [process.communicate(timeout=300)[0] for process in runs]
+    assert [p.returncode for p in runs] == [0, 0], outputs
+    assert all("1 passed" in output for output in outputs), outputs
+    assert leftovers(server_of(pytester, options), name) == {}
 
 
 def test_keepdb_reuses_the_template_until_the_models_change(
@@ -187,8 +262,9 @@ def test_keepdb_reuses_the_template_until_the_models_change(
         # Without keepdb every run builds anew.
         run(pytester, *options, *env).assert_outcomes(passed=1)
         assert init_log.read_text().split() == ["True", "True"]
+        # ... and leave the kept template alone: a run without keepdb builds its own.
         run(pytester, *options, *env, "--storekeeper-keepdb").assert_outcomes(passed=1)
-        assert len(init_log.read_text().split()) == 3
+        assert init_log.read_text().split() == ["True", "True"]
         # A model change (a new column) makes keepdb rebuild.
         module = pytester.path / f"{name}.py"
         module.write_text(
@@ -199,7 +275,15 @@ def test_keepdb_reuses_the_template_until_the_models_change(
             )
         )
         run(pytester, *options, *env, "--storekeeper-keepdb").assert_outcomes(passed=1)
-        assert init_log.read_text().split() == ["True"] * 4
+        assert init_log.read_text().split() == ["True"] * 3
+    # What stays are the kept templates (one per state of the models), each marked as the
+    # plugin's; the clones and the runs' own templates are gone.
+    kept = leftovers(server_of(pytester, options, ".cache"), name)
+    assert len(kept) == 2, kept
+    assert all(
+        db.startswith("test_tpl_") and (note or "").startswith(f"storekeeper test: keep {name}.")
+        for db, note in kept.items()
+    ), kept
 
 
 def test_a_production_service_is_refused_and_nothing_is_made(
@@ -253,22 +337,40 @@ def test_data_outside_test_databases_is_never_touched(
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])
-def test_a_stray_connection_on_a_test_database_does_not_stop_the_run(
+def test_a_kept_template_is_rebuilt_only_when_the_plugin_marked_it(
     inner: tuple[pytest.Pytester, str, list[str]], postgres_url: str
 ) -> None:
+    from storekeeper.backends import Service, backend_for
+
     pytester, name, options = inner
-    stray_db = f"test_{name}_main_db_main"
-    admin = create_engine(make_url(postgres_url), poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{stray_db}"'))
-    stray = create_engine(make_url(postgres_url).set(database=stray_db), poolclass=NullPool)
+    pytester.makepyfile(test_it="def test_uses(dbsession):\n    pass\n")
+    keep = [*options, "--storekeeper-keepdb"]
+    run(pytester, *keep).assert_outcomes(passed=1)
+    (template,) = leftovers(postgres_url, name)
+    backend = backend_for(Service("s", make_url(postgres_url)))
+    # A build of a run that died half-way: unsealed, with a connection still on it.
+    backend.unseal_template(template)
+    backend.set_note(template, "storekeeper test: run deadbeef")
+    stray = create_engine(make_url(postgres_url).set(database=template), poolclass=NullPool)
     held = stray.connect()
     held.execute(text("SELECT 1"))
-    pytester.makepyfile(test_it="def test_uses(dbsession):\n    pass\n")
-    run(pytester, *options).assert_outcomes(passed=1)
+    run(pytester, *keep).assert_outcomes(passed=1)
+    # Rebuilt (the initializer ran again) and sealed with the kept template's mark.
+    assert (pytester.path / "init.log").read_text().split() == ["True", "True"]
+    fingerprint = template.removeprefix("test_tpl_")
+    mark = backend.template_mark(template) or ""
+    assert mark.startswith(f"storekeeper test: keep {name}.main_db {fingerprint}"), mark
     held.invalidate()
     stray.dispose()
-    admin.dispose()
+    # The same name without the plugin's mark (someone else's database): refused, kept.
+    backend.unseal_template(template)
+    backend.set_note(template, "the reporting team's copy")
+    result = run(pytester, *keep)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines([f"*refusing to drop database '{template}'*not marked*"])
+    assert backend.exists(template) and backend.note(template) == "the reporting team's copy"
+    backend.drop(template)
+    backend.close()
 
 
 def test_an_unreachable_server_is_one_clear_error(
@@ -346,23 +448,31 @@ def test_the_store_is_chosen_by_marker_parameter_or_ini(pytester: pytest.Pyteste
 
             @pytest.mark.storekeeper("{second}.main_db")
             def test_marker(dbsession):
-                assert "test_{second}_main_db_main" in database(dbsession)
+                assert "_main_{second}_main_db" in database(dbsession)
 
             @pytest.mark.parametrize("dbsession", ["{first}.main_db"], indirect=True)
             def test_parameter(dbsession):
-                assert "test_{first}_main_db_main" in database(dbsession)
+                assert "_main_{first}_main_db" in database(dbsession)
 
             def test_ini_default(dbsession):
-                assert "test_{first}_main_db_main" in database(dbsession)
+                assert "_main_{first}_main_db" in database(dbsession)
             """
         )
     )
     apps = [f"--storekeeper-app={first}:app", f"--storekeeper-app={second}:app"]
     run(pytester, *apps, "-o", f"storekeeper_store={first}.main_db").assert_outcomes(passed=3)
-    # Without a choice, a test using dbsession is told which stores it may name.
-    result = run(pytester, *apps, "-k", "ini_default")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*several stores are under test*@pytest.mark.storekeeper*"])
+    # Without a choice, the run is told once which stores it may name, and how: no test runs.
+    pytester.makepyfile(
+        test_unchosen="\n".join(f"def test_{i}(dbsession):\n    pass\n" for i in range(3))
+    )
+    result = run(pytester, *apps, "test_unchosen.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert output.count("several stores are under test") == 1, output
+    assert "@pytest.mark.storekeeper('app.store')" in output
+    assert "ini option storekeeper_store" in output
+    assert "Traceback" not in output and "PASSED" not in output
+    (pytester.path / "test_unchosen.py").unlink()
     pytester.makepyfile(
         test_choose="import pytest\n\n@pytest.mark.storekeeper('nope.db')\n"
         "def test_unknown(dbsession):\n    pass\n"
@@ -370,6 +480,97 @@ def test_the_store_is_chosen_by_marker_parameter_or_ini(pytester: pytest.Pyteste
     result = run(pytester, *apps)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*no test store 'nope.db'*{first}.main_db*"])
+
+
+def test_each_store_is_tested_on_its_own_backend_and_the_header_says_where(
+    pytester: pytest.Pytester, postgres_url: str
+) -> None:
+    pg, lite, shared = (f"t{uuid.uuid4().hex[:10]}" for _ in range(3))
+    for name in (pg, lite, shared):
+        pytester.makepyfile(**{name: APP_MODULE.format(name=name)})
+    real_port = make_url(postgres_url).port
+    pytester.makefile(
+        ".toml",
+        storekeeper=textwrap.dedent(
+            f"""
+            [services]
+            main = "{postgres_url}"
+            ci = {{ url = "{postgres_url}", tests = true }}
+            [assign]
+            "{pg}.main_db" = "main"
+            "{shared}.main_db" = "ci"
+            """
+        ),
+    )
+    pytester.makepyfile(
+        test_where=textwrap.dedent(
+            f"""
+            import pytest
+
+            @pytest.mark.storekeeper("{pg}.main_db")
+            def test_a_postgresql_store_gets_a_throwaway_postgresql_server(dbsession):
+                url = dbsession.get_bind().engine.url
+                assert url.get_backend_name() == "postgresql"
+                assert url.port != {real_port}
+
+            @pytest.mark.storekeeper("{lite}.main_db")
+            def test_a_sqlite_store_stays_on_sqlite(dbsession):
+                assert dbsession.get_bind().engine.url.get_backend_name() == "sqlite"
+                assert ".pytest_cache" in dbsession.get_bind().engine.url.database
+
+            @pytest.mark.storekeeper("{shared}.main_db")
+            def test_a_service_marked_tests_is_used_as_it_is(dbsession):
+                assert dbsession.get_bind().engine.url.port == {real_port}
+            """
+        )
+    )
+    apps = [f"--storekeeper-app={n}:app" for n in (pg, lite, shared)]
+    # Under xdist, so the controller starts the throwaway server its workers share.
+    result = run(pytester, "-p", "no:randomly", *apps, "-v", "-n", "2")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "storekeeper: service main (postgresql): a throwaway PostgreSQL server*",
+            "storekeeper: service local (sqlite): SQLite files in *.pytest_cache*",
+            "storekeeper: service ci (postgresql): postgresql+psycopg://*:***@*tests = true*",
+        ]
+    )
+    assert leftovers(postgres_url, pg) == {}
+    assert leftovers(postgres_url, shared) == {}
+
+
+def test_a_store_is_built_when_a_test_first_asks_for_it(pytester: pytest.Pytester) -> None:
+    used, other = (f"t{uuid.uuid4().hex[:10]}" for _ in range(2))
+    for name in (used, other):
+        pytester.makepyfile(**{name: APP_MODULE.format(name=name)})
+    pytester.makepyfile(
+        test_lazy=COUNT
+        + textwrap.dedent(
+            f"""
+            from pathlib import Path
+            import pytest
+            from {used} import Item
+
+            def initialized():
+                return Path("init.log").read_text().split()
+
+            @pytest.mark.storekeeper("{used}.main_db")
+            def test_1_uses_one_store(dbsession):
+                assert dbsession.scalar(select(func.count()).select_from(Item)) == 2
+
+            def test_2_only_that_one_was_built():
+                assert initialized() == ["True"]
+
+            def test_3_code_asking_for_the_other_gets_it_built(storekeeper_apps):
+                app = next(a for a in storekeeper_apps if a.name == "{other}")
+                with app.session("main_db") as session:
+                    assert session.scalar(select(func.count()).select_from(Item)) == 2
+                assert initialized() == ["True", "True"]
+            """
+        )
+    )
+    apps = [f"--storekeeper-app={n}:app" for n in (used, other)]
+    run(pytester, "-p", "no:randomly", *apps).assert_outcomes(passed=3)
 
 
 # migrations -----------------------------------------------------------------------------
@@ -469,12 +670,17 @@ def test_migration_checks_pass_on_sound_migrations(
         )
     )
     pytester.makepyfile(
-        test_fixture="def test_fixture(storekeeper_migration_problems):\n"
+        test_fixture="import gc\n\n"
+        "def test_fixture(storekeeper_migration_problems):\n"
         "    assert storekeeper_migration_problems == []\n"
+        "    gc.collect()  # a connection the checks left open would warn now\n"
     )
-    result = run(pytester, *options, "--storekeeper-check-migrations", "-v")
+    result = run(
+        pytester, *options, "--storekeeper-check-migrations", "-v", "-W", "always::ResourceWarning"
+    )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*storekeeper_migrations PASSED*"])
+    assert "ResourceWarning" not in result.stdout.str()
 
 
 @pytest.mark.parametrize(
@@ -514,10 +720,15 @@ def test_migration_checks_find_two_heads(inner: tuple[pytest.Pytester, str, list
     write_migration(pytester, "r3", "r1", "pass", "pass")
     pytester.makepyfile(test_it="def test_other():\n    pass\n")
     result = run(pytester, *options, "--storekeeper-check-migrations")
-    output = result.stdout.str()
-    assert result.ret != 0
-    assert "several head revisions: r2, r3" in output or "2 heads (r2, r3)" in output
-    assert f"storekeeper revision {name}.main_db --merge" in output
+    # The check itself says it (the template is not built first, which would stop the run).
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*1 problem(s) in the migrations*",
+            f"*{name}.main_db: single head: the migrations have 2 heads (r2, r3); merge them: "
+            f"storekeeper revision {name}.main_db --merge*",
+        ]
+    )
 
 
 def test_async_dbsession_rolls_back_and_the_apps_async_sessions_join(

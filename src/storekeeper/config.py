@@ -75,6 +75,8 @@ class Config:
     assignments: dict[tuple[str, str], Sourced] = field(default_factory=dict)
     #: Services marked ``production = true``: test tooling refuses to touch them.
     production_services: set[str] = field(default_factory=set)
+    #: Services marked ``tests = true``: the test plugin may make its databases there.
+    test_services: set[str] = field(default_factory=set)
     #: The environment overlays the file has (``[env.test]`` gives ``"test"``).
     overlays: set[str] = field(default_factory=set)
     #: Seconds to wait for a store's lock before giving up (0: do not wait).
@@ -269,14 +271,16 @@ def _service_url(name: str, spec: Any, where: str, config: Config) -> str:
     if isinstance(spec, str):
         return spec
     if isinstance(spec, dict):
-        unknown = sorted(set(spec) - {"url", "url_file", "production"})
+        unknown = sorted(set(spec) - {"url", "url_file", "production", "tests"})
         if unknown:
             raise ConfigError(
                 f"{where}: services.{name}: unknown key(s) {', '.join(unknown)}; "
-                "use url, url_file, production"
+                "use url, url_file, production, tests"
             )
         if spec.get("production"):
             config.production_services.add(name)
+        if spec.get("tests"):
+            config.test_services.add(name)
         if isinstance(spec.get("url"), str):
             return str(spec["url"])
         if isinstance(spec.get("url_file"), str):

@@ -70,9 +70,26 @@ def _fits(name: str, what: str, shorten: str) -> str:
     return name
 
 
+#: The test plugin's databases start with this; no real database may.
+TEST_PREFIX = "test_"
+
+
+def _app_part(app: str) -> str:
+    """``app`` checked as the first part of database names: an app called ``test`` (or
+    ``test_...``) would have real stores named like the test plugin's databases."""
+    check_identifier(app, "app")
+    if f"{app}_".startswith(TEST_PREFIX):
+        raise InvalidName(
+            f"invalid app name {app!r}: its databases would start with {TEST_PREFIX!r}, which "
+            "is kept for the test plugin's databases; choose another, e.g. "
+            f"{app.replace('test', 'tested', 1)!r}"
+        )
+    return app
+
+
 def physical_name(app: str, store: str) -> str:
     """The database name of ``store`` of ``app``: ``<app>_<store>``, checked for length."""
-    check_identifier(app, "app")
+    _app_part(app)
     check_identifier(store, "store")
     return _fits(f"{app}_{store}", f"database name for store {app}.{store}:", "store")
 
@@ -80,7 +97,7 @@ def physical_name(app: str, store: str) -> str:
 def template_name(app: str, kind: str) -> str:
     """The physical name of the template database of ``kind``: ``<app>__<kind>_template``
     (the double underscore keeps it apart from every store's ``<app>_<store>``)."""
-    check_identifier(app, "app")
+    _app_part(app)
     check_identifier(kind, "kind")
     return _fits(f"{app}__{kind}_template", f"template database of kind {app}.{kind}:", "kind")
 

@@ -203,6 +203,16 @@ class Backend(abc.ABC):
         """Remove the mark of :meth:`mark_unfinished` (nothing else) from database ``name``."""
 
     @abc.abstractmethod
+    def note(self, name: str) -> str | None:
+        """The note kept with database ``name`` (what :meth:`set_note` wrote, or a sealed
+        template's mark), or ``None``; read without connecting to the database."""
+
+    @abc.abstractmethod
+    def set_note(self, name: str, note: str) -> None:
+        """Keep ``note`` with database ``name`` (the test plugin marks what it made); clones
+        do not inherit it."""
+
+    @abc.abstractmethod
     def ping(self) -> str:
         """Connect and return a one-line description of the server; raise if unreachable."""
 

@@ -169,39 +169,66 @@ class PostgresBackend(Backend):
         )
         # The comment lives in the shared catalog, readable without connecting to the
         # template, and is not copied to clones.
-        with self._connection() as conn:
-            comment = conn.exec_driver_sql("SELECT quote_literal(%s)", (_MARK + mark,)).scalar()
-            conn.exec_driver_sql(f"COMMENT ON DATABASE {quote(name)} IS {comment}")
+        self.set_note(name, _MARK + mark)
 
-    def template_mark(self, name: str) -> str | None:
-        comment = self._scalar(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
-            "WHERE datname = :n AND NOT datallowconn",
-            n=name,
-        )
-        if not isinstance(comment, str) or not comment.startswith(_MARK):
-            return None
-        return comment[len(_MARK) :]
+    # A database's comment carries two things that different code writes: its note (the test
+    # plugin's mark, a sealed template's mark) and, on a line of its own while a first
+    # initialization runs, the unfinished mark. Each writer keeps the other's part.
 
-    def _comment(self, name: str) -> str | None:
+    def _comment(self, name: str) -> tuple[bool, str | None]:
+        """``(unfinished, note)`` from database ``name``'s comment."""
         comment = self._scalar(
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n",
             n=name,
         )
-        return comment if isinstance(comment, str) else None
+        if not isinstance(comment, str):
+            return False, None
+        lines = comment.split("\n")
+        unfinished = bool(lines) and lines[0].startswith(_UNFINISHED)
+        rest = "\n".join(lines[1:] if unfinished else lines)
+        return unfinished, rest or None
+
+    def _write_comment(self, name: str, unfinished_line: str | None, note: str | None) -> None:
+        comment = "\n".join(part for part in (unfinished_line, note) if part)
+        with self._connection() as conn:
+            if not comment:
+                conn.exec_driver_sql(f"COMMENT ON DATABASE {quote(name)} IS NULL")
+                return
+            # COMMENT takes no parameters. Plain printable text is quoted here (standard
+            # strings take backslashes as they are); anything else is quoted by the server.
+            if comment.isprintable() and "\\" not in comment:
+                literal = "'" + comment.replace("'", "''") + "'"
+            else:
+                literal = str(conn.exec_driver_sql("SELECT quote_literal(%s)", (comment,)).scalar())
+            conn.exec_driver_sql(f"COMMENT ON DATABASE {quote(name)} IS {literal}")
+
+    def note(self, name: str) -> str | None:
+        note = self._comment(name)[1]
+        return None if note is None else note.removeprefix(_MARK)
+
+    def set_note(self, name: str, note: str) -> None:
+        unfinished, _ = self._comment(name)
+        self._write_comment(name, _UNFINISHED if unfinished else None, note)
+
+    def template_mark(self, name: str) -> str | None:
+        sealed = self._scalar("SELECT NOT datallowconn FROM pg_database WHERE datname = :n", n=name)
+        note = self._comment(name)[1] if sealed else None
+        if note is None or not note.startswith(_MARK):
+            return None
+        return note[len(_MARK) :]
 
     def mark_unfinished(self, name: str, note: str = "") -> None:
-        with self._connection() as conn:
-            text_ = _UNFINISHED + (f" ({note})" if note else "")
-            comment = conn.exec_driver_sql("SELECT quote_literal(%s)", (text_,)).scalar()
-            conn.exec_driver_sql(f"COMMENT ON DATABASE {quote(name)} IS {comment}")
+        self._write_comment(
+            name, _UNFINISHED + (f" ({note})" if note else ""), self._comment(name)[1]
+        )
 
     def unfinished(self, name: str) -> bool:
-        return (self._comment(name) or "").startswith(_UNFINISHED)
+        return self._comment(name)[0]
 
     def mark_finished(self, name: str) -> None:
-        if self.unfinished(name):
-            self._run(f"COMMENT ON DATABASE {quote(name)} IS NULL", f"marking {name!r} finished")
+        unfinished, note = self._comment(name)
+        if unfinished:
+            self._write_comment(name, None, note)
 
     def unseal_template(self, name: str) -> None:
         self._run(f"COMMENT ON DATABASE {quote(name)} IS NULL", f"unsealing template {name!r}")

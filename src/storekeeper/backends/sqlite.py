@@ -151,6 +151,21 @@ class SqliteBackend(Backend):
             return None
         return mark.read_text()
 
+    def _note_file(self, name: str) -> Path:
+        path = self.path(name)
+        return path.with_name(f".{path.name}.note")
+
+    def note(self, name: str) -> str | None:
+        if not self.path(name).is_file():
+            return None
+        for side in (self._mark_file(name), self._note_file(name)):
+            if side.is_file():
+                return side.read_text()
+        return None
+
+    def set_note(self, name: str, note: str) -> None:
+        self._note_file(name).write_text(note)
+
     def unseal_template(self, name: str) -> None:
         # SQLite has no connection limit to lift; only the mark goes.
         self._mark_file(name).unlink(missing_ok=True)
@@ -160,6 +175,7 @@ class SqliteBackend(Backend):
         for suffix in ("", "-wal", "-shm", "-journal"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
         self._mark_file(name).unlink(missing_ok=True)
+        self._note_file(name).unlink(missing_ok=True)
 
     @contextmanager
     def sole_use(self, name: str, timeout: float | None = None) -> Iterator[None]:

@@ -3,18 +3,22 @@ savepoint.
 
 Loaded automatically (entry point ``pytest11``) and idle until a test asks for one of its
 fixtures: ``storekeeper_app``, ``storekeeper_apps``, ``store_engine``, ``dbsession``. Then the
-run builds every store's ``test_`` template once, clones it per worker, and binds the apps to
-the clones, so code under test that calls ``app.session(...)`` uses the test databases.
+first test asking for a store builds its ``test_`` template, clones it for the worker, and the
+apps are bound to the clones, so code under test that calls ``app.session(...)`` uses the test
+databases.
 
-Where the test databases live (``--storekeeper-server`` or ini ``storekeeper_server``):
-``sqlite`` (files under ``.pytest_cache``), ``postgresql`` (a throwaway cluster this run
-starts), a database URL (a server the tests may create databases on), or ``config`` (the
-services of the ``[env.test]`` overlay). The default is ``config`` when the configuration has
-an ``[env.test]`` overlay, else ``sqlite``.
+Where the test databases live: by default each store on its own backend (a throwaway
+PostgreSQL server of this run for a store on a PostgreSQL service, SQLite files under
+``.pytest_cache`` for a SQLite one; a service marked ``tests = true`` as it is); with an
+``[env.test]`` overlay, its services (``config``); or every store on the one place
+``--storekeeper-server`` (ini ``storekeeper_server``) gives: ``sqlite``, ``postgresql`` (a
+throwaway cluster) or a database URL. The run's header says where, one line per service.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,13 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ..config import Sourced
+from ..errors import StorekeeperError
+from ..site import Site
+
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
     from sqlalchemy.orm import Session
 
     from ..config import Config
-    from ..declare import App
+    from ..declare import App, Store
     from .janitor import Janitor, StoreUnderTest
 
 SERVER_CHOICES = "sqlite, postgresql, config or a database URL"
@@ -41,7 +49,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--storekeeper-server",
         metavar="WHERE",
         help=f"where test databases live: {SERVER_CHOICES} (default: config when storekeeper."
-        "toml has [env.test], else sqlite)",
+        "toml has [env.test], else each store on its own backend, PostgreSQL on a throwaway "
+        "server)",
     )
     group.addoption(
         "--storekeeper-keepdb",
@@ -73,13 +82,17 @@ def pytest_configure(config: pytest.Config) -> None:
     mode = _server_option(config)  # a bad value is one usage error at start
     if hasattr(config, "workerinput"):
         return  # an xdist worker: the controller chose the run's id and server
-    config.stash[_RUN] = uuid.uuid4().hex[:12]
+    config.stash[_RUN] = uuid.uuid4().hex[:8]
     if mode == "postgresql":
-        from .server import PostgresServer
-
-        server = PostgresServer().start()
-        config.add_cleanup(server.stop)
-        config.stash[_SERVER_URL] = server.url
+        _throwaway_url(config)
+    elif not mode and getattr(config.option, "dist", "no") != "no":
+        # The controller of xdist workers starts the throwaway server they share, when the
+        # stores' own services need one (without workers, the first test that needs it does).
+        loaded = _loaded(config)
+        if "test" not in loaded.overlays and any(
+            how == "postgresql" for how, _ in _own_backends(config, loaded)[0].values()
+        ):
+            _throwaway_url(config)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -93,6 +106,23 @@ _RUN = pytest.StashKey[str]()
 _SERVER_URL = pytest.StashKey[str]()
 
 
+def _throwaway_url(config: pytest.Config) -> str:
+    """The URL of this run's throwaway PostgreSQL server, started on first use (an xdist
+    worker uses its controller's)."""
+    url = config.stash.get(_SERVER_URL, "")
+    workerinput = getattr(config, "workerinput", None)
+    if not url and workerinput is not None:
+        url = str(workerinput["storekeeper_server_url"])
+    if not url:
+        from .server import PostgresServer
+
+        server = PostgresServer().start()
+        config.add_cleanup(server.stop)
+        url = server.url
+    config.stash[_SERVER_URL] = url
+    return url
+
+
 def _server_option(config: pytest.Config) -> str:
     """The ``--storekeeper-server`` (or ini) value, checked; empty when not given."""
     value = config.getoption("storekeeper_server") or config.getini("storekeeper_server")
@@ -102,16 +132,12 @@ def _server_option(config: pytest.Config) -> str:
     return mode
 
 
-def _worker(config: pytest.Config) -> tuple[str, str, str]:
-    """This process's worker name, the run's id and the throwaway server's URL (if any)."""
+def _worker(config: pytest.Config) -> tuple[str, str]:
+    """This process's worker name and the run's id."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
-        return (
-            str(workerinput["workerid"]),
-            str(workerinput["storekeeper_run"]),
-            str(workerinput["storekeeper_server_url"]),
-        )
-    return "main", config.stash[_RUN], config.stash.get(_SERVER_URL, "")
+        return str(workerinput["workerid"]), str(workerinput["storekeeper_run"])
+    return "main", config.stash[_RUN]
 
 
 def _state_folder(config: pytest.Config) -> Path:
@@ -128,22 +154,78 @@ def _state_folder(config: pytest.Config) -> Path:
     return folder
 
 
-def config_for_tests(config: pytest.Config, worker: str, server_url: str) -> Config:
-    """The configuration the tests run with: the ``test`` overlay, a catalog of their own, and
-    every store on one server unless the mode is ``config``."""
-    from .. import config as config_mod
-    from ..config import Sourced
+def _catalog_file(config: pytest.Config, run_id: str, worker: str) -> Path:
+    """The test catalog of one worker of one run (removed when it ends)."""
+    return _state_folder(config) / f"catalog-{run_id}-{worker}.sqlite"
 
-    loaded = config_mod.load(env="test", cwd=config.invocation_params.dir)
-    folder = _state_folder(config)
-    loaded.catalog = Sourced(f"sqlite:///{folder}/catalog-{worker}.sqlite", "pytest plugin")
-    mode = _server_option(config) or ("config" if "test" in loaded.overlays else "sqlite")
+
+def _loaded(config: pytest.Config) -> Config:
+    from .. import config as config_mod
+
+    return config_mod.load(env="test", cwd=config.invocation_params.dir)
+
+
+def _own_backends(
+    config: pytest.Config, loaded: Config
+) -> tuple[dict[str, tuple[str, str]], dict[tuple[str, str], Sourced]]:
+    """With no ``[env.test]`` and no ``--storekeeper-server``, each store is tested on its own
+    backend: for every service stores use, ``(how, URL)`` with ``how`` one of ``tests`` (a
+    service marked ``tests = true``, used as it is), ``sqlite`` (files in ``.pytest_cache``) or
+    ``postgresql`` (this run's throwaway server; URL empty here); and the assignments, the
+    catalog's included (read, never created)."""
+    from ..config import BUILTIN
+
+    site = Site(dataclasses.replace(loaded))
+    catalog = site.catalog.url
+    if catalog.get_backend_name() == "sqlite" and not Path(catalog.database or "").is_file():
+        site.close()
+        site = Site(dataclasses.replace(loaded, catalog=Sourced("sqlite://", BUILTIN)))
+    try:
+        services = site.services()
+        assignments = site.assignments()
+    finally:
+        site.close()
+    used = {loaded.default_service.value, *(a.value for a in assignments.values())}
+    plan: dict[str, tuple[str, str]] = {}
+    for name, service in services.items():
+        backend = service.url.get_backend_name()
+        if name in loaded.test_services:
+            plan[name] = ("tests", service.url.render_as_string(hide_password=False))
+        elif backend == "sqlite":
+            plan[name] = ("sqlite", f"sqlite:///{_state_folder(config)}/stores")
+        elif name in used:
+            plan[name] = (backend, "")
+    return {name: plan[name] for name in sorted(plan)}, dict(assignments)
+
+
+def config_for_tests(config: pytest.Config, worker: str, run_id: str) -> Config:
+    """The configuration the tests run with: the ``test`` overlay (mode ``config``), or every
+    store on one server (``--storekeeper-server``), or each store on its own backend; and a
+    catalog of their own."""
+    loaded = _loaded(config)
+    mode = _server_option(config) or ("config" if "test" in loaded.overlays else "")
+    own = _own_backends(config, loaded) if not mode else None
+    # A catalog of the run's own: two runs at once share no record of stores made at run time.
+    loaded.catalog = Sourced(f"sqlite:///{_catalog_file(config, run_id, worker)}", "pytest plugin")
     if mode == "config":
         return loaded
+    if own is not None:
+        plan, assignments = own
+        loaded.services = {}
+        loaded.assignments = assignments
+        loaded.env_services = {
+            name: Sourced(
+                url or _throwaway_url(config),
+                "pytest plugin" + (" (tests = true)" if how == "tests" else f" ({how})"),
+            )
+            for name, (how, url) in plan.items()
+        }
+        loaded.production_services &= loaded.test_services
+        return loaded
     if mode == "sqlite":
-        url = f"sqlite:///{folder}/stores"
+        url = f"sqlite:///{_state_folder(config)}/stores"
     elif mode == "postgresql":
-        url = server_url
+        url = _throwaway_url(config)
     else:
         url = mode
     source = f"pytest plugin ({mode.split('://')[0]})"
@@ -153,6 +235,62 @@ def config_for_tests(config: pytest.Config, worker: str, server_url: str) -> Con
     loaded.default_service = Sourced("test", source)
     loaded.production_services = set()
     return loaded
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Where each service's test databases live, one line per service (only in a project
+    that has storekeeper apps)."""
+    from ..secret import mask
+
+    if not _has_apps(config):
+        return []
+    try:
+        loaded = _loaded(config)
+        mode = _server_option(config) or ("config" if "test" in loaded.overlays else "")
+        if mode == "config":
+            site = Site(dataclasses.replace(loaded, catalog=Sourced("sqlite://", "header")))
+            try:
+                return [
+                    f"storekeeper: service {s.name} ({s.url.get_backend_name()}): "
+                    f"{s.display_url} ([env.test])"
+                    for s in site.services().values()
+                ]
+            finally:
+                site.close()
+        if mode:
+            where = {
+                "sqlite": f"SQLite files in {_state_folder(config) / 'stores'}",
+                "postgresql": "a throwaway PostgreSQL server started for this run",
+            }.get(mode) or mask(mode)
+            return [f"storekeeper: every store on {where} (--storekeeper-server)"]
+        plan, _ = _own_backends(config, loaded)
+    except Exception as exc:  # the header never stops a run; the first test that needs it does
+        return [f"storekeeper: cannot tell where test databases live: {mask(str(exc))}"]
+    lines = []
+    for name, (how, url) in plan.items():
+        backend = (url or "postgresql").split(":")[0].split("+")[0]
+        if how == "tests":
+            where = f"{mask(url)} (tests = true)"
+        elif how == "sqlite":
+            where = f"SQLite files in {url.removeprefix('sqlite:///')}"
+        else:
+            where = "a throwaway PostgreSQL server started for this run"
+        lines.append(f"storekeeper: service {name} ({backend}): {where}")
+    return lines
+
+
+def _has_apps(config: pytest.Config) -> bool:
+    """Whether this project tests storekeeper apps (configured, given, or installed)."""
+    from importlib.metadata import entry_points
+
+    if config.getoption("storekeeper_app") or config.getini("storekeeper_apps"):
+        return True
+    try:
+        if _loaded(config).apps:
+            return True
+    except StorekeeperError:
+        return True
+    return bool(entry_points(group="storekeeper.apps"))
 
 
 def _apps(config: pytest.Config, loaded: Config) -> list[App]:
@@ -166,9 +304,12 @@ class Stores:
     """The run's test stores on this worker, with one connection per store held for the
     whole run, in which each test's transaction begins and is rolled back."""
 
-    def __init__(self, janitor: Janitor, stores: list[StoreUnderTest], default: str) -> None:
+    def __init__(
+        self, janitor: Janitor, stores: dict[str, tuple[App, Store]], default: str
+    ) -> None:
         self.janitor = janitor
-        self.stores = {s.target: s for s in stores}
+        #: The stores under test by ``app.store``; each is built when first asked for.
+        self.stores = stores
         self.default = default
         self._connections: dict[str, Connection] = {}
         self._engines: dict[str, Engine] = {}
@@ -184,14 +325,17 @@ class Stores:
         )
         if not wanted:
             if len(self.stores) == 1:
-                return next(iter(self.stores.values()))
-            raise pytest.UsageError(
-                "several stores are under test ("
-                + ", ".join(self.stores)
-                + "): choose one with @pytest.mark.storekeeper('app.store') or the ini option "
-                "storekeeper_store"
-            )
+                return self.get(next(iter(self.stores)))
+            raise pytest.UsageError(self.several(f"test {request.node.nodeid} does not"))
         return self.get(str(wanted))
+
+    def several(self, who: str) -> str:
+        """The message for tests that do not say which of several stores they use."""
+        return (
+            f"storekeeper: several stores are under test ({', '.join(self.stores)}) and {who} "
+            "say which one dbsession uses: mark them with @pytest.mark.storekeeper('app.store'), "
+            "or set the ini option storekeeper_store = app.store"
+        )
 
     def get(self, target: str) -> StoreUnderTest:
         """The test store named ``app.store``."""
@@ -200,7 +344,12 @@ class Stores:
                 f"no test store {target!r}; the stores under test are: "
                 + (", ".join(self.stores) or "none (no apps found)")
             )
-        return self.stores[target]
+        app, store = self.stores[target]
+        try:
+            return self.janitor.ensure(app, store)
+        except StorekeeperError as exc:
+            # One clear error for the run, not the same one for every test.
+            pytest.exit(f"storekeeper: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
     def connection(self, ready: StoreUnderTest) -> Connection:
         """This worker's connection to ``ready``'s database (made again if a test broke it)."""
@@ -329,12 +478,11 @@ def _stores(config: pytest.Config) -> Stores:
     stores = config.stash.get(_STORES, None)
     if stores is not None:
         return stores
-    from ..errors import StorekeeperError
     from .janitor import Janitor
 
-    worker, run_id, server_url = _worker(config)
+    worker, run_id = _worker(config)
     try:
-        loaded = config_for_tests(config, worker, server_url)
+        loaded = config_for_tests(config, worker, run_id)
         janitor = Janitor(
             _apps(config, loaded),
             loaded,
@@ -342,16 +490,65 @@ def _stores(config: pytest.Config) -> Stores:
             run_id=run_id,
             keepdb=bool(config.getoption("storekeeper_keepdb")),
         )
-        prepared = janitor.prepare()
+        targets = janitor.bind()
     except StorekeeperError as exc:
         # One clear error for the run, not the same one for every test.
         pytest.exit(f"storekeeper: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     stores = config.stash[_STORES] = Stores(
-        janitor, prepared, str(config.getini("storekeeper_store") or "")
+        janitor, targets, str(config.getini("storekeeper_store") or "")
     )
-    config.add_cleanup(janitor.finish)
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        # Sent to the controller when the worker's session ends (before its cleanup runs):
+        # the services this worker built templates on, for the controller to sweep.
+        workeroutput["storekeeper_services"] = janitor.made_on
+    config.add_cleanup(
+        lambda: _finish(janitor, _catalog_file(config, run_id, worker), workeroutput)
+    )
     config.add_cleanup(stores.close)
     return stores
+
+
+def _finish(janitor: Janitor, catalog: Path, workeroutput: Any) -> None:
+    """End of the run in this process: drop what it made. The process that owns the run (no
+    xdist, or its controller) also drops what the run's workers shared: its templates."""
+    try:
+        janitor.finish(sweep=workeroutput is None)
+    except StorekeeperError as exc:
+        # The run's outcome stands; say once what could not be cleaned up.
+        sys.stderr.write(f"storekeeper: cleaning up after the run: {exc}\n")
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            catalog.with_name(catalog.name + suffix).unlink(missing_ok=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist: remember the services a worker made databases on, to sweep at the end."""
+    services = getattr(node, "workeroutput", {}).get("storekeeper_services", [])
+    node.config.stash.setdefault(_SWEEP, set()).update(tuple(s) for s in services)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    services = config.stash.get(_SWEEP, set())
+    if not services or hasattr(config, "workerinput"):
+        return
+    from sqlalchemy import make_url
+
+    from ..backends import Service, backend_for
+    from .janitor import sweep_run
+
+    backends = [backend_for(Service(name, make_url(url))) for name, url in sorted(services)]
+    try:
+        sweep_run(backends, config.stash[_RUN])
+    except StorekeeperError as exc:
+        sys.stderr.write(f"storekeeper: cleaning up after the run: {exc}\n")
+    finally:
+        for backend in backends:
+            backend.close()
+
+
+_SWEEP = pytest.StashKey[set[tuple[str, str]]]()
 
 
 @pytest.fixture(scope="session")
@@ -395,11 +592,43 @@ class MigrationCheck(pytest.Item):
         return self.path, 0, "storekeeper: migration checks"
 
 
+#: The fixtures that use one chosen store.
+_CHOOSING = frozenset({"dbsession", "async_dbsession", "storekeeper_app"})
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
+    _every_test_can_choose(config, items)
     if config.getoption("storekeeper_check_migrations"):
         items.insert(0, MigrationCheck.from_parent(session, name="storekeeper_migrations"))
+
+
+def _every_test_can_choose(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With several stores under test, a test using ``dbsession`` (or another fixture of one
+    store) must say which: one usage error for the run, before any test runs."""
+    if config.getini("storekeeper_store"):
+        return
+    unchosen = []
+    for item in items:
+        uses = _CHOOSING & set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if uses and not item.get_closest_marker("storekeeper") and not uses & set(params):
+            unchosen.append((item, uses))
+    if not unchosen:
+        return
+    stores = _stores(config)
+    several_apps = len(stores.janitor.apps) > 1
+    unchosen = [
+        (item, uses)
+        for item, uses in unchosen
+        if len(stores.stores) > 1 and (uses - {"storekeeper_app"} or several_apps)
+    ]
+    if unchosen:
+        raise pytest.UsageError(
+            stores.several(f"{len(unchosen)} test(s), like {unchosen[0][0].nodeid}, do not")
+        )
 
 
 @pytest.fixture
