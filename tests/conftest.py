@@ -85,6 +85,20 @@ def write_config(project: Path, text: str) -> Path:
     return path
 
 
+def write_app_config(project: Path, app_name: str, service_url: str) -> Path:
+    """Write a ``storekeeper.toml`` naming app module ``app_name`` (in ``project``) and a
+    default service ``main`` at ``service_url``, as a user's project for the CLI has it."""
+    return write_config(
+        project,
+        f"""
+        default_service = "main"
+        apps = ["{app_name}:app"]
+        [services]
+        main = "{service_url}"
+        """,
+    )
+
+
 @pytest.fixture
 def site(project: Path, service_url: str) -> Iterator[Site]:
     """A site whose default service ``main`` is the dialect under test."""

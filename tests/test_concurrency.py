@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from conftest import CLI, run_cli, write_app, write_config
+from conftest import CLI, run_cli, write_app, write_app_config, write_config
 from storekeeper import App, ConfigError, LockTimeout, config, migrate
 from storekeeper.cli import main
 from storekeeper.config import Sourced
@@ -270,15 +270,7 @@ def test_a_sync_waiting_for_a_held_lock_names_the_holder_and_gives_up_after_lock
 ) -> None:
     monkeypatch.syspath_prepend(str(project))
     write_app(project, app_name)
-    write_config(
-        project,
-        f"""
-        default_service = "main"
-        apps = ["{app_name}:app"]
-        [services]
-        main = "{service_url}"
-        """,
-    )
+    write_app_config(project, app_name, service_url)
     database = f"{app_name}_main_db"
     with lock_held_by_another_process(project, database) as holder:
         run = run_cli("sync", app_name, "--lock-timeout", "0.5", cwd=project)
@@ -323,15 +315,7 @@ def test_a_waiting_sync_goes_on_when_the_holder_lets_go(
     project: Path, site: Site, app_name: str, service_url: str
 ) -> None:
     write_app(project, app_name)
-    write_config(
-        project,
-        f"""
-        default_service = "main"
-        apps = ["{app_name}:app"]
-        [services]
-        main = "{service_url}"
-        """,
-    )
+    write_app_config(project, app_name, service_url)
     with lock_held_by_another_process(project, f"{app_name}_main_db") as holder:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STOREKEEPER_")}
         waiter = subprocess.Popen(

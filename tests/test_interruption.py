@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, write_config
+from conftest import CLI, write_app_config
 from storekeeper import App, migrate
 from storekeeper.site import Site
 
@@ -90,15 +90,7 @@ def blocking_app(
     """App ``app_name`` (module in the project folder, named in its storekeeper.toml)."""
     monkeypatch.syspath_prepend(str(project))
     (project / f"{app_name}.py").write_text(APP.format(name=app_name))
-    write_config(
-        project,
-        f"""
-        default_service = "main"
-        apps = ["{app_name}:app"]
-        [services]
-        main = "{service_url}"
-        """,
-    )
+    write_app_config(project, app_name, service_url)
     app: App = importlib.import_module(app_name).app
     return app.bind(site)
 
