@@ -8,63 +8,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, redirect_stdout
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from . import report
 from .errors import BadInput, StorekeeperError
-from .secret import mask
+from .report import emit_json, say, warn
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from .backends import Service
     from .declare import App
-    from .migrate import MigrateResult, Revision, Scripts
-    from .migrate.commands import RevisionState
-    from .provision import StoreResult, SyncReport
+    from .provision import SyncReport
     from .site import Site
 
 DEMO_APP = "gauges.stores:app"
-
-
-# output ---------------------------------------------------------------------------------
-
-
-def say(text: str = "", *, file: TextIO | None = None) -> None:
-    """Print ``text`` with every secret masked."""
-    print(mask(text), file=file or sys.stdout, flush=True)
-
-
-def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
-    """A plain text table."""
-    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def emit_json(data: object) -> None:
-    """Print ``data`` as JSON (secrets masked)."""
-    say(json.dumps(data, indent=2, default=str))
-
-
-def human_size(size: int | None) -> str | None:
-    """Bytes as a short human-readable size."""
-    if size is None:
-        return None
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return None  # pragma: no cover
 
 
 # context --------------------------------------------------------------------------------
@@ -128,29 +87,7 @@ def cmd_service_add(ctx: Context) -> int:
 
 
 def cmd_service_list(ctx: Context) -> int:
-    services = ctx.site.services()
-    if ctx.args.json:
-        emit_json(
-            [
-                {
-                    "name": s.name,
-                    "url": s.display_url,
-                    "dialect": s.url.get_backend_name(),
-                    "source": s.source,
-                }
-                for s in services.values()
-            ]
-        )
-        return 0
-    say(
-        table(
-            [
-                (s.name, s.url.get_backend_name(), s.display_url, s.source)
-                for s in services.values()
-            ],
-            ["service", "dialect", "url", "source"],
-        )
-    )
+    report.print_services(ctx.site, as_json=ctx.args.json)
     return 0
 
 
@@ -253,20 +190,9 @@ def _confirm_refresh(apps: list[App], stores: list[str] | None, assume_yes: bool
         raise BadInput("refresh not confirmed; nothing was changed")
 
 
-def _describe(result: StoreResult) -> str:
-    if not result.ok:
-        return f"FAILED: {result.error}"
-    parts = [result.action]
-    if result.tables_added:
-        parts.append(f"tables added: {', '.join(result.tables_added)}")
-    if result.initialized:
-        parts.append("initialized (first time)" if result.first_time else "initializer ran")
-    return ", ".join(parts)
-
-
 def cmd_sync(ctx: Context) -> int:
     try:
-        report = _sync(ctx)
+        synced = _sync(ctx)
     except Exception as exc:
         if ctx.args.json:  # a script reading the output gets one JSON document, always
             error = (
@@ -274,36 +200,13 @@ def cmd_sync(ctx: Context) -> int:
                 if isinstance(exc, StorekeeperError)
                 else f"unexpected {type(exc).__name__}: {exc}"
             )
-            emit_json({"changed": False, "stores": [], "failed": [], "error": error})
+            report.sync_json(None, error)
         raise
     if ctx.args.json:
-        emit_json(
-            {
-                "changed": report.changed,
-                "stores": [r.as_dict() for r in report.results],
-                "failed": [f"{r.app}.{r.store}" for r in report.failed],
-            }
-        )
-        return report.exit_code
-    if not report.results:
-        say("no stores to sync")
-        return 0
-    print_synced(report.results)
-    for r in report.failed:
-        label = f"{r.app}.{r.store}"
-        say(f"error: {r.error if label in r.error else f'{label}: {r.error}'}", file=sys.stderr)
-    counts: dict[str, int] = {}
-    for r in report.results:
-        if r.ok:
-            counts[r.action] = counts.get(r.action, 0) + 1
-    done = ", ".join(f"{n} {action}" for action, n in counts.items())
-    if report.failed:
-        say(f"sync: {done + ', ' if done else ''}{len(report.failed)} failed")
-    elif report.changed:
-        say(f"synced: {done}")
+        report.sync_json(synced)
     else:
-        say(f"no changes: all {len(report.results)} stores are up to date")
-    return report.exit_code
+        report.print_sync(synced)
+    return synced.exit_code
 
 
 def _sync(ctx: Context) -> SyncReport:
@@ -318,17 +221,12 @@ def _sync(ctx: Context) -> SyncReport:
     if a.refresh:
         _confirm_refresh(apps, stores, a.yes)
     total = sum(len(stores) if stores else len(app.stores) for app in apps)
-    done = 0
-
-    def progress(result: StoreResult) -> None:
-        nonlocal done
-        done += 1
-        say(f"[{done}/{total}] {result.app}.{result.store}: {_describe(result)}", file=sys.stderr)
+    progress = report.sync_progress(total)
 
     from .provision import sync
 
     # stdout is the command's answer (a table, or JSON); what initializers print is not.
-    with stdout_to_stderr():
+    with report.stdout_to_stderr():
         return sync(
             apps,
             stores=stores,
@@ -339,47 +237,6 @@ def _sync(ctx: Context) -> SyncReport:
         )
 
 
-def print_synced(results: Sequence[StoreResult]) -> None:
-    """The table of what ``sync`` did, store by store."""
-    say(
-        table(
-            [
-                (
-                    f"{r.app}.{r.store}",
-                    r.service,
-                    f"{r.seconds:.2f}",
-                    r.action if r.ok else "FAILED",
-                )
-                for r in results
-            ],
-            ["store", "service", "seconds", "result"],
-        )
-    )
-
-
-@contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Send what is written to standard output meanwhile to standard error instead: Python's
-    ``sys.stdout`` and, in a real process, file descriptor 1 (child processes, C code)."""
-    try:
-        sys.stdout.flush()
-        out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # closed or replaced streams (tests, embedding)
-        out_fd = err_fd = -1
-    saved = os.dup(out_fd) if out_fd >= 0 else -1
-    if saved >= 0:
-        os.dup2(err_fd, out_fd)
-    try:
-        with redirect_stdout(sys.stderr):
-            yield
-    finally:
-        if sys.stderr is not None:
-            sys.stderr.flush()
-        if saved >= 0:
-            os.dup2(saved, out_fd)
-            os.close(saved)
-
-
 def cmd_status(ctx: Context) -> int:
     from .provision import status
 
@@ -387,51 +244,8 @@ def cmd_status(ctx: Context) -> int:
     if ctx.args.json:
         emit_json([r.as_dict() for r in rows])
         return 0
-    print_status(rows)
+    report.print_status(rows)
     return 0
-
-
-def _revision_cell(row: Any) -> str | None:
-    """``rev (head)``, ``rev (behind head)``... or ``None`` for a store without migrations."""
-    state = getattr(row, "migration_state", None)
-    if state is None:
-        return None
-    at = row.revision or "base"
-    if state == "at head":
-        return f"{at} (head)"
-    return f"{at} ({state}, head {row.head or 'base'})"
-
-
-def print_status(rows: Sequence[Any]) -> None:
-    """The status table (also the end of ``storekeeper demo``); a revision column when some
-    store has migrations."""
-    if not rows:
-        say("no stores: no apps found (name them with --app MODULE:ATTR or in storekeeper.toml)")
-        return
-    migrated = any(getattr(r, "migration_state", None) for r in rows)
-    headers = ["app", "store", "service", "database", "exists", "size"]
-    headers += ["revision", "last sync"] if migrated else ["last sync"]
-    say(
-        table(
-            [
-                (
-                    r.app,
-                    r.store,
-                    r.service or "unassigned",
-                    r.database,
-                    "yes" if r.exists else ("no" if r.exists is False else "?"),
-                    human_size(r.size),
-                    *([_revision_cell(r)] if migrated else []),
-                    r.last_sync or "never",
-                )
-                for r in rows
-            ],
-            headers,
-        )
-    )
-    for r in rows:
-        if r.problem:
-            say(f"  {r.app}.{r.store}: {r.problem}")
 
 
 # migrations -----------------------------------------------------------------------------
@@ -456,7 +270,7 @@ def cmd_revision(ctx: Context) -> int:
     if a.init:
         scripts = migrate.scripts_for(app, name)
         existed = scripts.exists
-        print_init(scripts, migrate.init(app, name), existed=existed)
+        report.print_init(scripts, migrate.init(app, name), existed=existed)
         if a.message is None:
             say(f"next: storekeeper revision {a.target} -m 'first tables' --autogenerate")
             return 0
@@ -474,46 +288,8 @@ def cmd_revision(ctx: Context) -> int:
     if a.json:
         emit_json(made.as_dict() if made else None)
         return 0
-    print_revision(made)
+    report.print_revision(made)
     return 0
-
-
-def print_init(scripts: Scripts, path: Path, *, existed: bool) -> None:
-    """The line saying where the script directory is, and whether it was just made."""
-    say(f"{scripts.label}: script directory {path} " + ("already exists" if existed else "created"))
-
-
-def print_revision(made: Revision | None) -> None:
-    """The line saying where a new migration was written (or that autogenerate found nothing
-    to write), and its notes on stderr."""
-    if made is None:
-        say(
-            "no changes detected: the models match what the migrations build; nothing written "
-            "(--empty writes an empty migration all the same)"
-        )
-        return
-    say(f"new revision {made.revision} ({made.message}) in {made.path}")
-    for note in made.notes:
-        say(f"note: {note}", file=sys.stderr)
-
-
-def _progress(result: Any, done: int, total: int) -> None:
-    outcome = "ok" if result.ok else "FAILED"
-    line = (
-        f"[{done}/{total}] {result.app}.{result.store}: {result.before or 'base'} -> "
-        f"{result.after or 'base'} ({result.seconds:.2f} s) {outcome}"
-    )
-    if sys.stderr.isatty():
-        width = 30
-        filled = width * done // max(total, 1)
-        end = "\n" if done == total else ""
-        print(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr
-        )
-        if not result.ok:
-            say(f"\n{line}", file=sys.stderr)
-        return
-    say(line, file=sys.stderr)
 
 
 def _run_many(ctx: Context, action: str, to: str) -> int:
@@ -526,57 +302,23 @@ def _run_many(ctx: Context, action: str, to: str) -> int:
             f"name the stores to {action}: APP, APP.STORE, APP.KIND:* or APP.GLOB, or --all"
         )
     refs = resolve_targets(ctx.apps, a.targets, every=every)
-    report = migrate_many(
-        refs,
-        action=action,
-        to=to,
-        jobs=a.jobs,
-        continue_on_error=a.continue_on_error,
-        progress=_progress,
-    )
+    shown = report.fanout_progress(len(refs), action)
+    try:
+        ran = migrate_many(
+            refs,
+            action=action,
+            to=to,
+            jobs=a.jobs,
+            continue_on_error=a.continue_on_error,
+            progress=report.migrate_progress(shown),
+        )
+    finally:
+        shown.close()
     if a.json:
-        emit_json(
-            {
-                "stores": [r.as_dict() for r in report.results],
-                "failed": [f"{r.app}.{r.store}" for r in report.failed],
-                "not_run": report.not_run,
-            }
-        )
-        return report.exit_code
-    if not report.results:
-        say(f"no stores to {action}")
-        return 0
-    print_migrated(report.results)
-    for r in report.failed:
-        say(f"error: {r.app}.{r.store}: {r.error}", file=sys.stderr)
-    if report.not_run:
-        say(
-            f"not run after the failure ({len(report.not_run)}): {', '.join(report.not_run)}; "
-            "pass --continue-on-error to go on past failures",
-            file=sys.stderr,
-        )
-    ok = len(report.results) - len(report.failed)
-    say(f"{action}: {ok} ok, {len(report.failed)} failed, {len(report.not_run)} not run")
-    return report.exit_code
-
-
-def print_migrated(results: Sequence[MigrateResult]) -> None:
-    """The table of what ``upgrade``, ``downgrade`` or ``stamp`` did, store by store."""
-    say(
-        table(
-            [
-                (
-                    f"{r.app}.{r.store}",
-                    r.before or "base",
-                    r.after or "base",
-                    f"{r.seconds:.2f}",
-                    ("ok" if r.changed else "up to date") if r.ok else "FAILED",
-                )
-                for r in results
-            ],
-            ["store", "from", "to", "seconds", "result"],
-        )
-    )
+        report.fanout_json(ran)
+    else:
+        report.print_fanout(ran, action)
+    return ran.exit_code
 
 
 def cmd_upgrade(ctx: Context) -> int:
@@ -598,21 +340,8 @@ def cmd_current(ctx: Context) -> int:
     if ctx.args.json:
         emit_json([r.as_dict() for r in rows])
         return 0
-    print_current(rows)
+    report.print_current(rows)
     return 0
-
-
-def print_current(rows: Sequence[RevisionState]) -> None:
-    """The table of each store's revision against its head."""
-    if not rows:
-        say("no stores with migrations")
-        return
-    say(
-        table(
-            [(r.store, r.revision or "base", r.head or "base", r.state) for r in rows],
-            ["store", "revision", "head", "state"],
-        )
-    )
 
 
 def cmd_history(ctx: Context) -> int:
@@ -623,17 +352,8 @@ def cmd_history(ctx: Context) -> int:
     if ctx.args.json:
         emit_json([r.as_dict() for r in revisions])
         return 0
-    print_history(revisions, ctx.args.target)
+    report.print_history(revisions, ctx.args.target)
     return 0
-
-
-def print_history(revisions: Sequence[Revision], target: str) -> None:
-    """The migrations of ``target``, newest first, one line each."""
-    if not revisions:
-        say(f"{target}: no revisions yet")
-    for r in revisions:
-        down = ",".join(r.down_revisions) or "<base>"
-        say(f"{down} -> {r.revision}{' (head)' if r.is_head else ''}, {r.message}")
 
 
 def cmd_heads(ctx: Context) -> int:
@@ -644,115 +364,26 @@ def cmd_heads(ctx: Context) -> int:
     if ctx.args.json:
         emit_json(found)
         return 0
-    print_heads(found, ctx.args.target, f"storekeeper revision {ctx.args.target} --merge")
+    report.print_heads(found, ctx.args.target, f"storekeeper revision {ctx.args.target} --merge")
     return 0
-
-
-def print_heads(found: Sequence[str], target: str, merge: str) -> None:
-    """The head revisions of ``target``; when there are several, how to join them with
-    ``merge`` (the command that writes a merge migration, without its message)."""
-    say("\n".join(found) if found else f"{target}: no revisions yet")
-    if len(found) > 1:
-        say(f"several heads: merge them with {merge} -m 'merge heads'", file=sys.stderr)
 
 
 def cmd_check(ctx: Context) -> int:
     from .migrate.fanout import check_many
 
     found = check_many(ctx.apps, ctx.args.targets)
-    drifted = {label: c for label, c in found.items() if c.differences}
+    failures = report.check_failures(found)
     if ctx.args.json:
-        emit_json(
-            {
-                "ok": not drifted,
-                "differences": {label: c.differences for label, c in found.items()},
-                "next": {label: c.next for label, c in drifted.items()},
-            }
-        )
-        return 1 if drifted else 0
-    print_check({label: c.differences for label, c in found.items()})
-    for label, c in drifted.items():
-        advice = CHECK_ADVICE[c.action or "revision"].format(c.next)
-        say(f"check failed for {label}: {advice}", file=sys.stderr)
-    return 1 if drifted else 0
-
-
-#: What ``check`` says to do about a drift, by :attr:`storekeeper.migrate.Checked.action`.
-CHECK_ADVICE = {
-    "revision": "write a migration ({}) or fix the models",
-    "upgrade": "its database is behind its migrations: {}",
-    "stamp": "record the revision its schema has: {}",
-}
-
-
-def print_check(found: dict[str, list[str]]) -> None:
-    """Each store's or kind's differences between models and schema, or that they agree."""
-    for label, differences in found.items():
-        if differences:
-            say(f"{label}: models and schema differ:")
-            for line in differences:
-                say(f"  - {line}")
-        else:
-            say(f"{label}: ok, models and schema agree")
+        report.check_json(found)
+        return 1 if failures else 0
+    report.print_check({label: c.differences for label, c in found.items()})
+    for line in failures:
+        warn(line)
+    return 1 if failures else 0
 
 
 def cmd_config_show(ctx: Context) -> int:
-    site = ctx.site
-    cfg = site.config
-    services = site.services()
-    assignments = site.assignments()
-    apps = ctx.apps
-    if ctx.args.json:
-        emit_json(
-            {
-                "file": str(cfg.file) if cfg.file else None,
-                "root": str(cfg.root),
-                "environment": cfg.env,
-                "catalog": {"url": site.catalog.display_url, "source": cfg.catalog.source},
-                "default_service": {
-                    "value": cfg.default_service.value,
-                    "source": cfg.default_service.source,
-                },
-                "lock_timeout": {
-                    "value": cfg.lock_timeout_seconds,
-                    "source": cfg.lock_timeout.source,
-                },
-                "services": {
-                    n: {"url": s.display_url, "source": s.source, "production": s.production}
-                    for n, s in services.items()
-                },
-                "assignments": {
-                    f"{a}.{s}": {"service": v.value, "source": v.source}
-                    for (a, s), v in sorted(assignments.items())
-                },
-                "apps": [a.name for a in apps],
-            }
-        )
-        return 0
-    say(f"config file      {cfg.file or 'none (built-in defaults)'}")
-    say(f"root             {cfg.root}")
-    say(f"environment      {cfg.env or 'none'}")
-    say(f"catalog          {site.catalog.display_url}   [{cfg.catalog.source}]")
-    default = cfg.default_service
-    say(f"default service  {default.value or '(none)'}   [{default.source}]")
-    say(f"lock timeout     {cfg.lock_timeout.value} s   [{cfg.lock_timeout.source}]")
-    say("services:")
-    for s in services.values():
-        flag = "  production" if s.production else ""
-        say(f"  {s.name}  {s.display_url}   [{s.source}]{flag}")
-    say("assignments:")
-    if not assignments:
-        say("  (none: stores use the default service)")
-    for (app, setting), v in sorted(assignments.items()):
-        say(f"  {app}.{setting} -> {v.value}   [{v.source}]")
-    say("apps:")
-    for each in apps:
-        say(
-            f"  {each.name}: stores {', '.join(s.name for s in each.stores) or '-'}"
-            + (f"; servers {', '.join(each.list_servers())}" if each.servers else "")
-        )
-    if not apps:
-        say("  (none found)")
+    report.print_config(ctx.site, ctx.apps, as_json=ctx.args.json)
     return 0
 
 
@@ -791,14 +422,7 @@ def cmd_secret_rotate(ctx: Context) -> int:
             "new-key); give the old one with --old-key-file, --old-key-env or on standard input"
         )
     old = _old_key(ctx.args)
-    report = rotate_secrets(ctx.site.catalog, new, old)
-    if ctx.args.json:
-        emit_json(report.as_dict())
-        return 0
-    if report.rotated:
-        say(table([(r.service, r.before) for r in report.rotated], ["service", "was"]))
-    count = len(report.rotated)
-    say(f"rotated {count} service URL{'' if count == 1 else 's'} to key id {report.key_id}")
+    report.print_rotated(rotate_secrets(ctx.site.catalog, new, old), as_json=ctx.args.json)
     return 0
 
 
@@ -827,20 +451,18 @@ def cmd_demo(ctx: Context) -> int:
         f"{', '.join(sorted({app.placement(s.name).service.name for s in app.stores}))}"
     )
     say(f"catalog: {site.catalog.display_url}")
-    report = sync([app], progress=lambda r: say(f"  {r.app}.{r.store}: {_describe(r)}"))
-    say("sync: changed" if report.changed else "sync: no changes, everything is up to date")
+    synced = sync([app], progress=lambda r: say(f"  {r.app}.{r.store}: {report.describe(r)}"))
+    say("sync: changed" if synced.changed else "sync: no changes, everything is up to date")
     # The example ships its own query; the demo only prints what it returns.
     list_gauges = importlib.import_module("gauges.model").list_gauges
     say("")
     say("stream gages:")
-    say(
-        table(
-            [(g.id, g.latitude, g.longitude, g.value) for g in list_gauges(app)],
-            ["id", "latitude", "longitude", "value"],
-        )
+    report.show_table(
+        [(g.id, g.latitude, g.longitude, g.value) for g in list_gauges(app)],
+        ["id", "latitude", "longitude", "value"],
     )
     say("")
-    print_status(status([app]))
+    report.print_status(status([app]))
     return 0
 
 

@@ -229,8 +229,8 @@ class StoreKeeper:
         def sync_command(
             stores: tuple[str, ...], refresh: bool, yes: bool, first_time: bool
         ) -> None:
-            from ..cli import _describe, say
             from ..provision import sync
+            from ..report import describe, say
 
             app = keeper.storekeeper_app
             with keeper._errors():
@@ -240,7 +240,7 @@ class StoreKeeper:
                     _confirm_refresh(app, stores)
 
                 def progress(result: StoreResult) -> None:
-                    say(f"{result.app}.{result.store}: {_describe(result)}")
+                    say(f"{result.app}.{result.store}: {describe(result)}")
 
                 report = sync(
                     [app],
@@ -253,8 +253,8 @@ class StoreKeeper:
 
         @group.command("status", help="Every store: its service, whether it exists, its size.")
         def status_command() -> None:
-            from ..cli import print_status
             from ..provision import status
+            from ..report import print_status
 
             with keeper._errors():
                 print_status(status([keeper.storekeeper_app]))
@@ -267,7 +267,8 @@ class StoreKeeper:
         """Flask-Migrate's ``flask db`` verbs, each on one store: the library does the work,
         the ``storekeeper`` command's printers say what it did."""
         from .. import migrate
-        from ..cli import (
+        from ..migrate.commands import revision_state
+        from ..report import (
             print_check,
             print_current,
             print_heads,
@@ -277,7 +278,6 @@ class StoreKeeper:
             print_revision,
             say,
         )
-        from ..migrate.commands import revision_state
 
         keeper = self
         store_argument = click.argument("store", required=False)
