@@ -96,3 +96,71 @@ def test_storekeeper_and_flask_stores_print_the_same_tables_and_exit_codes(
     assert declined.returncode == 2
     usage = both(["sync", "--bogus-option"], ["sync", "--bogus-option"])
     assert usage.returncode == 2
+
+
+def at_a_terminal(command: list[str], cwd: Path) -> tuple[int, str]:
+    """Run ``command`` with a real terminal (a pty, 200 columns) as its stdout and stderr;
+    its exit code and all it wrote there."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOREKEEPER_", "FLASK_"))}
+    env.update(COLUMNS="200", TERM="xterm-256color")
+    env.pop("NO_COLOR", None)
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=cwd, env=env
+    )
+    os.close(terminal)
+    written = b""
+    while True:  # read as it writes, so a full terminal never blocks it
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        written += chunk
+    os.close(controller)
+    return process.wait(timeout=120), written.decode(errors="replace")
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_at_a_terminal_tables_and_progress_are_drawn_by_rich(
+    project: Path, site: Site, app_name: str
+) -> None:
+    (project / "faces_app.py").write_text(FACES_APP.format(name=app_name))
+    storekeeper = [sys.executable, "-m", "storekeeper", "--app", "faces_app:app"]
+    flask = [sys.executable, "-m", "flask", "--app", "faces_app:web", "stores"]
+    assert run([*flask, "init"], project).returncode == 0
+    assert run([*flask, "migrate", "-m", "items", "--rev-id", "r1"], project).returncode == 0
+    for face, upgrade in (
+        (storekeeper, ["upgrade", f"{app_name}.main_db"]),
+        (flask, ["upgrade"]),
+    ):
+        code, shown = at_a_terminal([*face, "sync"], project)
+        assert code == 0, shown
+        assert "1/1" in shown and f"{app_name}.main_db" in shown  # the bar, then the table
+        assert "\x1b[" in shown  # styled: a terminal gets colour and bold
+        code, shown = at_a_terminal([*face, "status"], project)
+        assert code == 0, shown
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)
+        assert re.search(r"APP\s+STORE\s+SERVICE\s+DATABASE", plain), shown
+        assert f"{app_name}_main_db" in shown
+        code, shown = at_a_terminal([*face, *upgrade], project)  # a fan-out's bar
+        assert code == 0, shown
+        assert "1/1" in shown and "upgrade: 1 ok, 0 failed, 0 not run" in shown
+
+
+def test_import_storekeeper_imports_neither_click_nor_rich() -> None:
+    # ... nor Alembic; and storekeeper --help needs click only, not rich.
+    code = (
+        "import sys, storekeeper, storekeeper.report; "
+        "print(sorted(m for m in ('click', 'rich', 'alembic', 'flask') if m in sys.modules)); "
+        "from storekeeper.cli import main; main(['--help']); "
+        "print(sorted(m for m in ('click', 'rich', 'alembic', 'flask') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "[]"
+    assert lines[-1] == "['click']"

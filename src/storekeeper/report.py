@@ -109,7 +109,9 @@ def show_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> None
     from rich.console import Console
     from rich.table import Table
 
-    drawn = Table(*(h.upper() for h in headers), box=None, header_style="bold", pad_edge=False)
+    drawn = Table(box=None, header_style="bold", pad_edge=False)
+    for header in headers:  # a narrow terminal wraps a long name; it never cuts one short
+        drawn.add_column(header.upper(), overflow="fold")
     for row in rows:
         drawn.add_row(*(spelled("-" if c is None else str(c)) for c in row))
     Console(file=out, highlight=False).print(drawn)
