@@ -87,6 +87,10 @@ def test_storekeeper_and_flask_stores_print_the_same_tables_and_exit_codes(
     both(["heads", target], ["heads"])
     both(["check", target], ["check"])
     both(["status"], ["status"])
+    both(["service", "list"], ["service", "list"])
+    both(["config", "show", "--json"], ["config", "show", "--json"])
+    shown = both(["config", "show"], ["config", "show"])
+    assert f"  {app_name}: stores main_db" in shown.stdout
 
     # Failures: the same exit codes (each face names the store its own way in the message).
     unknown = both(["upgrade", target, "--to", "zzz"], ["upgrade", "--to", "zzz"])

@@ -19,7 +19,9 @@ Flask-SQLAlchemy: ``db.session`` -> ``stores.session``, ``db.get_or_404`` ->
 ``flask stores`` has ``sync`` and ``status``, and Flask-Migrate's verbs for one store at a time
 (the default store unless named): ``flask db migrate`` -> ``flask stores migrate``, and so on
 for ``init``, ``revision``, ``upgrade``, ``downgrade``, ``stamp``, ``current``, ``history``,
-``heads`` and ``check``.
+``heads`` and ``check``; and ``service ...``, ``config show`` and ``secret ...``. They are the
+verbs of :mod:`storekeeper.commands`, the ones the ``storekeeper`` command is built from: the
+same options, tables and exit codes.
 """
 
 from __future__ import annotations
@@ -216,12 +218,19 @@ class StoreKeeper:
         """``flask stores``: the verbs of :mod:`storekeeper.commands` on this app's stores,
         one store at a time (the default store unless named), named as Flask-Migrate names
         them."""
-        from ..commands import VERBS
+        from ..commands import GROUPS, VERBS
 
         face = _FlaskFace(self)
         group = click.Group(self.cli_group, help="The app's stores (storekeeper).")
-        for name, (key, fixed, help) in _FLASK_COMMANDS.items():
-            group.add_command(face.command(name, VERBS[key], fixed, help))
+        groups: dict[str, click.Group] = {}
+        for full_name, (key, fixed, help) in _FLASK_COMMANDS.items():
+            parent, _, name = full_name.rpartition(" ")
+            if parent and parent not in groups:
+                groups[parent] = click.Group(parent, help=GROUPS[parent])
+                group.add_command(groups[parent])
+            (groups[parent] if parent else group).add_command(
+                face.command(name, VERBS[key], fixed, help)
+            )
         self._verbs = frozenset(group.commands)
         return group
 
@@ -361,6 +370,20 @@ _FLASK_COMMANDS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     **{
         verb: (verb, {}, None)
         for verb in ("upgrade", "downgrade", "stamp", "current", "history", "heads", "check")
+    },
+    # The site's services, configuration and key, as storekeeper has them. (Not assign: a
+    # service is plugged into an app's store with storekeeper assign, which names the app.)
+    **{
+        verb: (verb, {}, None)
+        for verb in (
+            "service add",
+            "service list",
+            "service remove",
+            "service test",
+            "config show",
+            "secret rotate",
+            "secret new-key",
+        )
     },
 }
 
