@@ -480,36 +480,10 @@ def print_services(site: Site, *, as_json: bool) -> None:
 
 def print_config(site: Site, apps: Sequence[App], *, as_json: bool) -> None:
     """``config show``: the effective configuration and where each value came from."""
-    cfg = site.config
-    services = site.services()
-    assignments = site.assignments()
     if as_json:
-        emit_json(
-            {
-                "file": str(cfg.file) if cfg.file else None,
-                "root": str(cfg.root),
-                "environment": cfg.env,
-                "catalog": {"url": site.catalog.display_url, "source": cfg.catalog.source},
-                "default_service": {
-                    "value": cfg.default_service.value,
-                    "source": cfg.default_service.source,
-                },
-                "lock_timeout": {
-                    "value": cfg.lock_timeout_seconds,
-                    "source": cfg.lock_timeout.source,
-                },
-                "services": {
-                    n: {"url": s.display_url, "source": s.source, "production": s.production}
-                    for n, s in services.items()
-                },
-                "assignments": {
-                    f"{a}.{s}": {"service": v.value, "source": v.source}
-                    for (a, s), v in sorted(assignments.items())
-                },
-                "apps": [a.name for a in apps],
-            }
-        )
+        emit_json(config_dict(site, apps))
         return
+    cfg = site.config
     say(f"config file      {cfg.file or 'none (built-in defaults)'}")
     say(f"root             {cfg.root}")
     say(f"environment      {cfg.env or 'none'}")
@@ -518,10 +492,11 @@ def print_config(site: Site, apps: Sequence[App], *, as_json: bool) -> None:
     say(f"default service  {default.value or '(none)'}   [{default.source}]")
     say(f"lock timeout     {cfg.lock_timeout.value} s   [{cfg.lock_timeout.source}]")
     say("services:")
-    for s in services.values():
+    for s in site.services().values():
         flag = "  production" if s.production else ""
         say(f"  {s.name}  {s.display_url}   [{s.source}]{flag}")
     say("assignments:")
+    assignments = site.assignments()
     if not assignments:
         say("  (none: stores use the default service)")
     for (app, setting), v in sorted(assignments.items()):
@@ -534,6 +509,31 @@ def print_config(site: Site, apps: Sequence[App], *, as_json: bool) -> None:
         )
     if not apps:
         say("  (none found)")
+
+
+def config_dict(site: Site, apps: Sequence[App]) -> dict[str, Any]:
+    """``config show --json``: each value with where it came from (URLs masked)."""
+    cfg = site.config
+    return {
+        "file": str(cfg.file) if cfg.file else None,
+        "root": str(cfg.root),
+        "environment": cfg.env,
+        "catalog": {"url": site.catalog.display_url, "source": cfg.catalog.source},
+        "default_service": {
+            "value": cfg.default_service.value,
+            "source": cfg.default_service.source,
+        },
+        "lock_timeout": {"value": cfg.lock_timeout_seconds, "source": cfg.lock_timeout.source},
+        "services": {
+            n: {"url": s.display_url, "source": s.source, "production": s.production}
+            for n, s in site.services().items()
+        },
+        "assignments": {
+            f"{a}.{s}": {"service": v.value, "source": v.source}
+            for (a, s), v in sorted(site.assignments().items())
+        },
+        "apps": [a.name for a in apps],
+    }
 
 
 def print_rotated(report: RotationReport, *, as_json: bool) -> None:
