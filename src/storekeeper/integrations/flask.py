@@ -226,7 +226,7 @@ class StoreKeeper:
         for full_name, (key, fixed, help) in _FLASK_COMMANDS.items():
             parent, _, name = full_name.rpartition(" ")
             if parent and parent not in groups:
-                groups[parent] = click.Group(parent, help=GROUPS[parent])
+                groups[parent] = click.Group(parent, help=_sentence(GROUPS[parent]))
                 group.add_command(groups[parent])
             (groups[parent] if parent else group).add_command(
                 face.command(name, VERBS[key], fixed, help)
@@ -339,8 +339,13 @@ class _FlaskFace(Face):
         func = with_options(verb, callback, fixed)
         if one_store:
             func = click.argument("store", required=False)(func)
-        text = help or verb.help[:1].upper() + verb.help[1:] + "."
+        text = help or _sentence(verb.help)
         return click.command(name, help=text, short_help=text.split(";")[0])(func)
+
+
+def _sentence(text: str) -> str:
+    """A verb's help as Flask's commands say theirs: a capital, a full stop."""
+    return text[:1].upper() + text[1:] + "."
 
 
 # flask stores' commands: (the verb, the options it fixes, its help when not the verb's).
