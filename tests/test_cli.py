@@ -572,7 +572,7 @@ def test_status_shows_every_store_before_and_after_sync(
 def test_help_exits_0(project: Path) -> None:
     result = run_cli("--help", cwd=project)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: storekeeper")
+    assert result.stdout.lower().startswith("usage: storekeeper")
     for command in ("service", "assign", "sync", "status", "config", "demo"):
         assert command in result.stdout
 

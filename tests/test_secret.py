@@ -135,9 +135,11 @@ def test_mask_url_hides_the_password_of_any_sqlalchemy_url(
     url = URL.create(scheme, username=user or None, password=password, host=host, database=db)
     rest = url.set(password=MASK).render_as_string(hide_password=False)
     # A password that is also the user name or the host hides those too: safe, but not the
-    # "rest of the URL survives" this test checks.
+    # "rest of the URL survives" this test checks. One that is part of the mask itself ('*')
+    # is hidden all the same, but "not in what is shown" cannot say so.
     bare = rest.replace(quote(MASK, safe=""), "")
     assume(password not in bare and quote(password, safe="") not in bare)
+    assume(password not in MASK)
     shown = mask_url(url)
     assert shown == rest.replace(quote(MASK, safe=""), MASK)
     assert password not in shown and quote(password, safe="") not in shown

@@ -19,21 +19,22 @@ Flask-SQLAlchemy: ``db.session`` -> ``stores.session``, ``db.get_or_404`` ->
 ``flask stores`` has ``sync`` and ``status``, and Flask-Migrate's verbs for one store at a time
 (the default store unless named): ``flask db migrate`` -> ``flask stores migrate``, and so on
 for ``init``, ``revision``, ``upgrade``, ``downgrade``, ``stamp``, ``current``, ``history``,
-``heads`` and ``check``.
+``heads`` and ``check``; and ``service ...``, ``config show`` and ``secret ...``. They are the
+verbs of :mod:`storekeeper.commands`, the ones the ``storekeeper`` command is built from: the
+same options, tables and exit codes.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from flask import Flask, abort, g, has_request_context, request
 
-from ..errors import BadInput, StorekeeperError
+from ..commands import Face, Verb, with_options
+from ..errors import BadInput
 from ..pagination import Page, paginate
-from ..secret import mask
 from ..sessions import SessionSet, default_store
 
 if TYPE_CHECKING:
@@ -41,8 +42,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from ..declare import App
-    from ..migrate import MigrateResult
-    from ..provision import StoreResult
+    from ..site import Site
 
 __all__ = ["StoreKeeper"]
 
@@ -215,198 +215,24 @@ class StoreKeeper:
     # flask stores ... -----------------------------------------------------------------
 
     def _commands(self) -> click.Group:
-        keeper = self
+        """``flask stores``: the verbs of :mod:`storekeeper.commands` on this app's stores,
+        one store at a time (the default store unless named), named as Flask-Migrate names
+        them."""
+        from ..commands import GROUPS, VERBS
 
-        @click.group(self.cli_group, help="The app's stores (storekeeper).")
-        def group() -> None:
-            pass
-
-        @group.command("sync", help="Create missing stores and tables, run initializers.")
-        @click.option("--store", "stores", multiple=True, help="only this store (repeatable)")
-        @click.option("--refresh", is_flag=True, help="drop and recreate (asks first)")
-        @click.option("--yes", is_flag=True, help="do not ask before --refresh")
-        @click.option("--first-time", is_flag=True, help="run initializers as the first time")
-        def sync_command(
-            stores: tuple[str, ...], refresh: bool, yes: bool, first_time: bool
-        ) -> None:
-            from ..cli import _describe, say
-            from ..provision import sync
-
-            app = keeper.storekeeper_app
-            with keeper._errors():
-                for name in stores:
-                    app.store(name)
-                if refresh and not yes:
-                    _confirm_refresh(app, stores)
-
-                def progress(result: StoreResult) -> None:
-                    say(f"{result.app}.{result.store}: {_describe(result)}")
-
-                report = sync(
-                    [app],
-                    stores=list(stores) or None,
-                    refresh=refresh,
-                    first_time=first_time,
-                    progress=progress,
-                )
-            say("sync: changed" if report.changed else "sync: no changes, everything is up to date")
-
-        @group.command("status", help="Every store: its service, whether it exists, its size.")
-        def status_command() -> None:
-            from ..cli import print_status
-            from ..provision import status
-
-            with keeper._errors():
-                print_status(status([keeper.storekeeper_app]))
-
-        self._add_migration_commands(group)
+        face = _FlaskFace(self)
+        group = click.Group(self.cli_group, help="The app's stores (storekeeper).")
+        groups: dict[str, click.Group] = {}
+        for full_name, (key, fixed, help) in _FLASK_COMMANDS.items():
+            parent, _, name = full_name.rpartition(" ")
+            if parent and parent not in groups:
+                groups[parent] = click.Group(parent, help=_sentence(GROUPS[parent]))
+                group.add_command(groups[parent])
+            (groups[parent] if parent else group).add_command(
+                face.command(name, VERBS[key], fixed, help)
+            )
         self._verbs = frozenset(group.commands)
         return group
-
-    def _add_migration_commands(self, group: click.Group) -> None:
-        """Flask-Migrate's ``flask db`` verbs, each on one store: the library does the work,
-        the ``storekeeper`` command's printers say what it did."""
-        from .. import migrate
-        from ..cli import (
-            print_check,
-            print_current,
-            print_heads,
-            print_history,
-            print_init,
-            print_migrated,
-            print_revision,
-            say,
-        )
-        from ..migrate.commands import revision_state
-
-        keeper = self
-        store_argument = click.argument("store", required=False)
-        message_option = click.option("-m", "--message", help="what the migration changes")
-        rev_id_option = click.option("--rev-id", help="the revision id instead of a random one")
-        empty_option = click.option("--empty", is_flag=True, help="write it even when empty")
-
-        @group.command("init", help="Create a store's Alembic script directory.")
-        @store_argument
-        def init_command(store: str | None) -> None:
-            with keeper._errors():
-                app, name = keeper.storekeeper_app, store or keeper.default_store()
-                scripts = migrate.scripts_for(app, name)
-                existed = scripts.exists
-                print_init(scripts, migrate.init(app, name), existed=existed)
-            say(f"next: {keeper._command('migrate', name)} -m 'first tables'")
-
-        @group.command("migrate", help="New migration with what the models add or change.")
-        @store_argument
-        @message_option
-        @rev_id_option
-        @empty_option
-        def migrate_command(
-            store: str | None, message: str | None, rev_id: str | None, empty: bool
-        ) -> None:
-            # -m is left optional so that, when it is missing, the library's refusal (exit 2)
-            # says how to give it, as for the storekeeper command.
-            with keeper._errors():
-                app, name = keeper._migrated_store(store)
-                made = migrate.revision(
-                    app, name, message or "", autogenerate=True, rev_id=rev_id, empty=empty
-                )
-            print_revision(made)
-
-        @group.command("revision", help="New migration, empty unless --autogenerate.")
-        @store_argument
-        @message_option
-        @click.option("--autogenerate", is_flag=True, help="fill it with what the models change")
-        @click.option("--merge", is_flag=True, help="a migration joining several heads")
-        @rev_id_option
-        @empty_option
-        def revision_command(
-            store: str | None,
-            message: str | None,
-            autogenerate: bool,
-            merge: bool,
-            rev_id: str | None,
-            empty: bool,
-        ) -> None:
-            with keeper._errors():
-                app, name = keeper._migrated_store(store)
-                made = migrate.revision(
-                    app,
-                    name,
-                    message or "",
-                    autogenerate=autogenerate,
-                    merge=merge,
-                    rev_id=rev_id,
-                    empty=empty,
-                )
-            print_revision(made)
-
-        def add_move(
-            action: str, move: Callable[[App, str, str], MigrateResult], help: str, to: str | None
-        ) -> None:
-            # Downgrade and stamp (to=None) lose or hide schema: they go only where they are
-            # told; upgrade goes to head unless told.
-            to_option = (
-                click.option("--to", required=True, metavar="REV", help="revision, -1, base")
-                if to is None
-                else click.option("--to", default=to, metavar="REV", help=f"default: {to}")
-            )
-
-            @group.command(action, help=help)
-            @store_argument
-            @to_option
-            def move_command(store: str | None, to: str) -> None:
-                with keeper._errors():
-                    app, name = keeper._migrated_store(store)
-                    result = move(app, name, to)
-                print_migrated([result])
-
-        add_move("upgrade", migrate.upgrade, "Migrate a store up to head (or --to REV).", "head")
-        add_move(
-            "downgrade", migrate.downgrade, "Migrate a store down to --to REV (-1, base).", None
-        )
-        add_move("stamp", migrate.stamp, "Record --to REV in a store, running nothing.", None)
-
-        @group.command("current", help="A store's revision against its head.")
-        @store_argument
-        def current_command(store: str | None) -> None:
-            with keeper._errors():
-                state = revision_state(*keeper._migrated_store(store))
-            print_current([state])
-
-        @group.command("history", help="A store's migrations, newest first.")
-        @store_argument
-        def history_command(store: str | None) -> None:
-            with keeper._errors():
-                app, name = keeper._migrated_store(store)
-                revisions = migrate.history(app, name)
-            print_history(revisions, f"{app.name}.{name}")
-
-        @group.command("heads", help="A store's head revision(s).")
-        @store_argument
-        def heads_command(store: str | None) -> None:
-            with keeper._errors():
-                app, name = keeper._migrated_store(store)
-                found = migrate.heads(app, name)
-            print_heads(found, f"{app.name}.{name}", keeper._command("revision", name, "--merge"))
-
-        @group.command("check", help="Fail when a store's models and its schema drift apart.")
-        @store_argument
-        def check_command(store: str | None) -> None:
-            with keeper._errors():
-                app, name = keeper._migrated_store(store)
-                differences = migrate.check(app, name)
-            label = f"{app.name}.{name}"
-            print_check({label: [keeper._spell(d) for d in differences]})
-            if differences:
-                raise click.ClickException(
-                    f"check failed for {label}: write a migration "
-                    f"({keeper._command('migrate', name)} -m MSG) or fix the models"
-                )
-
-    def _errors(self) -> _click_errors:
-        """Inside a ``flask stores`` command: storekeeper's errors as click's, their hints
-        spelled as this Flask app's commands."""
-        return _click_errors(self._spell)
 
     def _spell(self, text: str) -> str:
         """``text`` with the library's hints spelled as this Flask app's commands:
@@ -415,7 +241,17 @@ class StoreKeeper:
         ``flask stores sync``. Hints that ``flask stores`` cannot say (``assign``,
         ``service ...``, a kind's stores, another app) stay ``storekeeper`` commands, which
         are installed with it."""
-        return _HINT.sub(self._spell_hint, text)
+        return _HINT.sub(self._spell_hint, _AUTOGENERATE.sub(self._spell_migrate, text))
+
+    def _spell_migrate(self, hint: re.Match[str]) -> str:
+        """``storekeeper revision APP.STORE -m MSG --autogenerate`` is ``flask stores
+        migrate STORE -m MSG`` (then spelled by :meth:`_spell_hint`)."""
+        app_name, _, store = hint["target"].partition(".")
+        if "migrate" not in self._verbs or app_name != self.storekeeper_app.name:
+            return hint[0]
+        if not store.isidentifier():
+            return hint[0]
+        return f"storekeeper migrate {hint['target']} {hint['message']}"
 
     def _spell_hint(self, hint: re.Match[str]) -> str:
         verb, target, init = hint["verb"], hint["target"], hint["init"] or ""
@@ -440,56 +276,132 @@ class StoreKeeper:
         """How a user types one of this extension's commands, for the hints in messages."""
         return " ".join(["flask", self.cli_group, verb, *args])
 
-    def _migrated_store(self, store: str | None) -> tuple[App, str]:
-        """The app and the store a migration command names (the default store when none),
+
+class _FlaskFace(Face):
+    """The verbs' view of one StoreKeeper: its app, its site, its spelling of hints."""
+
+    error_prefix = "Error"  # as click says its own errors
+    confirm_needs_terminal = False  # as click.confirm: an answer on standard input will do
+
+    def __init__(self, keeper: StoreKeeper) -> None:
+        super().__init__()
+        self.keeper = keeper
+        self.prog = f"flask {keeper.cli_group}"
+
+    @property
+    def site(self) -> Site:
+        site = self.keeper.storekeeper_app.site
+        self._apply_lock_timeout(site)
+        return site
+
+    @property
+    def apps(self) -> list[App]:
+        return [self.keeper.storekeeper_app]
+
+    def spell(self, text: str) -> str:
+        return self.keeper._spell(text)
+
+    def target(self, store: str | None, *, migrated: bool = True) -> str:
+        """``APP.STORE`` of the store named, or of the default store; when ``migrated``,
         refused with the ``init`` command to run when it has no script directory yet."""
         from ..migrate import scripts_for
 
-        app, name = self.storekeeper_app, store or self.default_store()
-        scripts_for(app, name).require()  # its hint, spelled by _spell: flask stores init
-        return app, name
+        app, name = self.keeper.storekeeper_app, store or self.keeper.default_store()
+        if migrated:
+            scripts_for(app, name).require()  # its hint, spelled: flask stores init
+        return f"{app.name}.{name}"
+
+    def command(
+        self, name: str, verb: Verb, fixed: dict[str, Any], help: str | None
+    ) -> click.Command:
+        """``flask stores NAME``: ``verb`` with ``fixed`` options, on ``[STORE]`` when it acts
+        on stores."""
+        one_store = verb.acts_on in ("targets", "moves", "target")
+
+        def callback(store: str | None = None, **kw: Any) -> None:
+            self.lock_timeout = kw.pop("lock_timeout", None)
+
+            def call() -> int:
+                if verb.acts_on == "targets":
+                    kw["targets"] = [self.target(store)]
+                elif verb.acts_on == "moves":
+                    kw.update(targets=[self.target(store)], every=False)
+                elif verb.acts_on == "target":
+                    kw["target"] = self.target(store, migrated=not fixed.get("init"))
+                elif verb.acts_on == "apps":
+                    kw["apps"] = ()
+                return verb.run(self, **fixed, **kw)
+
+            code = self.run(call)
+            if code:
+                click.get_current_context().exit(code)
+
+        func = with_options(verb, callback, fixed)
+        if one_store:
+            func = click.argument("store", required=False)(func)
+        text = help or _sentence(verb.help)
+        return click.command(name, help=text, short_help=text.split(";")[0])(func)
 
 
-class _BadInputError(click.ClickException):
-    exit_code = 2  # as the storekeeper command: 2 is bad input, 1 failed while working
+def _sentence(text: str) -> str:
+    """A verb's help as Flask's commands say theirs: a capital, a full stop."""
+    return text[:1].upper() + text[1:] + "."
 
 
-class _click_errors:
-    """Turn storekeeper's errors into click's: the message (secrets masked, hints spelled by
-    ``spell``), no traceback, the exit code the ``storekeeper`` command gives them."""
+# flask stores' commands: (the verb, the options it fixes, its help when not the verb's).
+_NEW_MIGRATION = {"init": False, "merge": False}
+_FLASK_COMMANDS: dict[str, tuple[str, dict[str, Any], str | None]] = {
+    "sync": ("sync", {}, None),
+    "status": ("status", {}, None),
+    "init": (
+        "revision",
+        {
+            "init": True,
+            "message": None,
+            "autogenerate": False,
+            "merge": False,
+            "rev_id": None,
+            "empty": False,
+            "as_json": False,
+        },
+        "Create a store's Alembic script directory.",
+    ),
+    "migrate": (
+        "revision",
+        {**_NEW_MIGRATION, "autogenerate": True},
+        "New migration with what the models add or change.",
+    ),
+    "revision": ("revision", {"init": False}, "New migration, empty unless --autogenerate."),
+    **{
+        verb: (verb, {}, None)
+        for verb in ("upgrade", "downgrade", "stamp", "current", "history", "heads", "check")
+    },
+    # The site's services, configuration and key, as storekeeper has them. (Not assign: a
+    # service is plugged into an app's store with storekeeper assign, which names the app.)
+    **{
+        verb: (verb, {}, None)
+        for verb in (
+            "service add",
+            "service list",
+            "service remove",
+            "service test",
+            "config show",
+            "secret rotate",
+            "secret new-key",
+        )
+    },
+}
 
-    def __init__(self, spell: Callable[[str], str]) -> None:
-        self._spell = spell
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, StorekeeperError):
-            kind = _BadInputError if exc.exit_code == 2 else click.ClickException
-            raise kind(self._spell(mask(str(exc)))) from None
-
+# ``storekeeper revision APP.STORE -m MSG --autogenerate``, which flask stores calls migrate.
+_AUTOGENERATE = re.compile(
+    r"\bstorekeeper revision (?P<target>[A-Za-z_][\w.:*]*) (?P<message>-m (?:'[^']*'|\S+)) "
+    r"--autogenerate"
+)
 
 # ``storekeeper VERB [TARGET] [--init]`` in the library's messages.
 _HINT = re.compile(
     r"\bstorekeeper (?P<verb>[a-z]+)(?: (?P<target>[A-Za-z_][\w.:*]*))?(?P<init> --init)?"
 )
-
-
-def _confirm_refresh(app: App, stores: tuple[str, ...]) -> None:
-    """Ask before ``--refresh`` drops stores; anything but yes (no answer too) is bad input,
-    exit 2, as in the ``storekeeper`` command: nothing was done, at the user's word."""
-    targets = ", ".join(f"{app.name}.{s}" for s in stores or [x.name for x in app.stores])
-    try:
-        confirmed = click.confirm(f"Drop and recreate {targets}? All their data is lost.")
-    except click.Abort:  # end of input, or Ctrl-C at the question
-        click.echo()  # end the question's line
-        raise BadInput(
-            "refresh not confirmed (no answer); nothing was changed; pass --yes to refresh "
-            "without the question"
-        ) from None
-    if not confirmed:
-        raise BadInput("refresh not confirmed; nothing was changed")
 
 
 def _not_found(description: str | None) -> NoReturn:

@@ -1,0 +1,547 @@
+"""What the command lines print: each verb's report as a table, a progress bar, or JSON.
+
+Both faces (``storekeeper`` and ``flask stores``) render through here, so they print the same
+thing. On a terminal, tables and progress bars are drawn by ``rich`` (in colour, unless
+``NO_COLOR`` is set); anywhere else the output is plain, stable text that scripts and tests
+read, and ``rich`` is not even imported. Everything printed goes through
+:func:`storekeeper.secret.mask`, then through the running face's :func:`spelling`, which
+names its own commands in the hints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, redirect_stdout
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .secret import mask
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .catalog.rotate import RotationReport
+    from .declare import App
+    from .migrate import MigrateResult, Revision, Scripts
+    from .migrate.commands import Checked, RevisionState
+    from .migrate.fanout import FanoutReport
+    from .provision import StoreResult, SyncReport
+    from .site import Site
+
+# lines ----------------------------------------------------------------------------------
+
+_spell: Callable[[str], str] = str
+
+
+@contextmanager
+def spelling(spell: Callable[[str], str]) -> Iterator[None]:
+    """While inside, every printed line goes through ``spell`` (after masking): a face
+    rewrites the library's ``storekeeper VERB`` hints as its own commands."""
+    global _spell
+    saved, _spell = _spell, spell
+    try:
+        yield
+    finally:
+        _spell = saved
+
+
+def spelled(text: str) -> str:
+    """``text`` as the running face prints it: secrets masked, hints in its own commands."""
+    return _spell(mask(text))
+
+
+def say(text: str = "", *, file: TextIO | None = None) -> None:
+    """Print ``text`` (a line, or several) with every secret masked."""
+    print(spelled(text), file=file or sys.stdout, flush=True)
+
+
+def warn(text: str) -> None:
+    """Print ``text`` on standard error."""
+    say(text, file=sys.stderr)
+
+
+def emit_json(data: object) -> None:
+    """Print ``data`` as JSON (secrets masked)."""
+    say(json.dumps(data, indent=2, default=str))
+
+
+def human_size(size: int | None) -> str | None:
+    """Bytes as a short human-readable size."""
+    if size is None:
+        return None
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return None  # pragma: no cover
+
+
+def _on_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
+
+
+# tables ---------------------------------------------------------------------------------
+
+
+def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    """A plain text table: upper-case headers, columns two spaces apart, ``-`` for None."""
+    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def show_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> None:
+    """Print a table on standard output: drawn by rich on a terminal, else :func:`table`."""
+    out = sys.stdout
+    if not _on_terminal(out):
+        say(table(rows, headers))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    drawn = Table(box=None, header_style="bold", pad_edge=False)
+    for header in headers:  # a narrow terminal wraps a long name; it never cuts one short
+        drawn.add_column(header.upper(), overflow="fold")
+    for row in rows:
+        drawn.add_row(*(spelled("-" if c is None else str(c)) for c in row))
+    Console(file=out, highlight=False).print(drawn)
+
+
+# progress -------------------------------------------------------------------------------
+
+
+class Progress:
+    """Progress over ``total`` steps on standard error: a rich bar on a terminal (lines worth
+    keeping printed above it), else one line per step, ``[done/total] line``."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total = total
+        self.done = 0
+        self._bar: Any = None
+        if _on_terminal(sys.stderr) and total > 0:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=sys.stderr, highlight=False),
+            )
+            self._task = self._bar.add_task(label, total=total)
+            self._bar.start()
+
+    def step(self, line: str, *, keep: bool = True) -> None:
+        """One step done; ``line`` says what it did (on a terminal, shown when ``keep``)."""
+        self.done += 1
+        if self._bar is None:
+            warn(f"[{self.done}/{self.total}] {line}")
+            return
+        if keep:
+            self._bar.console.print(spelled(line), markup=False)
+        self._bar.advance(self._task)
+        if self.done >= self.total:
+            self.close()
+
+    def close(self) -> None:
+        """Stop drawing the bar (idempotent)."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to standard output meanwhile to standard error instead: Python's
+    ``sys.stdout`` and, in a real process, file descriptor 1 (child processes, C code)."""
+    try:
+        sys.stdout.flush()
+        out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # closed or replaced streams (tests, embedding)
+        out_fd = err_fd = -1
+    saved = os.dup(out_fd) if out_fd >= 0 else -1
+    if saved >= 0:
+        os.dup2(err_fd, out_fd)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        if saved >= 0:
+            os.dup2(saved, out_fd)
+            os.close(saved)
+
+
+# sync and status ------------------------------------------------------------------------
+
+
+def describe(result: StoreResult) -> str:
+    """What ``sync`` did to one store, in a few words."""
+    if not result.ok:
+        return f"FAILED: {result.error}"
+    parts = [result.action]
+    if result.tables_added:
+        parts.append(f"tables added: {', '.join(result.tables_added)}")
+    if result.initialized:
+        parts.append("initialized (first time)" if result.first_time else "initializer ran")
+    return ", ".join(parts)
+
+
+def sync_progress(total: int) -> Callable[[StoreResult], None]:
+    """The ``progress`` callback of :func:`storekeeper.provision.sync` for ``total`` stores."""
+    shown = Progress(total, "sync")
+
+    def progress(result: StoreResult) -> None:
+        shown.step(f"{result.app}.{result.store}: {describe(result)}")
+
+    return progress
+
+
+def sync_json(report: SyncReport | None, error: str | None = None) -> None:
+    """``sync --json``: one document, also when the run stopped with ``error``."""
+    if report is None:
+        emit_json({"changed": False, "stores": [], "failed": [], "error": error})
+        return
+    emit_json(
+        {
+            "changed": report.changed,
+            "stores": [r.as_dict() for r in report.results],
+            "failed": [f"{r.app}.{r.store}" for r in report.failed],
+        }
+    )
+
+
+def print_sync(report: SyncReport) -> None:
+    """What ``sync`` did: its table, each failure on stderr, and a summary line."""
+    if not report.results:
+        say("no stores to sync")
+        return
+    print_synced(report.results)
+    for r in report.failed:
+        label = f"{r.app}.{r.store}"
+        warn(f"error: {r.error if label in r.error else f'{label}: {r.error}'}")
+    counts: dict[str, int] = {}
+    for r in report.results:
+        if r.ok:
+            counts[r.action] = counts.get(r.action, 0) + 1
+    done = ", ".join(f"{n} {action}" for action, n in counts.items())
+    if report.failed:
+        say(f"sync: {done + ', ' if done else ''}{len(report.failed)} failed")
+    elif report.changed:
+        say(f"synced: {done}")
+    else:
+        say(f"no changes: all {len(report.results)} stores are up to date")
+
+
+def print_synced(results: Sequence[StoreResult]) -> None:
+    """The table of what ``sync`` did, store by store."""
+    show_table(
+        [
+            (f"{r.app}.{r.store}", r.service, f"{r.seconds:.2f}", r.action if r.ok else "FAILED")
+            for r in results
+        ],
+        ["store", "service", "seconds", "result"],
+    )
+
+
+def _revision_cell(row: Any) -> str | None:
+    """``rev (head)``, ``rev (behind head)``... or ``None`` for a store without migrations."""
+    state = getattr(row, "migration_state", None)
+    if state is None:
+        return None
+    at = row.revision or "base"
+    if state == "at head":
+        return f"{at} (head)"
+    return f"{at} ({state}, head {row.head or 'base'})"
+
+
+def print_status(rows: Sequence[Any]) -> None:
+    """The status table (also the end of ``storekeeper demo``); a revision column when some
+    store has migrations."""
+    if not rows:
+        say("no stores: no apps found (name them with --app MODULE:ATTR or in storekeeper.toml)")
+        return
+    migrated = any(getattr(r, "migration_state", None) for r in rows)
+    headers = ["app", "store", "service", "database", "exists", "size"]
+    headers += ["revision", "last sync"] if migrated else ["last sync"]
+    show_table(
+        [
+            (
+                r.app,
+                r.store,
+                r.service or "unassigned",
+                r.database,
+                "yes" if r.exists else ("no" if r.exists is False else "?"),
+                human_size(r.size),
+                *([_revision_cell(r)] if migrated else []),
+                r.last_sync or "never",
+            )
+            for r in rows
+        ],
+        headers,
+    )
+    for r in rows:
+        if r.problem:
+            say(f"  {r.app}.{r.store}: {r.problem}")
+
+
+# migrations -----------------------------------------------------------------------------
+
+
+def print_init(scripts: Scripts, path: Path, *, existed: bool) -> None:
+    """The line saying where the script directory is, and whether it was just made."""
+    say(f"{scripts.label}: script directory {path} " + ("already exists" if existed else "created"))
+
+
+def print_revision(made: Revision | None) -> None:
+    """The line saying where a new migration was written (or that autogenerate found nothing
+    to write), and its notes on stderr."""
+    if made is None:
+        say(
+            "no changes detected: the models match what the migrations build; nothing written "
+            "(--empty writes an empty migration all the same)"
+        )
+        return
+    say(f"new revision {made.revision} ({made.message}) in {made.path}")
+    for note in made.notes:
+        warn(f"note: {note}")
+
+
+def fanout_progress(total: int, action: str) -> Progress:
+    """The progress of a run over ``total`` stores (:func:`migrate_progress` reports on it)."""
+    return Progress(total, action)
+
+
+def migrate_progress(shown: Progress) -> Callable[[MigrateResult, int, int], None]:
+    """The ``progress`` callback of :func:`storekeeper.migrate.fanout.migrate_many`: on a
+    terminal the bar, with only the failures printed; else a line per store."""
+
+    def progress(result: MigrateResult, done: int, total: int) -> None:
+        outcome = "ok" if result.ok else "FAILED"
+        shown.step(
+            f"{result.app}.{result.store}: {result.before or 'base'} -> "
+            f"{result.after or 'base'} ({result.seconds:.2f} s) {outcome}",
+            keep=not result.ok,
+        )
+
+    return progress
+
+
+def fanout_json(report: FanoutReport) -> None:
+    """``upgrade/downgrade/stamp --json``."""
+    emit_json(
+        {
+            "stores": [r.as_dict() for r in report.results],
+            "failed": [f"{r.app}.{r.store}" for r in report.failed],
+            "not_run": report.not_run,
+        }
+    )
+
+
+def print_fanout(report: FanoutReport, action: str) -> None:
+    """What a run over many stores did: its table, failures, what was not run, a summary."""
+    if not report.results:
+        say(f"no stores to {action}")
+        return
+    print_migrated(report.results)
+    for r in report.failed:
+        warn(f"error: {r.app}.{r.store}: {r.error}")
+    if report.not_run:
+        warn(
+            f"not run after the failure ({len(report.not_run)}): {', '.join(report.not_run)}; "
+            "pass --continue-on-error to go on past failures"
+        )
+    ok = len(report.results) - len(report.failed)
+    say(f"{action}: {ok} ok, {len(report.failed)} failed, {len(report.not_run)} not run")
+
+
+def print_migrated(results: Sequence[MigrateResult]) -> None:
+    """The table of what ``upgrade``, ``downgrade`` or ``stamp`` did, store by store."""
+    show_table(
+        [
+            (
+                f"{r.app}.{r.store}",
+                r.before or "base",
+                r.after or "base",
+                f"{r.seconds:.2f}",
+                ("ok" if r.changed else "up to date") if r.ok else "FAILED",
+            )
+            for r in results
+        ],
+        ["store", "from", "to", "seconds", "result"],
+    )
+
+
+def print_current(rows: Sequence[RevisionState]) -> None:
+    """The table of each store's revision against its head."""
+    if not rows:
+        say("no stores with migrations")
+        return
+    show_table(
+        [(r.store, r.revision or "base", r.head or "base", r.state) for r in rows],
+        ["store", "revision", "head", "state"],
+    )
+
+
+def print_history(revisions: Sequence[Revision], target: str) -> None:
+    """The migrations of ``target``, newest first, one line each."""
+    if not revisions:
+        say(f"{target}: no revisions yet")
+    for r in revisions:
+        down = ",".join(r.down_revisions) or "<base>"
+        say(f"{down} -> {r.revision}{' (head)' if r.is_head else ''}, {r.message}")
+
+
+def print_heads(found: Sequence[str], target: str, merge: str) -> None:
+    """The head revisions of ``target``; when there are several, how to join them with
+    ``merge`` (the command that writes a merge migration, without its message)."""
+    say("\n".join(found) if found else f"{target}: no revisions yet")
+    if len(found) > 1:
+        warn(f"several heads: merge them with {merge} -m 'merge heads'")
+
+
+#: What ``check`` says to do about a drift, by :attr:`storekeeper.migrate.Checked.action`.
+CHECK_ADVICE = {
+    "revision": "write a migration ({}) or fix the models",
+    "upgrade": "its database is behind its migrations: {}",
+    "stamp": "record the revision its schema has: {}",
+}
+
+
+def check_json(found: Mapping[str, Checked]) -> None:
+    """``check --json``."""
+    drifted = {label: c for label, c in found.items() if c.differences}
+    emit_json(
+        {
+            "ok": not drifted,
+            "differences": {label: c.differences for label, c in found.items()},
+            "next": {label: c.next for label, c in drifted.items()},
+        }
+    )
+
+
+def print_check(found: Mapping[str, list[str]]) -> None:
+    """Each store's or kind's differences between models and schema, or that they agree."""
+    for label, differences in found.items():
+        if differences:
+            say(f"{label}: models and schema differ:")
+            for line in differences:
+                say(f"  - {line}")
+        else:
+            say(f"{label}: ok, models and schema agree")
+
+
+def check_failures(found: Mapping[str, Checked]) -> list[str]:
+    """One message per drifted store or kind: what to do about it."""
+    return [
+        f"check failed for {label}: {CHECK_ADVICE[c.action or 'revision'].format(c.next)}"
+        for label, c in found.items()
+        if c.differences
+    ]
+
+
+# services, configuration, secrets -------------------------------------------------------
+
+
+def print_services(site: Site, *, as_json: bool) -> None:
+    """``service list``: each service, its dialect, URL (password masked) and source."""
+    services = site.services().values()
+    if as_json:
+        emit_json(
+            [
+                {
+                    "name": s.name,
+                    "url": s.display_url,
+                    "dialect": s.url.get_backend_name(),
+                    "source": s.source,
+                }
+                for s in services
+            ]
+        )
+        return
+    show_table(
+        [(s.name, s.url.get_backend_name(), s.display_url, s.source) for s in services],
+        ["service", "dialect", "url", "source"],
+    )
+
+
+def print_config(site: Site, apps: Sequence[App], *, as_json: bool) -> None:
+    """``config show``: the effective configuration and where each value came from."""
+    if as_json:
+        emit_json(config_dict(site, apps))
+        return
+    cfg = site.config
+    say(f"config file      {cfg.file or 'none (built-in defaults)'}")
+    say(f"root             {cfg.root}")
+    say(f"environment      {cfg.env or 'none'}")
+    say(f"catalog          {site.catalog.display_url}   [{cfg.catalog.source}]")
+    default = cfg.default_service
+    say(f"default service  {default.value or '(none)'}   [{default.source}]")
+    say(f"lock timeout     {cfg.lock_timeout.value} s   [{cfg.lock_timeout.source}]")
+    say("services:")
+    for s in site.services().values():
+        flag = "  production" if s.production else ""
+        say(f"  {s.name}  {s.display_url}   [{s.source}]{flag}")
+    say("assignments:")
+    assignments = site.assignments()
+    if not assignments:
+        say("  (none: stores use the default service)")
+    for (app, setting), v in sorted(assignments.items()):
+        say(f"  {app}.{setting} -> {v.value}   [{v.source}]")
+    say("apps:")
+    for each in apps:
+        say(
+            f"  {each.name}: stores {', '.join(s.name for s in each.stores) or '-'}"
+            + (f"; servers {', '.join(each.list_servers())}" if each.servers else "")
+        )
+    if not apps:
+        say("  (none found)")
+
+
+def config_dict(site: Site, apps: Sequence[App]) -> dict[str, Any]:
+    """``config show --json``: each value with where it came from (URLs masked)."""
+    cfg = site.config
+    return {
+        "file": str(cfg.file) if cfg.file else None,
+        "root": str(cfg.root),
+        "environment": cfg.env,
+        "catalog": {"url": site.catalog.display_url, "source": cfg.catalog.source},
+        "default_service": {
+            "value": cfg.default_service.value,
+            "source": cfg.default_service.source,
+        },
+        "lock_timeout": {"value": cfg.lock_timeout_seconds, "source": cfg.lock_timeout.source},
+        "services": {
+            n: {"url": s.display_url, "source": s.source, "production": s.production}
+            for n, s in site.services().items()
+        },
+        "assignments": {
+            f"{a}.{s}": {"service": v.value, "source": v.source}
+            for (a, s), v in sorted(site.assignments().items())
+        },
+        "apps": [a.name for a in apps],
+    }
+
+
+def print_rotated(report: RotationReport, *, as_json: bool) -> None:
+    """``secret rotate``: the service URLs re-encrypted, and under which key."""
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    if report.rotated:
+        show_table([(r.service, r.before) for r in report.rotated], ["service", "was"])
+    count = len(report.rotated)
+    say(f"rotated {count} service URL{'' if count == 1 else 's'} to key id {report.key_id}")
