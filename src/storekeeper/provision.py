@@ -22,16 +22,21 @@ from .errors import (
     ProvisionError,
     StorekeeperError,
 )
+from .migrate.commands import migrate_database, revision_state
 from .migrate.scripts import Scripts, kind_scripts, store_scripts
+from .migrate.templates import clone_from_template
 from .naming import check_identifier, physical_name
 from .secret import mask
 from .site import Placement
+from .site import place as place  # re-exported: its home was here before site.py
+from .site import server_service as server_service
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine, MetaData
 
-    from .backends import Backend, Service
-    from .declare import App, Initializer, InitializerSpec
+    from .backends import Backend
+    from .declarations import Initializer, InitializerSpec
+    from .declare import App
 
 
 log = logging.getLogger("storekeeper")
@@ -131,35 +136,6 @@ def resolve_initializer(spec: InitializerSpec, where: str) -> Initializer | None
     return func  # type: ignore[no-any-return]
 
 
-def place(app: App, name: str) -> Placement:
-    """Where store ``name`` of ``app`` lives; raises :class:`NotAssigned` or :class:`NotFound`."""
-    site = app.site
-    check_identifier(name, "store")
-    declared = {s.name for s in app.stores}
-    if name in declared:
-        service = site.require_assignment(app.name, name)
-        chosen = site.assignment(app.name, name)
-        assert chosen is not None
-        return Placement(service, site.database_name(physical_name(app.name, name)), chosen)
-    record = site.runtime_store(app.name, name)
-    if record is not None:
-        return Placement(
-            site.service(record.service),
-            site.database_name(physical_name(app.name, name)),
-            Sourced(record.service, "made at run time"),
-        )
-    known = app.list_stores()
-    raise NotFound(
-        f"app {app.name!r} has no store {name!r}; its stores: {', '.join(known) or 'none'}"
-    )
-
-
-def server_service(app: App, setting: str) -> Service:
-    """The service plugged into server setting ``setting`` of ``app``."""
-    app.server(setting)
-    return app.site.require_assignment(app.name, setting, what="server setting")
-
-
 def _schema(engine: Engine, metadata: MetaData | None) -> list[str]:
     """Create the tables of ``metadata`` that are missing; returns their names."""
     if metadata is None or not metadata.tables:
@@ -234,8 +210,6 @@ def _provision(
                 step = "creating the tables"
                 result.tables_added = _schema(engine, plan.metadata)
             elif not result.from_template:
-                from .migrate.commands import migrate_database
-
                 step = "migrating"
                 migrated = migrate_database(backend, database, plan.scripts, store=plan.store)
                 result.revision, result.migrations_applied = migrated.after, migrated.applied
@@ -293,8 +267,6 @@ def _create(plan: _Plan, backend: Backend, result: StoreResult, doing: str) -> N
     unfinished."""
     database = plan.placement.database
     if plan.scripts is not None and plan.kind is not None:
-        from .migrate.templates import clone_from_template
-
         result.revision = clone_from_template(plan.app, plan.kind, plan.placement.service, database)
         result.from_template = True
     else:
@@ -607,8 +579,6 @@ def status(apps: Sequence[App]) -> list[StoreStatus]:
                 row.size = backend.size(placement.database)
                 row.exists = row.size is not None
                 if row.exists and store_scripts(app, name).exists:
-                    from .migrate.commands import revision_state
-
                     state = revision_state(app, name)
                     row.revision, row.head = state.revision, state.head
                     row.migration_state = state.state

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -87,6 +88,7 @@ def mask_url(url: URL | str) -> str:
     is read with :func:`sqlalchemy.make_url` when it parses, and masked as text as well, since
     a raw ``@`` in a password makes ``make_url`` take part of the password for the host.
     """
+    # On use: config imports this module, and `storekeeper --help` needs no SQLAlchemy.
     from sqlalchemy import URL as URLType
     from sqlalchemy import make_url
     from sqlalchemy.exc import ArgumentError
@@ -105,8 +107,6 @@ def masked_repr(obj: object) -> str:
 
     For ``__repr__`` of objects that hold URLs, or objects that hold those.
     """
-    import dataclasses
-
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         raise TypeError(f"masked_repr needs a dataclass instance, not {type(obj).__name__}")
     fields = ", ".join(

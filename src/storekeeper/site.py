@@ -22,12 +22,14 @@ from .backends import Backend, Service, backend_for, parse_service_url
 from .catalog import Catalog, RuntimeStore
 from .config import BUILTIN, Config, Sourced
 from .errors import BadInput, NotAssigned, NotFound
-from .naming import check_identifier, format_database_name
+from .naming import check_identifier, format_database_name, physical_name
 from .secret import masked_repr
 
 if TYPE_CHECKING:
     from sqlalchemy import URL, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from .declare import App
 
 LOCAL_SERVICE = "local"
 LOCAL_URL = "sqlite:///var/stores"
@@ -65,6 +67,35 @@ class Placement:
 
     def __repr__(self) -> str:
         return masked_repr(self)
+
+
+def place(app: App, name: str) -> Placement:
+    """Where store ``name`` of ``app`` lives; raises :class:`NotAssigned` or :class:`NotFound`."""
+    site = app.site
+    check_identifier(name, "store")
+    declared = {s.name for s in app.stores}
+    if name in declared:
+        service = site.require_assignment(app.name, name)
+        chosen = site.assignment(app.name, name)
+        assert chosen is not None
+        return Placement(service, site.database_name(physical_name(app.name, name)), chosen)
+    record = site.runtime_store(app.name, name)
+    if record is not None:
+        return Placement(
+            site.service(record.service),
+            site.database_name(physical_name(app.name, name)),
+            Sourced(record.service, "made at run time"),
+        )
+    known = app.list_stores()
+    raise NotFound(
+        f"app {app.name!r} has no store {name!r}; its stores: {', '.join(known) or 'none'}"
+    )
+
+
+def server_service(app: App, setting: str) -> Service:
+    """The service plugged into server setting ``setting`` of ``app``."""
+    app.server(setting)
+    return app.site.require_assignment(app.name, setting, what="server setting")
 
 
 class Site:

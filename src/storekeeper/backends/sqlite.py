@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from sqlalchemy import URL, Engine, event
+from sqlalchemy import URL, Engine, event, make_url
 
 from ..errors import InvalidName, LockTimeout, ProvisionError, ServiceUnavailable
 from .base import Backend, LockHolder, Service, lock_timeout_error
@@ -55,8 +55,6 @@ class SqliteBackend(Backend):
         return self.service.url.set(database=str(self.path(name)))
 
     def server_url(self) -> URL:
-        from sqlalchemy import make_url
-
         return make_url("sqlite://")
 
     def exists(self, name: str) -> bool:

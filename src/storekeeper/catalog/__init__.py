@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from sqlalchemy import (
     Connection,
     Engine,
@@ -21,9 +22,11 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    make_url,
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from .. import forks
@@ -58,8 +61,6 @@ def _insert(
     (none: keep the row there). One statement, so two writers racing on one key cannot make it
     fail: a failed INSERT aborts a PostgreSQL transaction, whose COMMIT then silently rolls
     back. Returns the number of rows written."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     keys = [column.name for column in table.primary_key]
     statement: Any = dialect.insert(table).values(values)
@@ -101,8 +102,6 @@ class Catalog:
     on the first write: reading a catalog that was never made finds it empty."""
 
     def __init__(self, url: str, root: Path) -> None:
-        from sqlalchemy import make_url
-
         self.url = make_url(url)
         #: A SQLite catalog's file. Until it exists, reading the catalog finds nothing and makes
         #: nothing (so read-only commands leave a bare folder as it was); a write makes it.
@@ -170,8 +169,6 @@ class Catalog:
         # Several processes may open a new catalog at once (two `sync` runs): the schema is
         # made or upgraded by one of them at a time.
         if engine.dialect.name == "sqlite" and self.url.database not in (None, "", ":memory:"):
-            from filelock import FileLock
-
             with FileLock(f"{self.url.database}.lock"):
                 self._upgrade_locked(engine)
         else:

@@ -19,10 +19,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from ..backends.base import unreachable
 from ..errors import BadInput, BadRevision, MigrationError, NotFound, StorekeeperError
 from ..naming import physical_name
 from ..secret import mask
-from .env import ATTRIBUTE, Binding
+from ..site import server_service
+from .binding import ATTRIBUTE, Binding
 from .scripts import Scripts, kind_scripts, store_scripts
 from .scripts import init as init_directory
 
@@ -205,10 +210,6 @@ def _revision_list(directory: ScriptDirectory) -> str:
 def database_connection(backend: Backend, database: str, label: str) -> Iterator[Connection]:
     """A pool-less connection to ``database`` that exists, closed (and its engine disposed)
     afterwards, so nothing stays connected to it."""
-    from sqlalchemy.exc import OperationalError
-
-    from ..backends.base import unreachable
-
     if not backend.exists(database):
         raise MigrationError(
             f"store {label} has no database {database!r} on service "
@@ -253,8 +254,6 @@ def untracked_tables(connection: Connection, metadata: MetaData | None) -> list[
     """The tables of ``metadata`` that the database behind ``connection`` already has while
     it records no revision: a store made by ``create_all`` before it had migrations (empty
     when it has a revision, or none of those tables)."""
-    from sqlalchemy import inspect
-
     if metadata is None or current_heads(connection):
         return []
     try:
@@ -572,8 +571,6 @@ def revision_state(app: App, store: str) -> RevisionState:
 
 def _kind_service(app: App, kind: str) -> Service:
     """The service a kind's stores go to when no server is named (as ``create_store``)."""
-    from ..provision import server_service
-
     if len(app.servers) >= 1:
         return server_service(app, app.servers[0].name)
     return app.site.require_assignment(app.name, kind, what="kind")
@@ -724,8 +721,6 @@ def _autogenerate(
 def _adoption_notes(app: App, store: str, scripts: Scripts, rev: str) -> tuple[str, ...]:
     """For a store made by ``create_all`` before it had migrations: how to adopt it, from a
     comparison of its real tables with the models (empty for any other store)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     label = f"{app.name}.{store}"
     try:
         placement = app.placement(store)

@@ -22,49 +22,22 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..discover import import_app, load_apps, select
 from ..errors import BadInput
+from ..site import Site
+from .binding import ATTRIBUTE, GIVEN, Binding, configure_options
+from .commands import store_connection
+from .scripts import Scripts, kind_scripts, store_scripts
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, MetaData
+    from sqlalchemy import Connection
 
     from ..declare import App
-    from .scripts import Scripts
 
-#: The key of :class:`Binding` in ``alembic.config.Config.attributes``.
-ATTRIBUTE = "storekeeper"
-
-#: The keys of ``config.attributes`` that hand ``env.py`` a database of the caller's own, in
-#: the order they are looked at (the ``sqlalchemy.url`` option comes after storekeeper's
-#: own binding).
-GIVEN = ("connection", "engine", "url")
-
-
-@dataclass
-class Binding:
-    """What storekeeper hands to ``env.py``: the store's connection and metadata."""
-
-    connection: Connection
-    metadata: MetaData | None
-    #: Called after each applied migration with Alembic's ``on_version_apply`` arguments.
-    on_version_apply: Callable[..., None] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def configure_options(dialect: str, metadata: MetaData | None) -> dict[str, Any]:
-    """The ``context.configure`` options storekeeper uses for every store."""
-    return {
-        "target_metadata": metadata,
-        "compare_type": True,
-        "compare_server_default": True,
-        # One transaction per migration: a failing one leaves the store at the last good one.
-        "transaction_per_migration": True,
-        # SQLite cannot ALTER most things: batch mode copies the table instead.
-        "render_as_batch": dialect == "sqlite",
-    }
+__all__ = ["ATTRIBUTE", "GIVEN", "Binding", "configure_options", "run"]
 
 
 def run() -> None:
@@ -168,8 +141,6 @@ def _target(context: Any) -> str | None:
 def _target_scripts(context: Any, *, kind_ok: bool = False) -> tuple[str, Scripts]:
     """The store (or, with ``kind_ok``, the kind) that ``-x store``, ``STOREKEEPER_STORE`` or
     ``alembic.ini``'s ``storekeeper_target`` names, and its script directory."""
-    from .scripts import kind_scripts, store_scripts
-
     config = context.config
     location = config.get_main_option("script_location")
     target = _target(context)
@@ -194,9 +165,6 @@ def _target_scripts(context: Any, *, kind_ok: bool = False) -> tuple[str, Script
 def _find_app(context: Any, app_name: str) -> App:
     """The app named ``app_name``, bound to the project's site (``-x app``, the ini's
     ``storekeeper_app``, else as the command line finds apps); connects to nothing."""
-    from ..discover import import_app, load_apps, select
-    from ..site import Site
-
     config = context.config
     site = Site.default()
     # The project's modules import as when the project runs (alembic's own script does not
@@ -215,8 +183,6 @@ def _find_app(context: Any, app_name: str) -> App:
 
 def _run_plain(context: Any) -> None:
     """Plain ``alembic``: find the app and store, then run as storekeeper would."""
-    from .commands import store_connection
-
     if not logging.getLogger().handlers:
         # What alembic's own env.py shows: one line per migration run.
         logging.basicConfig(

@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..discover import select
 from ..errors import BadInput, MigrationError, NotFound, StorekeeperError
 from ..naming import check_identifier
 from .commands import (
@@ -90,8 +91,6 @@ def resolve_targets(
     stores made from that kind), or ``APP.PATTERN`` with ``*``, ``?`` or ``[...]`` matched
     against the app's store names; ``every`` adds every store that has migrations.
     """
-    from ..discover import select
-
     chosen: list[StoreRef] = []
     if every:
         for app in apps:
@@ -259,8 +258,6 @@ def check_many(apps: Sequence[App], targets: Sequence[str]) -> dict[str, Checked
     """:func:`~.commands.checked` over ``targets`` (as :func:`resolve_targets`, plus
     ``APP.KIND`` for a kind's models against its migrations; all stores when empty): what was
     found, by store or kind."""
-    from ..discover import select
-
     found: dict[str, Checked] = {}
     stores = []
     for target in targets:
