@@ -129,7 +129,7 @@ def script_directory(scripts: Scripts) -> ScriptDirectory:
     cached = _DIRECTORIES.get(str(path))
     if cached is not None and cached[0] == key:
         return cached[1]
-    from alembic.script import ScriptDirectory
+    from alembic.script import ScriptDirectory  # lazy: Alembic loads only when a migration runs
 
     directory = ScriptDirectory.from_config(alembic_config(scripts))
     _DIRECTORIES[str(path)] = (key, directory)
@@ -139,7 +139,7 @@ def script_directory(scripts: Scripts) -> ScriptDirectory:
 def alembic_config(scripts: Scripts, binding: Binding | None = None) -> Config:
     """An Alembic ``Config`` for ``scripts`` (its ``alembic.ini`` when there is one), carrying
     ``binding`` to ``env.py``."""
-    from alembic.config import Config
+    from alembic.config import Config  # lazy: Alembic loads only when a migration runs
 
     path = scripts.require()
     ini = path / "alembic.ini"
@@ -240,6 +240,7 @@ def store_connection(app: App, store: str, *, lock: bool = True) -> Iterator[Con
 
 def current_heads(connection: Connection) -> tuple[str, ...]:
     """The revisions recorded in the store behind ``connection`` (empty at base)."""
+    # lazy: Alembic loads only when a migration runs
     from alembic.runtime.migration import MigrationContext
 
     try:
@@ -301,6 +302,7 @@ def _joined(revs: Sequence[str]) -> str | None:
 
 def is_known(directory: ScriptDirectory, rev: str) -> bool:
     """Whether the migrations of ``directory`` have revision ``rev``."""
+    # lazy: Alembic loads only when a migration runs
     from alembic.script.revision import RevisionError
     from alembic.util import CommandError
 
@@ -344,6 +346,7 @@ def _unknown(directory: ScriptDirectory, scripts: Scripts, label: str, what: str
 
 def _has(directory: ScriptDirectory, revs: str) -> bool:
     """Whether Alembic finds ``revs`` (a revision id, a prefix of one, ``branch@rev``)."""
+    # lazy: Alembic loads only when a migration runs
     from alembic.script.revision import RevisionError
     from alembic.util import CommandError
 
@@ -436,7 +439,7 @@ def migrate_database(
     :class:`MigrationError` naming the failing migration (the store then stays at the last
     good revision).
     """
-    from alembic import command
+    from alembic import command  # lazy: Alembic loads only when a migration runs
     from alembic.script.revision import RevisionError
     from alembic.util import CommandError
 
@@ -644,7 +647,7 @@ def revision(
     ``create_all`` before it had migrations) gets the migration a new database needs, and a
     note saying how to adopt the existing one (``storekeeper stamp``), with what differs
     between its tables and the models."""
-    from alembic import command
+    from alembic import command  # lazy: Alembic loads only when a migration runs
     from alembic.util import CommandError
 
     made: Any
@@ -690,7 +693,7 @@ def _autogenerate(
 ) -> Any:
     """Alembic's autogenerate against a scratch database at the migrations' head; writes
     nothing when it finds nothing, unless ``empty``."""
-    from alembic import command
+    from alembic import command  # lazy: Alembic loads only when a migration runs
     from alembic.util import CommandError
 
     if scripts.metadata is None:
@@ -750,6 +753,7 @@ def _adoption_notes(app: App, store: str, scripts: Scripts, rev: str) -> tuple[s
 def compare(connection: Connection, metadata: MetaData | None) -> list[str]:
     """What differs between the schema behind ``connection`` and ``metadata``, one readable
     line per difference (types and server defaults compared)."""
+    # lazy: Alembic loads only when a migration runs
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 

@@ -25,6 +25,10 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import URL, Connection, Engine, create_engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import NullPool
+
 from ..discover import import_app, load_apps, select
 from ..errors import BadInput
 from ..site import Site
@@ -33,8 +37,6 @@ from .commands import store_connection
 from .scripts import Scripts, kind_scripts, store_scripts
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
-
     from ..declare import App
 
 __all__ = ["ATTRIBUTE", "GIVEN", "Binding", "configure_options", "run"]
@@ -44,7 +46,7 @@ def run() -> None:
     """Run the migrations Alembic asked for: on the database the caller handed over, else on
     the store storekeeper's command locked, else on the store ``alembic.ini`` (or ``-x``)
     names."""
-    from alembic import context
+    from alembic import context  # lazy: importing this module loads no Alembic
 
     config = context.config
     # A database the caller handed over comes first: nothing else may be opened then.
@@ -79,10 +81,6 @@ def _run_bound(context: Any, binding: Binding) -> None:
 def _given_connection(where: str, value: Any) -> Iterator[Connection]:
     """A connection to the database ``value`` names: itself, one from an engine (closed
     afterwards), or one from a pool-less engine on a URL (disposed afterwards)."""
-    from sqlalchemy import URL, Connection, Engine, create_engine
-    from sqlalchemy.exc import ArgumentError
-    from sqlalchemy.pool import NullPool
-
     if isinstance(value, Connection):
         yield value
         return
@@ -112,8 +110,6 @@ def _run_given(context: Any, where: str, value: Any) -> None:
     if metadata is None:
         metadata = _target_scripts(context, kind_ok=True)[1].metadata
     if context.is_offline_mode() and not hasattr(value, "dialect"):
-        from sqlalchemy import make_url
-
         url = make_url(value)
         context.configure(
             url=url, literal_binds=True, **configure_options(url.get_backend_name(), metadata)
