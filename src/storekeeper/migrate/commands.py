@@ -495,21 +495,39 @@ def migrate_database(
     return result
 
 
-def _store_action(app: App, store: str, action: str, to: str) -> MigrateResult:
+def migrate_store(
+    app: App, store: str, *, action: str = "upgrade", to: str = HEAD
+) -> MigrateResult:
+    """Move store ``store`` of ``app`` to ``to`` with ``action`` under the store's lock (the
+    one ``sync`` holds); the caller records the outcome (:func:`record_migration`)."""
     scripts = store_scripts(app, store)
-    scripts.require()
     placement = app.placement(store)
     backend = app.site.backend(placement.service)
+    with backend.lock(placement.database):
+        return migrate_database(
+            backend, placement.database, scripts, action=action, to=to, store=store
+        )
+
+
+def record_migration(app: App, result: MigrateResult) -> None:
+    """Record what one migration of a store did (or why it failed) in the catalog."""
+    detail = (
+        f"{result.action} {result.before or 'base'} -> {result.after or 'base'}"
+        if result.ok
+        else result.error
+    )
+    app.site.catalog.record(app.name, result.store, "migrate", ok=result.ok, detail=detail)
+
+
+def _store_action(app: App, store: str, action: str, to: str) -> MigrateResult:
+    store_scripts(app, store).require()
     try:
-        with backend.lock(placement.database):
-            result = migrate_database(
-                backend, placement.database, scripts, action=action, to=to, store=store
-            )
+        result = migrate_store(app, store, action=action, to=to)
     except StorekeeperError as exc:
-        app.site.catalog.record(app.name, store, "migrate", ok=False, detail=str(exc))
+        failed = MigrateResult(app.name, store, None, action, ok=False, error=str(exc))
+        record_migration(app, failed)
         raise
-    detail = f"{action} {result.before or 'base'} -> {result.after or 'base'}"
-    app.site.catalog.record(app.name, store, "migrate", ok=True, detail=detail)
+    record_migration(app, result)
     return result
 
 

@@ -28,7 +28,8 @@ from .commands import (
     RevisionState,
     _check_target,
     checked,
-    migrate_database,
+    migrate_store,
+    record_migration,
     revision_state,
     script_directory,
 )
@@ -133,13 +134,7 @@ def attempt(ref: StoreRef, action: str, to: str) -> MigrateResult:
     started = time.perf_counter()
     app = ref.app
     try:
-        scripts = store_scripts(app, ref.store)
-        placement = app.placement(ref.store)
-        backend = app.site.backend(placement.service)
-        with backend.lock(placement.database):
-            return migrate_database(
-                backend, placement.database, scripts, action=action, to=to, store=ref.store
-            )
+        return migrate_store(app, ref.store, action=action, to=to)
     except StorekeeperError as exc:
         result = MigrateResult(app.name, ref.store, None, action, ok=False, error=str(exc))
         result.exit_code = exc.exit_code
@@ -199,12 +194,7 @@ def migrate_many(
 
     def done(ref: StoreRef, result: MigrateResult) -> None:
         report.results.append(result)
-        detail = (
-            f"{action} {result.before or 'base'} -> {result.after or 'base'}"
-            if result.ok
-            else result.error
-        )
-        ref.app.site.catalog.record(ref.app.name, ref.store, "migrate", ok=result.ok, detail=detail)
+        record_migration(ref.app, result)
         if progress is not None:
             progress(result, len(report.results), total)
 
