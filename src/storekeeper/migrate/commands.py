@@ -421,6 +421,54 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(shown).__name__}: {' '.join(str(shown).split())}"
 
 
+def _check_move(
+    directory: ScriptDirectory,
+    scripts: Scripts,
+    connection: Connection,
+    action: str,
+    to: str,
+    at: tuple[str, ...],
+    label: str,
+) -> None:
+    """Refuse, before anything runs, a revision the scripts do not know, a move that cannot
+    be, and an upgrade of a store whose tables were made without migrations."""
+    try:
+        _check_known(directory, scripts, at, label)
+        _check_target(directory, scripts, action, to, at, label)
+        if action == "upgrade" and directory.get_heads():
+            tables = untracked_tables(connection, scripts.metadata)
+            if tables:
+                raise MigrationError(_adoption_error(directory, tables, label))
+    except MigrationError as exc:
+        exc.before = exc.after = _joined(at)
+        raise
+
+
+def _migration_failed(
+    directory: ScriptDirectory,
+    connection: Connection,
+    backend: Backend,
+    exc: Exception,
+    label: str,
+    before: str | None,
+) -> MigrationError:
+    """The error for a migration that failed: which one, why (passwords masked), and the
+    revision the store stays at."""
+    with contextlib.suppress(Exception):
+        connection.rollback()
+    try:
+        stays = _joined(current_heads(connection)) or "base"
+    except Exception:
+        stays = "unknown (the connection failed)"
+    which = _failed_migration(directory, exc) or "?"
+    reason = mask(failure_reason(exc), backend.service.url.password)
+    return MigrationError(
+        f"store {label}: migration {which} failed: {reason}; the store stays at revision {stays}",
+        before=before,
+        after=None if stays == "base" else stays,
+    )
+
+
 def migrate_database(
     backend: Backend,
     database: str,
@@ -455,16 +503,7 @@ def migrate_database(
             )
     at = current_heads(connection)
     result.before = _joined(at)
-    try:
-        _check_known(directory, scripts, at, label)
-        _check_target(directory, scripts, action, to, at, label)
-        if action == "upgrade" and directory.get_heads():
-            tables = untracked_tables(connection, scripts.metadata)
-            if tables:
-                raise MigrationError(_adoption_error(directory, tables, label))
-    except MigrationError as exc:
-        exc.before = exc.after = result.before
-        raise
+    _check_move(directory, scripts, connection, action, to, at, label)
 
     def applied(*, step: Any, **_: Any) -> None:
         result.applied.append(str(step.up_revision_id))
@@ -476,20 +515,7 @@ def migrate_database(
     except (CommandError, RevisionError) as exc:
         raise BadRevision(f"cannot {action} {label} to {to!r}: {exc}") from None
     except Exception as exc:
-        with contextlib.suppress(Exception):
-            connection.rollback()
-        try:
-            stays = _joined(current_heads(connection)) or "base"
-        except Exception:
-            stays = "unknown (the connection failed)"
-        which = _failed_migration(directory, exc) or "?"
-        reason = mask(failure_reason(exc), backend.service.url.password)
-        raise MigrationError(
-            f"store {label}: migration {which} failed: {reason}; the store stays at revision "
-            f"{stays}",
-            before=result.before,
-            after=None if stays == "base" else stays,
-        ) from exc
+        raise _migration_failed(directory, connection, backend, exc, label, result.before) from exc
     result.after = _joined(current_heads(connection))
     result.seconds = time.perf_counter() - started
     return result
