@@ -31,7 +31,7 @@ from sqlalchemy.exc import OperationalError
 
 from .. import forks
 from ..errors import ConfigError, ServiceUnavailable
-from ..secret import mask, mask_url, seal, unseal
+from ..secret import decrypt, encrypt, mask, mask_url
 from . import tables as t
 
 __all__ = ["Catalog", "Event", "RuntimeStore"]
@@ -219,11 +219,11 @@ class Catalog:
             return {}
         with self.engine.connect() as conn:
             rows = conn.execute(select(t.services.c.name, t.services.c.url)).all()
-        return {name: unseal(url) for name, url in rows}
+        return {name: decrypt(url) for name, url in rows}
 
     def add_service(self, name: str, url: str, *, replace: bool = False) -> bool:
         """Add a service; with ``replace``, change its URL. Returns whether it existed."""
-        values = {"name": name, "url": seal(url), "created_at": _now()}
+        values = {"name": name, "url": encrypt(url), "created_at": _now()}
         with self.engine.begin() as conn:
             if not replace:
                 return _insert(conn, t.services, values, replace=()) == 0
