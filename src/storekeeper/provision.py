@@ -21,6 +21,7 @@ from .errors import (
     NotFound,
     ProvisionError,
     StorekeeperError,
+    exit_code_of,
 )
 from .migrate.commands import migrate_database, revision_state
 from .migrate.scripts import Scripts, kind_scripts, store_scripts
@@ -103,10 +104,7 @@ class SyncReport:
     @property
     def exit_code(self) -> int:
         """0 when every store synced; 2 when every failure was bad input; else 1."""
-        codes = {r.exit_code for r in self.failed}
-        if not codes:
-            return 0
-        return 2 if codes == {2} else 1
+        return exit_code_of(r.exit_code for r in self.failed)
 
 
 def resolve_initializer(spec: InitializerSpec, where: str) -> Initializer | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..discover import select
-from ..errors import BadInput, MigrationError, NotFound, StorekeeperError
+from ..errors import BadInput, MigrationError, NotFound, StorekeeperError, exit_code_of
 from ..naming import check_identifier
 from .commands import (
     HEAD,
@@ -73,10 +73,7 @@ class FanoutReport:
     @property
     def exit_code(self) -> int:
         """0 when all went well; 2 when every failure was bad input; else 1."""
-        codes = {r.exit_code for r in self.failed}
-        if not codes:
-            return 0
-        return 2 if codes == {2} else 1
+        return exit_code_of(r.exit_code for r in self.failed)
 
 
 def _with_migrations(app: App, names: Sequence[str]) -> list[StoreRef]:
