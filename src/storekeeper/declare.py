@@ -70,7 +70,7 @@ class App(AppDeclaration):
     _async_scoped: dict[str, async_scoped_session[AsyncSession]] = field(
         default_factory=dict, repr=False
     )
-    _joined: dict[str, tuple[Connection, sessionmaker[Session]]] = field(
+    _joining_makers: dict[str, tuple[Connection, sessionmaker[Session]]] = field(
         default_factory=dict, repr=False
     )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -103,7 +103,7 @@ class App(AppDeclaration):
         with self._lock:
             self._site = site
             self._makers.clear()
-            self._joined.clear()
+            self._joining_makers.clear()
             self._async_makers.clear()
         # Scoped sessions are kept (code holds them), and find the new site's factories.
         self.remove_sessions()
@@ -274,14 +274,14 @@ class App(AppDeclaration):
         """A ``sessionmaker`` whose sessions join ``connection``'s transaction through
         savepoints (kept per store while the connection is the same: a test run makes one per
         test, and a new ``sessionmaker`` class each time would cost more than the test)."""
-        cached = self._joined.get(name)
+        cached = self._joining_makers.get(name)
         if cached is not None and cached[0] is connection:
             return cached[1]
         # lazy: import storekeeper stays light
         from sqlalchemy.orm import sessionmaker as make
 
         joined = make(bind=connection, join_transaction_mode="create_savepoint")
-        self._joined[name] = (connection, joined)
+        self._joining_makers[name] = (connection, joined)
         return joined
 
     def server_engine(self, setting: str) -> Engine:
@@ -382,11 +382,11 @@ class App(AppDeclaration):
             if scoped.registry.has():
                 abandon_session(scoped.registry())
                 scoped.registry.clear()
-        for connection, joined in self._joined.values():
+        for connection, joined in self._joining_makers.values():
             abandon(connection)
             for name in [n for n, maker in self._makers.items() if maker is joined]:
                 del self._makers[name]
-        self._joined.clear()
+        self._joining_makers.clear()
 
     def forget(self, name: str) -> None:
         """Drop cached session factories of store ``name`` (after a drop or reassignment)."""

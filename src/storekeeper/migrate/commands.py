@@ -296,7 +296,7 @@ def _adoption_error(directory: ScriptDirectory, tables: Sequence[str], label: st
 # running migrations ---------------------------------------------------------------------
 
 
-def _joined(revs: Sequence[str]) -> str | None:
+def _revisions_text(revs: Sequence[str]) -> str | None:
     return ",".join(sorted(revs)) or None
 
 
@@ -395,7 +395,7 @@ def _check_target(
         if -steps > depth:
             raise BadRevision(
                 f"cannot downgrade {label} by {-steps} revision(s): it is at "
-                f"{_joined(at) or 'base'}, {depth} revision(s) above base; "
+                f"{_revisions_text(at) or 'base'}, {depth} revision(s) above base; "
                 "--to base undoes them all"
             )
 
@@ -440,7 +440,7 @@ def _check_move(
             if tables:
                 raise MigrationError(_adoption_error(directory, tables, label))
     except MigrationError as exc:
-        exc.before = exc.after = _joined(at)
+        exc.before = exc.after = _revisions_text(at)
         raise
 
 
@@ -457,7 +457,7 @@ def _migration_failed(
     with contextlib.suppress(Exception):
         connection.rollback()
     try:
-        stays = _joined(current_heads(connection)) or "base"
+        stays = _revisions_text(current_heads(connection)) or "base"
     except Exception:
         stays = "unknown (the connection failed)"
     which = _failed_migration(directory, exc) or "?"
@@ -502,7 +502,7 @@ def migrate_database(
                 backend, database, scripts, action=action, to=to, store=store, connection=conn
             )
     at = current_heads(connection)
-    result.before = _joined(at)
+    result.before = _revisions_text(at)
     _check_move(directory, scripts, connection, action, to, at, label)
 
     def applied(*, step: Any, **_: Any) -> None:
@@ -516,7 +516,7 @@ def migrate_database(
         raise BadRevision(f"cannot {action} {label} to {to!r}: {exc}") from None
     except Exception as exc:
         raise _migration_failed(directory, connection, backend, exc, label, result.before) from exc
-    result.after = _joined(current_heads(connection))
+    result.after = _revisions_text(current_heads(connection))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -602,7 +602,7 @@ def revision_state(app: App, store: str) -> RevisionState:
     tops = directory.get_heads()
     placement = app.placement(store)
     if not app.site.backend(placement.service).exists(placement.database):
-        return RevisionState(f"{app.name}.{store}", None, _joined(tops), "no database")
+        return RevisionState(f"{app.name}.{store}", None, _revisions_text(tops), "no database")
     at = current(app, store)
     if set(at) == set(tops):
         state = "at head"
@@ -610,7 +610,7 @@ def revision_state(app: App, store: str) -> RevisionState:
         state = "behind"
     else:
         state = "unknown revision"
-    return RevisionState(f"{app.name}.{store}", _joined(at), _joined(tops), state)
+    return RevisionState(f"{app.name}.{store}", _revisions_text(at), _revisions_text(tops), state)
 
 
 # scratch databases: autogenerate and check compare models with the migrations -----------
@@ -860,8 +860,8 @@ def checked(app: App, name: str) -> Checked:
             upgrade = f"storekeeper upgrade {label}"
             return Checked(
                 [
-                    f"database at revision {_joined(at) or 'base'}, migrations' head is "
-                    f"{_joined(tops) or 'base'}: run {upgrade}"
+                    f"database at revision {_revisions_text(at) or 'base'}, migrations' head is "
+                    f"{_revisions_text(tops) or 'base'}: run {upgrade}"
                 ],
                 "upgrade",
                 upgrade,

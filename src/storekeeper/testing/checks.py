@@ -18,10 +18,10 @@ from .janitor import TestSite, check_test_service, drop_test_database, twin
 
 if TYPE_CHECKING:
     from ..declare import App
-    from .janitor import Janitor
+    from .janitor import StoreBuilder
 
 
-def check_migrations(janitor: Janitor) -> list[str]:
+def check_migrations(janitor: StoreBuilder) -> list[str]:
     """Every problem found in the migrations of the stores under test, one line each (no
     test template is needed: two heads are reported here, not by a failing build)."""
     problems: list[str] = []
@@ -31,7 +31,7 @@ def check_migrations(janitor: Janitor) -> list[str]:
     return problems
 
 
-def check_store(janitor: Janitor, app: App, store: str) -> list[str]:
+def check_store(janitor: StoreBuilder, app: App, store: str) -> list[str]:
     """The problems in the migrations of one store (an empty list when they are sound)."""
     label = f"{app.name}.{store}"
     tops = heads(app, store)

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from ..config import Config
     from ..declare import App, Store
-    from .janitor import Janitor, StoreUnderTest
+    from .janitor import StoreBuilder, StoreUnderTest
 
 SERVER_CHOICES = "sqlite, postgresql, config or a database URL"
 
@@ -305,7 +305,7 @@ class Stores:
     whole run, in which each test's transaction begins and is rolled back."""
 
     def __init__(
-        self, janitor: Janitor, stores: dict[str, tuple[App, Store]], default: str
+        self, janitor: StoreBuilder, stores: dict[str, tuple[App, Store]], default: str
     ) -> None:
         self.janitor = janitor
         #: The stores under test by ``app.store``; each is built when first asked for.
@@ -463,12 +463,12 @@ def _stores(config: pytest.Config) -> Stores:
     stores = config.stash.get(_STORES, None)
     if stores is not None:
         return stores
-    from .janitor import Janitor
+    from .janitor import StoreBuilder
 
     worker, run_id = _worker(config)
     try:
         loaded = config_for_tests(config, worker, run_id)
-        janitor = Janitor(
+        janitor = StoreBuilder(
             _apps(config, loaded),
             loaded,
             worker=worker,
@@ -494,7 +494,7 @@ def _stores(config: pytest.Config) -> Stores:
     return stores
 
 
-def _finish(janitor: Janitor, catalog: Path, workeroutput: Any) -> None:
+def _finish(janitor: StoreBuilder, catalog: Path, workeroutput: Any) -> None:
     """End of the run in this process: drop what it made. The process that owns the run (no
     xdist, or its controller) also drops what the run's workers shared: its templates."""
     try:
