@@ -29,6 +29,7 @@ test: $(VENV)/.test-installed postgres-binaries redis-binaries lint typecheck py
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
@@ -74,4 +75,4 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/web.py $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .grimp_cache

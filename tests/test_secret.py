@@ -311,3 +311,10 @@ def test_a_process_seals_with_the_salt_of_a_value_it_opened() -> None:
     secret_module._SEAL_SALTS.clear()  # as in a new process
     assert unseal(opened, passphrase) == URL_TEXT
     assert seal("another URL", passphrase).split(":")[3] == salt
+
+
+def test_encrypt_and_decrypt_keep_their_old_names() -> None:
+    from storekeeper.secret import decrypt, encrypt
+
+    assert seal is encrypt and unseal is decrypt
+    assert decrypt(encrypt(URL_TEXT, FERNET_KEY), FERNET_KEY) == URL_TEXT

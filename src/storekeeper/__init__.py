@@ -10,7 +10,8 @@ Declare stores in code, plug them into database servers, sync them, and get sess
         ...
 """
 
-from .declare import App, Kind, ServerSetting, Store
+from .declarations import Kind, ServerSetting, Store
+from .declare import App
 from .errors import (
     BadInput,
     BadRevision,

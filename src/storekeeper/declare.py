@@ -1,28 +1,35 @@
-"""What apps write: :class:`App`, :class:`Store`, :class:`ServerSetting`, :class:`Kind`.
+"""What apps write: :class:`App` (the facade over sites, sessions, provisioning and
+migrations), and the declarations it is made of, re-exported from :mod:`.declarations`.
 
-This module is imported by ``import storekeeper`` and so stays light: SQLAlchemy and the rest
-are imported when an app first touches a database.
+This module is imported by ``import storekeeper`` and so stays light: the core's verbs (site,
+provision, sessions), SQLAlchemy and the rest are imported by the methods that use them, when
+an app first touches a database.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from .errors import BadInput, InvalidName, NotFound, StorekeeperError
-from .naming import check_identifier, physical_name
+from .declarations import (
+    AppDeclaration,
+    Initializer,
+    InitializerSpec,
+    Kind,
+    ServerSetting,
+    Store,
+)
+from .errors import StorekeeperError
 
 if TYPE_CHECKING:
     import asyncio
 
-    from sqlalchemy import URL, Connection, Engine, MetaData
+    from sqlalchemy import URL, Connection, Engine
     from sqlalchemy.ext.asyncio import (
         AsyncEngine,
         AsyncSession,
@@ -39,85 +46,20 @@ if TYPE_CHECKING:
     from .provision import StoreInfo, SyncReport
     from .site import Placement, Site
 
-_Named = TypeVar("_Named", "Store", "ServerSetting", "Kind")
-
-#: ``initializer(engine, first_time)``: Tethys' contract for filling a store.
-Initializer = Callable[["Engine", bool], None]
-InitializerSpec = Initializer | str | None
-
-
-@dataclass(frozen=True)
-class Store:
-    """One database an app declares; its physical name is ``<app>_<store>``.
-
-    ``initializer`` is a callable or a ``"module:function"`` / ``"module.function"`` string,
-    called as ``initializer(engine, first_time)`` after the schema is in place.
-    ``migrations`` is its Alembic script directory (relative paths are taken from the folder of
-    the module that declares the app); by default ``<that folder>/migrations/<store>``.
-    """
-
-    name: str
-    description: str = ""
-    metadata: MetaData | None = None
-    initializer: InitializerSpec = None
-    required: bool = True
-    spatial: bool = False
-    migrations: str | Path | None = None
-
-    def __post_init__(self) -> None:
-        check_identifier(self.name, "store")
-
-
-@dataclass(frozen=True)
-class ServerSetting:
-    """An app's socket for a whole database server, used to create stores at run time."""
-
-    name: str
-    description: str = ""
-    required: bool = False
-
-    def __post_init__(self) -> None:
-        check_identifier(self.name, "server setting")
-
-
-@dataclass(frozen=True)
-class Kind:
-    """A template for stores made at run time (a tenant's database).
-
-    ``migrations`` is the Alembic script directory every store of the kind shares; by default
-    ``<folder of the app's module>/migrations/kinds/<kind>``.
-    """
-
-    name: str
-    metadata: MetaData | None = None
-    initializer: InitializerSpec = None
-    description: str = ""
-    spatial: bool = False
-    migrations: str | Path | None = None
-
-    def __post_init__(self) -> None:
-        check_identifier(self.name, "kind")
+__all__ = ["App", "Initializer", "InitializerSpec", "Kind", "ServerSetting", "Store"]
 
 
 @dataclass(eq=False)
-class App:
+class App(AppDeclaration):
     """An application's stores, server settings and kinds, and the sessions on them.
 
-    ``App("my_first_app", stores=[Store("example_db", metadata=Base.metadata)])``
+    ``App("my_first_app", stores=[Store("example_db", metadata=Base.metadata)], module=__name__)``
 
     ``migrations`` is the folder of the stores' Alembic script directories (default: a
     ``migrations`` folder beside the module that creates the app); ``module`` is that module's
-    name, found by looking at the caller when not given.
+    name (``__name__``), found by looking at the caller when not given.
     """
 
-    name: str
-    stores: Sequence[Store] = ()
-    servers: Sequence[ServerSetting] = ()
-    kinds: Sequence[Kind] = ()
-    description: str = ""
-    migrations: str | Path | None = None
-    module: str | None = None
-    _home: Path | None = field(default=None, repr=False)
     _site: Site | None = field(default=None, repr=False)
     _makers: dict[str, sessionmaker[Session]] = field(default_factory=dict, repr=False)
     # store -> (event loop, factory): async engines are per loop, so is their factory.
@@ -128,84 +70,20 @@ class App:
     _async_scoped: dict[str, async_scoped_session[AsyncSession]] = field(
         default_factory=dict, repr=False
     )
-    _joined: dict[str, tuple[Connection, sessionmaker[Session]]] = field(
+    _joining_makers: dict[str, tuple[Connection, sessionmaker[Session]]] = field(
         default_factory=dict, repr=False
     )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        check_identifier(self.name, "app")
+        super().__post_init__()
         _APPS.add(self)
-        if self.module is None:
-            # The module that called App(...) (frame 0 is this method, 1 the dataclass
-            # __init__): its folder is where the app's migrations live by default.
-            caller = sys._getframe(2).f_globals
-            self.module = caller.get("__name__")
-            where = caller.get("__file__")
-            if self._home is None and isinstance(where, str):
-                self._home = Path(where).resolve().parent
-        elif self._home is None:
-            where = getattr(sys.modules.get(self.module), "__file__", None)
-            if isinstance(where, str):
-                self._home = Path(where).resolve().parent
-        self.stores = tuple(self.stores)
-        self.servers = tuple(self.servers)
-        self.kinds = tuple(self.kinds)
-        for group, items in (("store", self.stores), ("server setting", self.servers)):
-            _no_duplicates(self.name, group, [i.name for i in items])
-        _no_duplicates(self.name, "kind", [k.name for k in self.kinds])
-        both = {s.name for s in self.stores} & {s.name for s in self.servers}
-        if both:
-            raise InvalidName(
-                f"app {self.name!r}: {', '.join(sorted(both))} is both a store and a server "
-                "setting; settings share one namespace for assignments"
-            )
-        for store in self.stores:
-            physical_name(self.name, store.name)
 
-    # declarations ---------------------------------------------------------------------
-
-    def store(self, name: str) -> Store:
-        """The declared store called ``name``; :class:`NotFound` names the app's stores, those
-        made at run time included."""
-        for store in self.stores:
-            if store.name == name:
-                return store
+    def _made_at_run_time(self) -> list[str]:
         try:
-            runtime = [r.name for r in self.site.catalog.runtime_stores(self.name)]
-        except StorekeeperError:  # an unreachable catalog must not hide this error
-            runtime = []
-        made = f"; made at run time: {', '.join(runtime)}" if runtime else ""
-        raise NotFound(
-            f"app {self.name!r} declares no store {name!r}; its stores: "
-            f"{', '.join(s.name for s in self.stores) or 'none'}{made}"
-        )
-
-    def server(self, name: str) -> ServerSetting:
-        """The declared server setting called ``name``."""
-        return self._declared(self.servers, name, "server setting", "server settings")
-
-    def kind(self, name: str) -> Kind:
-        """The declared kind called ``name``."""
-        return self._declared(self.kinds, name, "kind", "kinds")
-
-    def _declared(self, items: Sequence[_Named], name: str, what: str, plural: str) -> _Named:
-        for item in items:
-            if item.name == name:
-                return item
-        raise NotFound(
-            f"app {self.name!r} declares no {what} {name!r}; its {plural}: "
-            f"{', '.join(i.name for i in items) or 'none'}"
-        )
-
-    @property
-    def home(self) -> Path | None:
-        """The folder of the module that declares the app (where relative paths start)."""
-        return self._home
-
-    def setting_names(self) -> list[str]:
-        """Names that can be assigned a service: stores and server settings."""
-        return [s.name for s in self.stores] + [s.name for s in self.servers]
+            return [r.name for r in self.site.catalog.runtime_stores(self.name)]
+        except StorekeeperError:  # an unreachable catalog must not hide the caller's error
+            return []
 
     # the site -------------------------------------------------------------------------
 
@@ -213,6 +91,7 @@ class App:
     def site(self) -> Site:
         """The configuration and catalog this app uses (the process default until bound)."""
         if self._site is None:
+            # lazy: import storekeeper stays light
             from .site import Site
 
             self._site = Site.default()
@@ -224,7 +103,7 @@ class App:
         with self._lock:
             self._site = site
             self._makers.clear()
-            self._joined.clear()
+            self._joining_makers.clear()
             self._async_makers.clear()
         # Scoped sessions are kept (code holds them), and find the new site's factories.
         self.remove_sessions()
@@ -232,7 +111,8 @@ class App:
 
     def placement(self, name: str) -> Placement:
         """Where store ``name`` lives: service, database name and the assignment used."""
-        from .provision import place
+        # lazy: import storekeeper stays light
+        from .site import place
 
         return place(self, name)
 
@@ -253,6 +133,7 @@ class App:
         """A ``sessionmaker`` bound to store ``name`` (cached per store)."""
         maker = self._makers.get(name)
         if maker is None:
+            # lazy: import storekeeper stays light
             from sqlalchemy.orm import sessionmaker as make
 
             maker = make(bind=self.engine(name), expire_on_commit=False)
@@ -270,6 +151,7 @@ class App:
         ``.remove()`` when done, or :meth:`remove_sessions` for every store at once."""
         scoped = self._scoped.get(name)
         if scoped is None:
+            # lazy: import storekeeper stays light
             from sqlalchemy.orm import scoped_session as make_scoped
 
             # The factory is looked up per new session, so a scoped session that code keeps
@@ -300,12 +182,14 @@ class App:
 
     def async_sessionmaker(self, name: str) -> async_sessionmaker[AsyncSession]:
         """An ``async_sessionmaker`` bound to store ``name``'s engine in the running loop."""
+        # lazy: import storekeeper stays light
         from .site import running_loop
 
         loop = running_loop()
         cached = self._async_makers.get(name)
         if cached is not None and cached[0] is loop:
             return cached[1]
+        # lazy: import storekeeper stays light
         from sqlalchemy.ext.asyncio import async_sessionmaker as make
 
         maker = make(bind=self.async_engine(name), expire_on_commit=False)
@@ -318,8 +202,10 @@ class App:
         ``await ....remove()`` or :meth:`remove_async_sessions`."""
         scoped = self._async_scoped.get(name)
         if scoped is None:
+            # lazy: import storekeeper stays light
             from sqlalchemy.ext.asyncio import async_scoped_session as make_scoped
 
+            # lazy: import storekeeper stays light
             from .sessions import request_scope
 
             # Resolved per new session: the factory depends on the running loop and the site.
@@ -347,6 +233,7 @@ class App:
         """While inside, in the running event loop, async sessions of store ``name``
         (``async_session``, ``async_sessionmaker`` and async scoped sessions) come from
         ``maker``: a test's factory joined to its transaction."""
+        # lazy: import storekeeper stays light
         from .site import running_loop
 
         loop = running_loop()
@@ -387,19 +274,21 @@ class App:
         """A ``sessionmaker`` whose sessions join ``connection``'s transaction through
         savepoints (kept per store while the connection is the same: a test run makes one per
         test, and a new ``sessionmaker`` class each time would cost more than the test)."""
-        cached = self._joined.get(name)
+        cached = self._joining_makers.get(name)
         if cached is not None and cached[0] is connection:
             return cached[1]
+        # lazy: import storekeeper stays light
         from sqlalchemy.orm import sessionmaker as make
 
         joined = make(bind=connection, join_transaction_mode="create_savepoint")
-        self._joined[name] = (connection, joined)
+        self._joining_makers[name] = (connection, joined)
         return joined
 
     def server_engine(self, setting: str) -> Engine:
         """An engine on the server behind ``setting``: its maintenance database on PostgreSQL,
         an in-memory database on SQLite (whose "server" is a folder of files)."""
-        from .provision import server_service
+        # lazy: import storekeeper stays light
+        from .site import server_service
 
         backend = self.site.backend(server_service(self, setting))
         url = backend.server_url()
@@ -417,6 +306,7 @@ class App:
     ) -> SyncReport:
         """Create missing stores, bring schemas up, run initializers (what ``storekeeper sync``
         does); returns a report of what was done."""
+        # lazy: import storekeeper stays light
         from .provision import sync
 
         return sync(
@@ -440,6 +330,7 @@ class App:
         when ``first_time=True`` is given; by default (``None``) that is decided. A store that
         exists is kept (its kind too, when ``kind`` is not given) unless ``refresh``.
         """
+        # lazy: import storekeeper stays light
         from .provision import create_store
 
         return create_store(
@@ -455,12 +346,14 @@ class App:
 
     def drop_store(self, name: str) -> bool:
         """Drop store ``name``'s database (ending its connections); returns whether it existed."""
+        # lazy: import storekeeper stays light
         from .provision import drop_store
 
         return drop_store(self, name)
 
     def store_exists(self, name: str) -> bool:
         """Whether store ``name``'s database exists."""
+        # lazy: import storekeeper stays light
         from .provision import store_exists
 
         return store_exists(self, name)
@@ -482,18 +375,18 @@ class App:
         # scoped sessions, sessions joined to a test's connection) let go of them without a
         # byte on their sockets, and are dropped; the child's next sessions are its own. A
         # lock another thread of the parent held would never be released here.
-        from .forks import abandon, abandon_session
+        from .forks import abandon, abandon_session  # lazy: forks imports SQLAlchemy
 
         self._lock = threading.Lock()
         for scoped in self._scoped.values():
             if scoped.registry.has():
                 abandon_session(scoped.registry())
                 scoped.registry.clear()
-        for connection, joined in self._joined.values():
+        for connection, joined in self._joining_makers.values():
             abandon(connection)
             for name in [n for n, maker in self._makers.items() if maker is joined]:
                 del self._makers[name]
-        self._joined.clear()
+        self._joining_makers.clear()
 
     def forget(self, name: str) -> None:
         """Drop cached session factories of store ``name`` (after a drop or reassignment)."""
@@ -561,11 +454,3 @@ class _AsyncSessionScope:
                 await session.rollback()
         finally:
             await session.close()
-
-
-def _no_duplicates(app: str, what: str, names: list[str]) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise BadInput(f"app {app!r} declares {what} {name!r} twice")
-        seen.add(name)

@@ -6,6 +6,8 @@ Every message names the offending value and says what to do next. The command li
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class StorekeeperError(Exception):
     """Base class of every error storekeeper raises on purpose."""
@@ -67,3 +69,12 @@ class MigrationError(StorekeeperError):
 
 class BadRevision(MigrationError, BadInput):
     """A revision that does not exist for a store, or a move it cannot make (below base)."""
+
+
+def exit_code_of(failures: Iterable[int]) -> int:
+    """The exit code of a run over many stores, from the exit codes of its failures: 0 when
+    none failed, 2 when every failure was bad input, else 1."""
+    codes = set(failures)
+    if not codes:
+        return 0
+    return 2 if codes == {BadInput.exit_code} else 1

@@ -34,7 +34,7 @@ _OPENED_BY = "storekeeper_opened_by_pid"
 
 def create_engine(url: str | URL, **options: Any) -> Engine:
     """``sqlalchemy.create_engine`` whose pool resets only this process's connections."""
-    from sqlalchemy import create_engine as create
+    from sqlalchemy import create_engine as create  # as ours is named create_engine
 
     engine = create(url, **_options(options))
     _reset_own_connections_only(engine)
@@ -43,6 +43,7 @@ def create_engine(url: str | URL, **options: Any) -> Engine:
 
 def create_async_engine(url: str | URL, **options: Any) -> AsyncEngine:
     """``sqlalchemy.ext.asyncio.create_async_engine``, likewise."""
+    # The asyncio extension is imported only by apps that ask for an async engine.
     from sqlalchemy.ext.asyncio import create_async_engine as create
 
     engine = create(url, **_options(options))

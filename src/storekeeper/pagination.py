@@ -71,7 +71,7 @@ def paginate(
     for what, value in (("page", page), ("per_page", per_page)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadInput(f"{what} must be a whole number of at least 1, not {value!r}")
-    from sqlalchemy import func, select
+    from sqlalchemy import func, select  # on use: import storekeeper.pagination stays light
 
     items = session.scalars(statement.limit(per_page).offset((page - 1) * per_page)).all()
     total = None

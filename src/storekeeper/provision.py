@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,17 +21,23 @@ from .errors import (
     NotFound,
     ProvisionError,
     StorekeeperError,
+    exit_code_of,
 )
+from .migrate.commands import migrate_database, revision_state
 from .migrate.scripts import Scripts, kind_scripts, store_scripts
+from .migrate.templates import clone_from_template
 from .naming import check_identifier, physical_name
 from .secret import mask
 from .site import Placement
+from .site import place as place  # re-exported: its home was here before site.py
+from .site import server_service as server_service
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine, MetaData
 
-    from .backends import Backend, Service
-    from .declare import App, Initializer, InitializerSpec
+    from .backends import Backend
+    from .declarations import Initializer, InitializerSpec
+    from .declare import App
 
 
 log = logging.getLogger("storekeeper")
@@ -98,10 +104,7 @@ class SyncReport:
     @property
     def exit_code(self) -> int:
         """0 when every store synced; 2 when every failure was bad input; else 1."""
-        codes = {r.exit_code for r in self.failed}
-        if not codes:
-            return 0
-        return 2 if codes == {2} else 1
+        return exit_code_of(r.exit_code for r in self.failed)
 
 
 def resolve_initializer(spec: InitializerSpec, where: str) -> Initializer | None:
@@ -129,35 +132,6 @@ def resolve_initializer(spec: InitializerSpec, where: str) -> Initializer | None
             f"initializer {spec!r} of {where}: module {module_name!r} has no function {attr!r}"
         )
     return func  # type: ignore[no-any-return]
-
-
-def place(app: App, name: str) -> Placement:
-    """Where store ``name`` of ``app`` lives; raises :class:`NotAssigned` or :class:`NotFound`."""
-    site = app.site
-    check_identifier(name, "store")
-    declared = {s.name for s in app.stores}
-    if name in declared:
-        service = site.require_assignment(app.name, name)
-        chosen = site.assignment(app.name, name)
-        assert chosen is not None
-        return Placement(service, site.database_name(physical_name(app.name, name)), chosen)
-    record = site.runtime_store(app.name, name)
-    if record is not None:
-        return Placement(
-            site.service(record.service),
-            site.database_name(physical_name(app.name, name)),
-            Sourced(record.service, "made at run time"),
-        )
-    known = app.list_stores()
-    raise NotFound(
-        f"app {app.name!r} has no store {name!r}; its stores: {', '.join(known) or 'none'}"
-    )
-
-
-def server_service(app: App, setting: str) -> Service:
-    """The service plugged into server setting ``setting`` of ``app``."""
-    app.server(setting)
-    return app.site.require_assignment(app.name, setting, what="server setting")
 
 
 def _schema(engine: Engine, metadata: MetaData | None) -> list[str]:
@@ -197,59 +171,20 @@ def _provision(
     when a run is interrupted (Ctrl-C, SIGTERM, ``kill -9``) the next one finds the mark and
     makes the store again as new. A failure drops what this run made.
     """
-    app, site = plan.app, plan.app.site
-    service, database = plan.placement.service, plan.placement.database
-    backend = site.backend(service)
-    url = backend.database_url(database)
+    backend = plan.app.site.backend(plan.placement.service)
+    database = plan.placement.database
     started = time.perf_counter()
-    result = StoreResult(app.name, plan.store, service.name, database, "up to date")
-    doing = f"{'creating' if runtime is not None else 'syncing'} store {app.name}.{plan.store}"
+    result = StoreResult(
+        plan.app.name, plan.store, plan.placement.service.name, database, "up to date"
+    )
+    doing = f"{'creating' if runtime is not None else 'syncing'} store {plan.app.name}.{plan.store}"
     with backend.lock(database, doing=doing):
-        existed = backend.exists(database)
-        if existed and backend.unfinished(database):
-            log.warning(
-                "%s.%s: database %r was left half-made by an interrupted first initialization; "
-                "making it again",
-                app.name,
-                plan.store,
-                database,
-            )
-            _drop(plan, backend)
-            existed = False
-        elif existed and refresh:
-            _drop(plan, backend)
-            existed = False
-            result.action = "recreated"
+        existed = _clear_leftovers(plan, backend, result, refresh=refresh)
         step = "creating the database"
         try:
-            if not existed:
-                step = (
-                    f"cloning the template of kind {plan.kind}"
-                    if plan.scripts is not None and plan.kind is not None
-                    else "creating the database"
-                )
-                _create(plan, backend, result, doing)
-            engine = site.engine(url, backend)
-            if plan.scripts is None:
-                step = "creating the tables"
-                result.tables_added = _schema(engine, plan.metadata)
-            elif not result.from_template:
-                from .migrate.commands import migrate_database
-
-                step = "migrating"
-                migrated = migrate_database(backend, database, plan.scripts, store=plan.store)
-                result.revision, result.migrations_applied = migrated.after, migrated.applied
-            result.first_time = not existed or first_time
-            if plan.initializer is not None:
-                step = f"initializer {plan.initializer_name}"
-                plan.initializer(engine, result.first_time)
-                result.initialized = True
-            if runtime is not None:
-                step = "recording the store in the catalog"
-                site.add_runtime_store(app.name, plan.store, service.name, *runtime)
-            if not existed:
-                step = "marking the store's first initialization finished"
-                backend.mark_finished(database)
+            # Each step is named before it runs: a failure says which one failed.
+            for step in _build(plan, backend, result, existed, first_time, runtime, doing):
+                log.debug("%s.%s: %s", plan.app.name, plan.store, step)
         except BaseException as exc:
             # Leave nothing half-made: the next sync is a clean first time. Should the drop
             # fail too, the mark is still there and the next sync drops it.
@@ -259,6 +194,74 @@ def _provision(
                 raise  # interrupted (Ctrl-C, SystemExit): as it is, after the cleanup
             raise _failure(plan, failed, step, existed, undo_failed) from exc
     result.seconds = time.perf_counter() - started
+    _record_synced(plan, result)
+    return result
+
+
+def _clear_leftovers(plan: _Plan, backend: Backend, result: StoreResult, *, refresh: bool) -> bool:
+    """Drop the store's database when an interrupted first run left it half-made, or when
+    ``refresh`` asks; returns whether the database exists now."""
+    database = plan.placement.database
+    existed = backend.exists(database)
+    if existed and backend.unfinished(database):
+        log.warning(
+            "%s.%s: database %r was left half-made by an interrupted first initialization; "
+            "making it again",
+            plan.app.name,
+            plan.store,
+            database,
+        )
+        _drop(plan, backend)
+        return False
+    if existed and refresh:
+        _drop(plan, backend)
+        result.action = "recreated"
+        return False
+    return existed
+
+
+def _build(
+    plan: _Plan,
+    backend: Backend,
+    result: StoreResult,
+    existed: bool,
+    first_time: bool,
+    runtime: tuple[str | None, str | None] | None,
+    doing: str,
+) -> Iterator[str]:
+    """The steps of making a store ready, each named (yielded) before it runs: the database,
+    its schema (tables or migrations), the initializer, the catalog's record, the mark."""
+    site, database = plan.app.site, plan.placement.database
+    if not existed:
+        yield (
+            f"cloning the template of kind {plan.kind}"
+            if plan.scripts is not None and plan.kind is not None
+            else "creating the database"
+        )
+        _create(plan, backend, result, doing)
+    engine = site.engine(backend.database_url(database), backend)
+    if plan.scripts is None:
+        yield "creating the tables"
+        result.tables_added = _schema(engine, plan.metadata)
+    elif not result.from_template:
+        yield "migrating"
+        migrated = migrate_database(backend, database, plan.scripts, store=plan.store)
+        result.revision, result.migrations_applied = migrated.after, migrated.applied
+    result.first_time = not existed or first_time
+    if plan.initializer is not None:
+        yield f"initializer {plan.initializer_name}"
+        plan.initializer(engine, result.first_time)
+        result.initialized = True
+    if runtime is not None:
+        yield "recording the store in the catalog"
+        site.add_runtime_store(plan.app.name, plan.store, plan.placement.service.name, *runtime)
+    if not existed:
+        yield "marking the store's first initialization finished"
+        backend.mark_finished(database)
+
+
+def _record_synced(plan: _Plan, result: StoreResult) -> None:
+    """Record in the catalog (and the log) what syncing the store did."""
     detail = result.action + (
         f", tables added: {', '.join(result.tables_added)}" if result.tables_added else ""
     )
@@ -266,9 +269,10 @@ def _provision(
         detail += f", at revision {result.revision or 'base'}" + (
             " (from the template)" if result.from_template else ""
         )
-    site.catalog.record(app.name, plan.store, "sync", ok=True, detail=detail)
-    log.info("%s.%s on service %s: %s", app.name, plan.store, service.name, detail)
-    return result
+    plan.app.site.catalog.record(plan.app.name, plan.store, "sync", ok=True, detail=detail)
+    log.info(
+        "%s.%s on service %s: %s", plan.app.name, plan.store, plan.placement.service.name, detail
+    )
 
 
 def _drop(plan: _Plan, backend: Backend, *, wait: float | None = None) -> None:
@@ -293,8 +297,6 @@ def _create(plan: _Plan, backend: Backend, result: StoreResult, doing: str) -> N
     unfinished."""
     database = plan.placement.database
     if plan.scripts is not None and plan.kind is not None:
-        from .migrate.templates import clone_from_template
-
         result.revision = clone_from_template(plan.app, plan.kind, plan.placement.service, database)
         result.from_template = True
     else:
@@ -607,8 +609,6 @@ def status(apps: Sequence[App]) -> list[StoreStatus]:
                 row.size = backend.size(placement.database)
                 row.exists = row.size is not None
                 if row.exists and store_scripts(app, name).exists:
-                    from .migrate.commands import revision_state
-
                     state = revision_state(app, name)
                     row.revision, row.head = state.revision, state.head
                     row.migration_state = state.state

@@ -25,8 +25,8 @@ Envelopes
     so a backup of gigabytes is rotated by rewriting its header (:class:`Envelope`).
 
 Sealed values
-    :func:`seal` gives ``enc:`` + a wrapped key + ``:`` + the value encrypted (Fernet) with its
-    data key; :func:`unseal` opens it. Values sealed by storekeeper 0.1 (``enc:v1:``, Fernet
+    :func:`encrypt` gives ``enc:`` + a wrapped key + ``:`` + the value encrypted (Fernet) with
+    its data key; :func:`decrypt` opens it. Values sealed by storekeeper 0.1 (``enc:v1:``, Fernet
     under ``sha256(passphrase)``) are still read, and :func:`reseal` (what ``storekeeper secret
     rotate`` runs on every catalog URL) rewrites them as ``enc:v2:``.
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -87,6 +88,7 @@ def mask_url(url: URL | str) -> str:
     is read with :func:`sqlalchemy.make_url` when it parses, and masked as text as well, since
     a raw ``@`` in a password makes ``make_url`` take part of the password for the host.
     """
+    # On use: config imports this module, and `storekeeper --help` needs no SQLAlchemy.
     from sqlalchemy import URL as URLType
     from sqlalchemy import make_url
     from sqlalchemy.exc import ArgumentError
@@ -105,8 +107,6 @@ def masked_repr(obj: object) -> str:
 
     For ``__repr__`` of objects that hold URLs, or objects that hold those.
     """
-    import dataclasses
-
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         raise TypeError(f"masked_repr needs a dataclass instance, not {type(obj).__name__}")
     fields = ", ".join(
@@ -181,7 +181,7 @@ def sealing_key_id(key: str | None = None) -> str:
 
 
 def is_sealed(value: str) -> bool:
-    """Whether ``value`` was written by :func:`seal` (any version)."""
+    """Whether ``value`` was written by :func:`encrypt` (any version)."""
     return value.startswith(_SEALED)
 
 
@@ -380,7 +380,7 @@ class Envelope:
             raise ConfigError(f"data sealed with key id {self.key_id} is damaged") from None
 
 
-def seal(value: str, key: str | None = None) -> str:
+def encrypt(value: str, key: str | None = None) -> str:
     """Encrypt ``value`` in an envelope of its own under ``key`` (default:
     ``STOREKEEPER_SECRET_KEY``); with no key at all, return it unchanged."""
     key = key if key is not None else secret_key()
@@ -408,16 +408,16 @@ def key_id(value: str) -> str | None:
     return _split_wrapped(_split_sealed(value)[0])[0]
 
 
-def unseal(value: str, key: str | None = None) -> str:
-    """Decrypt a value written by :func:`seal` (or by storekeeper 0.1) with ``key`` (default:
+def decrypt(value: str, key: str | None = None) -> str:
+    """Decrypt a value written by :func:`encrypt` (or by storekeeper 0.1) with ``key`` (default:
     ``STOREKEEPER_SECRET_KEY``); a plain value is returned as it is."""
     if not is_sealed(value):
         return value
     what = ENV_KEY if key is None else "the key given"
-    return _unseal(value, _require_key(key), what)
+    return _decrypt(value, _require_key(key), what)
 
 
-def _unseal(value: str, key: str, what: str) -> str:
+def _decrypt(value: str, key: str, what: str) -> str:
     if value.startswith(_V1):
         fernet = _crypto()
         legacy = fernet.Fernet(base64.urlsafe_b64encode(hashlib.sha256(key.encode()).digest()))
@@ -437,16 +437,22 @@ def reseal(value: str, old_key: str | None, new_key: str) -> str:
     that one; raises :class:`ConfigError` when neither opens it.
     """
     if not is_sealed(value):
-        return seal(value, new_key)
+        return encrypt(value, new_key)
     failure: _WrongKey | None = None
     for key in (old_key, new_key):
         if not key:
             continue
         try:
             if value.startswith(_V1):
-                return seal(_unseal(value, key, "the old key"), new_key)
+                return encrypt(_decrypt(value, key, "the old key"), new_key)
             wrapped, token = _split_sealed(value)
             return f"{_SEALED}{rewrap(wrapped, key, new_key)}:{token}"
         except _WrongKey as exc:
             failure = failure or exc
     raise failure or _wrong_key("the old key", key_id(value), None)
+
+
+#: The names :func:`encrypt` and :func:`decrypt` had before (kept working): "seal" now only
+#: means what templates undergo between uses (:mod:`storekeeper.migrate.templates`).
+seal = encrypt
+unseal = decrypt

@@ -22,12 +22,14 @@ from .backends import Backend, Service, backend_for, parse_service_url
 from .catalog import Catalog, RuntimeStore
 from .config import BUILTIN, Config, Sourced
 from .errors import BadInput, NotAssigned, NotFound
-from .naming import check_identifier, format_database_name
+from .naming import check_identifier, format_database_name, physical_name
 from .secret import masked_repr
 
 if TYPE_CHECKING:
     from sqlalchemy import URL, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from .declare import App
 
 LOCAL_SERVICE = "local"
 LOCAL_URL = "sqlite:///var/stores"
@@ -65,6 +67,35 @@ class Placement:
 
     def __repr__(self) -> str:
         return masked_repr(self)
+
+
+def place(app: App, name: str) -> Placement:
+    """Where store ``name`` of ``app`` lives; raises :class:`NotAssigned` or :class:`NotFound`."""
+    site = app.site
+    check_identifier(name, "store")
+    declared = {s.name for s in app.stores}
+    if name in declared:
+        service = site.require_assignment(app.name, name)
+        chosen = site.assignment(app.name, name)
+        assert chosen is not None
+        return Placement(service, site.database_name(physical_name(app.name, name)), chosen)
+    record = site.runtime_store(app.name, name)
+    if record is not None:
+        return Placement(
+            site.service(record.service),
+            site.database_name(physical_name(app.name, name)),
+            Sourced(record.service, "made at run time"),
+        )
+    known = app.list_stores()
+    raise NotFound(
+        f"app {app.name!r} has no store {name!r}; its stores: {', '.join(known) or 'none'}"
+    )
+
+
+def server_service(app: App, setting: str) -> Service:
+    """The service plugged into server setting ``setting`` of ``app``."""
+    app.server(setting)
+    return app.site.require_assignment(app.name, setting, what="server setting")
 
 
 class Site:
@@ -265,7 +296,7 @@ class Site:
 
     def engine(self, url: URL, backend: Backend, **options: Any) -> Engine:
         """The one engine of this process for database ``url`` (made on first use)."""
-        key = url.render_as_string(hide_password=False)
+        key = _engine_key(url)
         engine = self._engines.get(key)
         if engine is not None:
             return engine
@@ -279,7 +310,7 @@ class Site:
 
     def dispose_engine(self, url: URL) -> None:
         """Close and forget the engine of database ``url`` (before it is dropped)."""
-        key = url.render_as_string(hide_password=False)
+        key = _engine_key(url)
         engine = self._engines.pop(key, None)
         if engine is not None:
             engine.dispose()
@@ -287,7 +318,7 @@ class Site:
             async_engine = engines.pop(key, None)
             if async_engine is not None:
                 # Its connections may belong to another loop: drop them, the drop ends them.
-                async_engine.sync_engine.dispose(close=False)
+                _let_go([async_engine])
 
     def async_engine(self, url: URL, backend: Backend, **options: Any) -> AsyncEngine:
         """The asyncio engine for database ``url`` in the running event loop (made on first use).
@@ -295,7 +326,7 @@ class Site:
         Outside a running loop the engine is shared by every caller without a loop.
         """
         loop = running_loop()
-        key = url.render_as_string(hide_password=False)
+        key = _engine_key(url)
         engines = self._async_engines.get(loop)
         engine = engines.get(key) if engines is not None else None
         if engine is not None:
@@ -315,8 +346,7 @@ class Site:
     def _forget_closed_loops(self) -> None:
         # Connections of a closed loop cannot be closed any more; let them be collected.
         for loop in [lp for lp in self._async_engines if lp is not None and lp.is_closed()]:
-            for engine in self._async_engines.pop(loop).values():
-                engine.sync_engine.dispose(close=False)
+            _let_go(self._async_engines.pop(loop).values())
 
     async def dispose_async_engines(self) -> None:
         """Close the pooled connections of the running loop's asyncio engines (at shutdown;
@@ -334,16 +364,18 @@ class Site:
         for engine in list(self._engines.values()):
             engine.dispose(close=False)
         # The parent's event loops do not run in the child: forget their engines whole.
-        for engines in list(self._async_engines.values()):
-            for async_engine in engines.values():
-                async_engine.sync_engine.dispose(close=False)
-        self._async_engines.clear()
+        self._let_go_of_async_engines()
         for backend in self._backends.values():
             admin = getattr(backend, "_admin", None)
             if admin is not None:
                 admin.dispose(close=False)
         if self.catalog._engine is not None:
             self.catalog._engine.dispose(close=False)
+
+    def _let_go_of_async_engines(self) -> None:
+        """Forget the asyncio engines of every loop, dropping their connections unclosed."""
+        _let_go(self.async_engines())
+        self._async_engines.clear()
 
     def close(self) -> None:
         """Close every connection this site holds."""
@@ -352,10 +384,7 @@ class Site:
         self._engines.clear()
         # Async connections are closed by awaiting dispose_async_engines() in their loop (the
         # integrations' shutdown hooks do); here, outside any loop, they can only be dropped.
-        for engines in self._async_engines.values():
-            for async_engine in engines.values():
-                async_engine.sync_engine.dispose(close=False)
-        self._async_engines.clear()
+        self._let_go_of_async_engines()
         for backend in self._backends.values():
             backend.close()
         self._backends.clear()
@@ -364,3 +393,15 @@ class Site:
     def engines(self) -> Iterable[Engine]:
         """The engines made so far (for pool checks and monitoring)."""
         return list(self._engines.values())
+
+
+def _engine_key(url: URL) -> str:
+    """What engines are kept under: the whole URL (two passwords, two engines)."""
+    return url.render_as_string(hide_password=False)
+
+
+def _let_go(engines: Iterable[AsyncEngine]) -> None:
+    """Give ``engines`` fresh pools without closing their connections: those belong to another
+    event loop (or a parent process) and cannot be closed from here."""
+    for engine in engines:
+        engine.sync_engine.dispose(close=False)

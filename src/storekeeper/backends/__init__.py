@@ -139,6 +139,7 @@ def _sqlite_folder(url: URL, root: Path, text: str, what: str) -> Path:
 def backend_for(service: Service) -> Backend:
     """The backend that manages databases on ``service``."""
     name = service.url.get_backend_name()
+    # Each dialect's module (and its driver) is imported when a service of it is first used.
     if name == "postgresql":
         from .postgresql import PostgresBackend
 

@@ -11,7 +11,8 @@ import sys
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
-from sqlalchemy import URL, Engine
+from sqlalchemy import URL, Engine, create_engine
+from sqlalchemy.pool import NullPool
 
 from ..config import DEFAULT_LOCK_TIMEOUT
 from ..errors import LockTimeout, ServiceUnavailable
@@ -227,9 +228,6 @@ class Backend(abc.ABC):
     def migration_engine(self, name: str) -> Engine:
         """A pool-less engine on database ``name`` whose transactions cover DDL, for running
         migrations (nothing stays connected afterwards, so a template can be sealed)."""
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
-
         return create_engine(self.database_url(name), poolclass=NullPool, **self.engine_options())
 
     def prepare_engine(self, engine: Engine) -> None:  # noqa: B027 - optional hook

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from sqlalchemy import URL, Engine, event
+from sqlalchemy import URL, Engine, event, make_url
 
 from ..errors import InvalidName, LockTimeout, ProvisionError, ServiceUnavailable
 from .base import Backend, LockHolder, Service, lock_timeout_error
@@ -55,8 +55,6 @@ class SqliteBackend(Backend):
         return self.service.url.set(database=str(self.path(name)))
 
     def server_url(self) -> URL:
-        from sqlalchemy import make_url
-
         return make_url("sqlite://")
 
     def exists(self, name: str) -> bool:
@@ -324,22 +322,30 @@ class SqliteBackend(Backend):
         return {"connect_args": {"timeout": 30}}
 
     def migration_engine(self, name: str) -> Engine:
-        engine = super().migration_engine(name)
-
-        # pysqlite commits before DDL on its own; SQLAlchemy's documented recipe takes
-        # transactions over, so a failing migration's CREATE/ALTER is rolled back too.
-        # Foreign keys stay off here, as Alembic's batch mode needs to copy tables.
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
-
-        return engine
+        # pysqlite commits before DDL on its own: taken over, a failing migration's
+        # CREATE/ALTER is rolled back too. Foreign keys stay off here, as Alembic's batch mode
+        # needs to copy tables.
+        return take_over_transactions(super().migration_engine(name))
 
     def prepare_engine(self, engine: Engine) -> None:
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
+
+def take_over_transactions(engine: Engine, *, foreign_keys: bool = False) -> Engine:
+    """Make SQLAlchemy, not pysqlite, begin and end ``engine``'s transactions (SQLAlchemy's
+    documented recipe): then DDL stays inside them and SAVEPOINT works. ``foreign_keys``
+    turns SQLite's foreign key checks on for each connection too. Returns ``engine``."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        if foreign_keys:
+            dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from sqlalchemy import (
     Connection,
     Engine,
@@ -21,14 +22,16 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    make_url,
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from .. import forks
 from ..errors import ConfigError, ServiceUnavailable
-from ..secret import mask, mask_url, seal, unseal
+from ..secret import decrypt, encrypt, mask, mask_url
 from . import tables as t
 
 __all__ = ["Catalog", "Event", "RuntimeStore"]
@@ -58,8 +61,6 @@ def _insert(
     (none: keep the row there). One statement, so two writers racing on one key cannot make it
     fail: a failed INSERT aborts a PostgreSQL transaction, whose COMMIT then silently rolls
     back. Returns the number of rows written."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     keys = [column.name for column in table.primary_key]
     statement: Any = dialect.insert(table).values(values)
@@ -101,8 +102,6 @@ class Catalog:
     on the first write: reading a catalog that was never made finds it empty."""
 
     def __init__(self, url: str, root: Path) -> None:
-        from sqlalchemy import make_url
-
         self.url = make_url(url)
         #: A SQLite catalog's file. Until it exists, reading the catalog finds nothing and makes
         #: nothing (so read-only commands leave a bare folder as it was); a write makes it.
@@ -170,8 +169,6 @@ class Catalog:
         # Several processes may open a new catalog at once (two `sync` runs): the schema is
         # made or upgraded by one of them at a time.
         if engine.dialect.name == "sqlite" and self.url.database not in (None, "", ":memory:"):
-            from filelock import FileLock
-
             with FileLock(f"{self.url.database}.lock"):
                 self._upgrade_locked(engine)
         else:
@@ -222,11 +219,11 @@ class Catalog:
             return {}
         with self.engine.connect() as conn:
             rows = conn.execute(select(t.services.c.name, t.services.c.url)).all()
-        return {name: unseal(url) for name, url in rows}
+        return {name: decrypt(url) for name, url in rows}
 
     def add_service(self, name: str, url: str, *, replace: bool = False) -> bool:
         """Add a service; with ``replace``, change its URL. Returns whether it existed."""
-        values = {"name": name, "url": seal(url), "created_at": _now()}
+        values = {"name": name, "url": encrypt(url), "created_at": _now()}
         with self.engine.begin() as conn:
             if not replace:
                 return _insert(conn, t.services, values, replace=()) == 0

@@ -19,10 +19,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from ..backends.base import unreachable
 from ..errors import BadInput, BadRevision, MigrationError, NotFound, StorekeeperError
 from ..naming import physical_name
 from ..secret import mask
-from .env import ATTRIBUTE, Binding
+from ..site import server_service
+from .binding import ATTRIBUTE, Binding
 from .scripts import Scripts, kind_scripts, store_scripts
 from .scripts import init as init_directory
 
@@ -124,7 +129,7 @@ def script_directory(scripts: Scripts) -> ScriptDirectory:
     cached = _DIRECTORIES.get(str(path))
     if cached is not None and cached[0] == key:
         return cached[1]
-    from alembic.script import ScriptDirectory
+    from alembic.script import ScriptDirectory  # lazy: Alembic loads only when a migration runs
 
     directory = ScriptDirectory.from_config(alembic_config(scripts))
     _DIRECTORIES[str(path)] = (key, directory)
@@ -134,7 +139,7 @@ def script_directory(scripts: Scripts) -> ScriptDirectory:
 def alembic_config(scripts: Scripts, binding: Binding | None = None) -> Config:
     """An Alembic ``Config`` for ``scripts`` (its ``alembic.ini`` when there is one), carrying
     ``binding`` to ``env.py``."""
-    from alembic.config import Config
+    from alembic.config import Config  # lazy: Alembic loads only when a migration runs
 
     path = scripts.require()
     ini = path / "alembic.ini"
@@ -205,10 +210,6 @@ def _revision_list(directory: ScriptDirectory) -> str:
 def database_connection(backend: Backend, database: str, label: str) -> Iterator[Connection]:
     """A pool-less connection to ``database`` that exists, closed (and its engine disposed)
     afterwards, so nothing stays connected to it."""
-    from sqlalchemy.exc import OperationalError
-
-    from ..backends.base import unreachable
-
     if not backend.exists(database):
         raise MigrationError(
             f"store {label} has no database {database!r} on service "
@@ -239,6 +240,7 @@ def store_connection(app: App, store: str, *, lock: bool = True) -> Iterator[Con
 
 def current_heads(connection: Connection) -> tuple[str, ...]:
     """The revisions recorded in the store behind ``connection`` (empty at base)."""
+    # lazy: Alembic loads only when a migration runs
     from alembic.runtime.migration import MigrationContext
 
     try:
@@ -253,8 +255,6 @@ def untracked_tables(connection: Connection, metadata: MetaData | None) -> list[
     """The tables of ``metadata`` that the database behind ``connection`` already has while
     it records no revision: a store made by ``create_all`` before it had migrations (empty
     when it has a revision, or none of those tables)."""
-    from sqlalchemy import inspect
-
     if metadata is None or current_heads(connection):
         return []
     try:
@@ -296,12 +296,13 @@ def _adoption_error(directory: ScriptDirectory, tables: Sequence[str], label: st
 # running migrations ---------------------------------------------------------------------
 
 
-def _joined(revs: Sequence[str]) -> str | None:
+def _revisions_text(revs: Sequence[str]) -> str | None:
     return ",".join(sorted(revs)) or None
 
 
 def is_known(directory: ScriptDirectory, rev: str) -> bool:
     """Whether the migrations of ``directory`` have revision ``rev``."""
+    # lazy: Alembic loads only when a migration runs
     from alembic.script.revision import RevisionError
     from alembic.util import CommandError
 
@@ -345,6 +346,7 @@ def _unknown(directory: ScriptDirectory, scripts: Scripts, label: str, what: str
 
 def _has(directory: ScriptDirectory, revs: str) -> bool:
     """Whether Alembic finds ``revs`` (a revision id, a prefix of one, ``branch@rev``)."""
+    # lazy: Alembic loads only when a migration runs
     from alembic.script.revision import RevisionError
     from alembic.util import CommandError
 
@@ -393,7 +395,7 @@ def _check_target(
         if -steps > depth:
             raise BadRevision(
                 f"cannot downgrade {label} by {-steps} revision(s): it is at "
-                f"{_joined(at) or 'base'}, {depth} revision(s) above base; "
+                f"{_revisions_text(at) or 'base'}, {depth} revision(s) above base; "
                 "--to base undoes them all"
             )
 
@@ -419,6 +421,54 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(shown).__name__}: {' '.join(str(shown).split())}"
 
 
+def _check_move(
+    directory: ScriptDirectory,
+    scripts: Scripts,
+    connection: Connection,
+    action: str,
+    to: str,
+    at: tuple[str, ...],
+    label: str,
+) -> None:
+    """Refuse, before anything runs, a revision the scripts do not know, a move that cannot
+    be, and an upgrade of a store whose tables were made without migrations."""
+    try:
+        _check_known(directory, scripts, at, label)
+        _check_target(directory, scripts, action, to, at, label)
+        if action == "upgrade" and directory.get_heads():
+            tables = untracked_tables(connection, scripts.metadata)
+            if tables:
+                raise MigrationError(_adoption_error(directory, tables, label))
+    except MigrationError as exc:
+        exc.before = exc.after = _revisions_text(at)
+        raise
+
+
+def _migration_failed(
+    directory: ScriptDirectory,
+    connection: Connection,
+    backend: Backend,
+    exc: Exception,
+    label: str,
+    before: str | None,
+) -> MigrationError:
+    """The error for a migration that failed: which one, why (passwords masked), and the
+    revision the store stays at."""
+    with contextlib.suppress(Exception):
+        connection.rollback()
+    try:
+        stays = _revisions_text(current_heads(connection)) or "base"
+    except Exception:
+        stays = "unknown (the connection failed)"
+    which = _failed_migration(directory, exc) or "?"
+    reason = mask(failure_reason(exc), backend.service.url.password)
+    return MigrationError(
+        f"store {label}: migration {which} failed: {reason}; the store stays at revision {stays}",
+        before=before,
+        after=None if stays == "base" else stays,
+    )
+
+
 def migrate_database(
     backend: Backend,
     database: str,
@@ -437,7 +487,7 @@ def migrate_database(
     :class:`MigrationError` naming the failing migration (the store then stays at the last
     good revision).
     """
-    from alembic import command
+    from alembic import command  # lazy: Alembic loads only when a migration runs
     from alembic.script.revision import RevisionError
     from alembic.util import CommandError
 
@@ -452,17 +502,8 @@ def migrate_database(
                 backend, database, scripts, action=action, to=to, store=store, connection=conn
             )
     at = current_heads(connection)
-    result.before = _joined(at)
-    try:
-        _check_known(directory, scripts, at, label)
-        _check_target(directory, scripts, action, to, at, label)
-        if action == "upgrade" and directory.get_heads():
-            tables = untracked_tables(connection, scripts.metadata)
-            if tables:
-                raise MigrationError(_adoption_error(directory, tables, label))
-    except MigrationError as exc:
-        exc.before = exc.after = result.before
-        raise
+    result.before = _revisions_text(at)
+    _check_move(directory, scripts, connection, action, to, at, label)
 
     def applied(*, step: Any, **_: Any) -> None:
         result.applied.append(str(step.up_revision_id))
@@ -474,40 +515,45 @@ def migrate_database(
     except (CommandError, RevisionError) as exc:
         raise BadRevision(f"cannot {action} {label} to {to!r}: {exc}") from None
     except Exception as exc:
-        with contextlib.suppress(Exception):
-            connection.rollback()
-        try:
-            stays = _joined(current_heads(connection)) or "base"
-        except Exception:
-            stays = "unknown (the connection failed)"
-        which = _failed_migration(directory, exc) or "?"
-        reason = mask(failure_reason(exc), backend.service.url.password)
-        raise MigrationError(
-            f"store {label}: migration {which} failed: {reason}; the store stays at revision "
-            f"{stays}",
-            before=result.before,
-            after=None if stays == "base" else stays,
-        ) from exc
-    result.after = _joined(current_heads(connection))
+        raise _migration_failed(directory, connection, backend, exc, label, result.before) from exc
+    result.after = _revisions_text(current_heads(connection))
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _store_action(app: App, store: str, action: str, to: str) -> MigrateResult:
+def migrate_store(
+    app: App, store: str, *, action: str = "upgrade", to: str = HEAD
+) -> MigrateResult:
+    """Move store ``store`` of ``app`` to ``to`` with ``action`` under the store's lock (the
+    one ``sync`` holds); the caller records the outcome (:func:`record_migration`)."""
     scripts = store_scripts(app, store)
-    scripts.require()
     placement = app.placement(store)
     backend = app.site.backend(placement.service)
+    with backend.lock(placement.database):
+        return migrate_database(
+            backend, placement.database, scripts, action=action, to=to, store=store
+        )
+
+
+def record_migration(app: App, result: MigrateResult) -> None:
+    """Record what one migration of a store did (or why it failed) in the catalog."""
+    detail = (
+        f"{result.action} {result.before or 'base'} -> {result.after or 'base'}"
+        if result.ok
+        else result.error
+    )
+    app.site.catalog.record(app.name, result.store, "migrate", ok=result.ok, detail=detail)
+
+
+def _store_action(app: App, store: str, action: str, to: str) -> MigrateResult:
+    store_scripts(app, store).require()
     try:
-        with backend.lock(placement.database):
-            result = migrate_database(
-                backend, placement.database, scripts, action=action, to=to, store=store
-            )
+        result = migrate_store(app, store, action=action, to=to)
     except StorekeeperError as exc:
-        app.site.catalog.record(app.name, store, "migrate", ok=False, detail=str(exc))
+        failed = MigrateResult(app.name, store, None, action, ok=False, error=str(exc))
+        record_migration(app, failed)
         raise
-    detail = f"{action} {result.before or 'base'} -> {result.after or 'base'}"
-    app.site.catalog.record(app.name, store, "migrate", ok=True, detail=detail)
+    record_migration(app, result)
     return result
 
 
@@ -556,7 +602,7 @@ def revision_state(app: App, store: str) -> RevisionState:
     tops = directory.get_heads()
     placement = app.placement(store)
     if not app.site.backend(placement.service).exists(placement.database):
-        return RevisionState(f"{app.name}.{store}", None, _joined(tops), "no database")
+        return RevisionState(f"{app.name}.{store}", None, _revisions_text(tops), "no database")
     at = current(app, store)
     if set(at) == set(tops):
         state = "at head"
@@ -564,7 +610,7 @@ def revision_state(app: App, store: str) -> RevisionState:
         state = "behind"
     else:
         state = "unknown revision"
-    return RevisionState(f"{app.name}.{store}", _joined(at), _joined(tops), state)
+    return RevisionState(f"{app.name}.{store}", _revisions_text(at), _revisions_text(tops), state)
 
 
 # scratch databases: autogenerate and check compare models with the migrations -----------
@@ -572,8 +618,6 @@ def revision_state(app: App, store: str) -> RevisionState:
 
 def _kind_service(app: App, kind: str) -> Service:
     """The service a kind's stores go to when no server is named (as ``create_store``)."""
-    from ..provision import server_service
-
     if len(app.servers) >= 1:
         return server_service(app, app.servers[0].name)
     return app.site.require_assignment(app.name, kind, what="kind")
@@ -647,7 +691,7 @@ def revision(
     ``create_all`` before it had migrations) gets the migration a new database needs, and a
     note saying how to adopt the existing one (``storekeeper stamp``), with what differs
     between its tables and the models."""
-    from alembic import command
+    from alembic import command  # lazy: Alembic loads only when a migration runs
     from alembic.util import CommandError
 
     made: Any
@@ -693,7 +737,7 @@ def _autogenerate(
 ) -> Any:
     """Alembic's autogenerate against a scratch database at the migrations' head; writes
     nothing when it finds nothing, unless ``empty``."""
-    from alembic import command
+    from alembic import command  # lazy: Alembic loads only when a migration runs
     from alembic.util import CommandError
 
     if scripts.metadata is None:
@@ -724,8 +768,6 @@ def _autogenerate(
 def _adoption_notes(app: App, store: str, scripts: Scripts, rev: str) -> tuple[str, ...]:
     """For a store made by ``create_all`` before it had migrations: how to adopt it, from a
     comparison of its real tables with the models (empty for any other store)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     label = f"{app.name}.{store}"
     try:
         placement = app.placement(store)
@@ -755,6 +797,7 @@ def _adoption_notes(app: App, store: str, scripts: Scripts, rev: str) -> tuple[s
 def compare(connection: Connection, metadata: MetaData | None) -> list[str]:
     """What differs between the schema behind ``connection`` and ``metadata``, one readable
     line per difference (types and server defaults compared)."""
+    # lazy: Alembic loads only when a migration runs
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -817,8 +860,8 @@ def checked(app: App, name: str) -> Checked:
             upgrade = f"storekeeper upgrade {label}"
             return Checked(
                 [
-                    f"database at revision {_joined(at) or 'base'}, migrations' head is "
-                    f"{_joined(tops) or 'base'}: run {upgrade}"
+                    f"database at revision {_revisions_text(at) or 'base'}, migrations' head is "
+                    f"{_revisions_text(tops) or 'base'}: run {upgrade}"
                 ],
                 "upgrade",
                 upgrade,

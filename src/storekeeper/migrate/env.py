@@ -22,56 +22,31 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import URL, Connection, Engine, create_engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import NullPool
+
+from ..discover import import_app, load_apps, select
 from ..errors import BadInput
+from ..site import Site
+from .binding import ATTRIBUTE, GIVEN, Binding, configure_options
+from .commands import store_connection
+from .scripts import Scripts, kind_scripts, store_scripts
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, MetaData
-
     from ..declare import App
-    from .scripts import Scripts
 
-#: The key of :class:`Binding` in ``alembic.config.Config.attributes``.
-ATTRIBUTE = "storekeeper"
-
-#: The keys of ``config.attributes`` that hand ``env.py`` a database of the caller's own, in
-#: the order they are looked at (the ``sqlalchemy.url`` option comes after storekeeper's
-#: own binding).
-GIVEN = ("connection", "engine", "url")
-
-
-@dataclass
-class Binding:
-    """What storekeeper hands to ``env.py``: the store's connection and metadata."""
-
-    connection: Connection
-    metadata: MetaData | None
-    #: Called after each applied migration with Alembic's ``on_version_apply`` arguments.
-    on_version_apply: Callable[..., None] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def configure_options(dialect: str, metadata: MetaData | None) -> dict[str, Any]:
-    """The ``context.configure`` options storekeeper uses for every store."""
-    return {
-        "target_metadata": metadata,
-        "compare_type": True,
-        "compare_server_default": True,
-        # One transaction per migration: a failing one leaves the store at the last good one.
-        "transaction_per_migration": True,
-        # SQLite cannot ALTER most things: batch mode copies the table instead.
-        "render_as_batch": dialect == "sqlite",
-    }
+__all__ = ["ATTRIBUTE", "GIVEN", "Binding", "configure_options", "run"]
 
 
 def run() -> None:
     """Run the migrations Alembic asked for: on the database the caller handed over, else on
     the store storekeeper's command locked, else on the store ``alembic.ini`` (or ``-x``)
     names."""
-    from alembic import context
+    from alembic import context  # lazy: importing this module loads no Alembic
 
     config = context.config
     # A database the caller handed over comes first: nothing else may be opened then.
@@ -106,10 +81,6 @@ def _run_bound(context: Any, binding: Binding) -> None:
 def _given_connection(where: str, value: Any) -> Iterator[Connection]:
     """A connection to the database ``value`` names: itself, one from an engine (closed
     afterwards), or one from a pool-less engine on a URL (disposed afterwards)."""
-    from sqlalchemy import URL, Connection, Engine, create_engine
-    from sqlalchemy.exc import ArgumentError
-    from sqlalchemy.pool import NullPool
-
     if isinstance(value, Connection):
         yield value
         return
@@ -139,8 +110,6 @@ def _run_given(context: Any, where: str, value: Any) -> None:
     if metadata is None:
         metadata = _target_scripts(context, kind_ok=True)[1].metadata
     if context.is_offline_mode() and not hasattr(value, "dialect"):
-        from sqlalchemy import make_url
-
         url = make_url(value)
         context.configure(
             url=url, literal_binds=True, **configure_options(url.get_backend_name(), metadata)
@@ -168,8 +137,6 @@ def _target(context: Any) -> str | None:
 def _target_scripts(context: Any, *, kind_ok: bool = False) -> tuple[str, Scripts]:
     """The store (or, with ``kind_ok``, the kind) that ``-x store``, ``STOREKEEPER_STORE`` or
     ``alembic.ini``'s ``storekeeper_target`` names, and its script directory."""
-    from .scripts import kind_scripts, store_scripts
-
     config = context.config
     location = config.get_main_option("script_location")
     target = _target(context)
@@ -194,9 +161,6 @@ def _target_scripts(context: Any, *, kind_ok: bool = False) -> tuple[str, Script
 def _find_app(context: Any, app_name: str) -> App:
     """The app named ``app_name``, bound to the project's site (``-x app``, the ini's
     ``storekeeper_app``, else as the command line finds apps); connects to nothing."""
-    from ..discover import import_app, load_apps, select
-    from ..site import Site
-
     config = context.config
     site = Site.default()
     # The project's modules import as when the project runs (alembic's own script does not
@@ -215,8 +179,6 @@ def _find_app(context: Any, app_name: str) -> App:
 
 def _run_plain(context: Any) -> None:
     """Plain ``alembic``: find the app and store, then run as storekeeper would."""
-    from .commands import store_connection
-
     if not logging.getLogger().handlers:
         # What alembic's own env.py shows: one line per migration run.
         logging.basicConfig(

@@ -18,7 +18,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import BadInput, MigrationError, NotFound, StorekeeperError
+from ..discover import select
+from ..errors import BadInput, MigrationError, NotFound, StorekeeperError, exit_code_of
 from ..naming import check_identifier
 from .commands import (
     HEAD,
@@ -27,7 +28,8 @@ from .commands import (
     RevisionState,
     _check_target,
     checked,
-    migrate_database,
+    migrate_store,
+    record_migration,
     revision_state,
     script_directory,
 )
@@ -71,10 +73,7 @@ class FanoutReport:
     @property
     def exit_code(self) -> int:
         """0 when all went well; 2 when every failure was bad input; else 1."""
-        codes = {r.exit_code for r in self.failed}
-        if not codes:
-            return 0
-        return 2 if codes == {2} else 1
+        return exit_code_of(r.exit_code for r in self.failed)
 
 
 def _with_migrations(app: App, names: Sequence[str]) -> list[StoreRef]:
@@ -90,8 +89,6 @@ def resolve_targets(
     stores made from that kind), or ``APP.PATTERN`` with ``*``, ``?`` or ``[...]`` matched
     against the app's store names; ``every`` adds every store that has migrations.
     """
-    from ..discover import select
-
     chosen: list[StoreRef] = []
     if every:
         for app in apps:
@@ -134,13 +131,7 @@ def attempt(ref: StoreRef, action: str, to: str) -> MigrateResult:
     started = time.perf_counter()
     app = ref.app
     try:
-        scripts = store_scripts(app, ref.store)
-        placement = app.placement(ref.store)
-        backend = app.site.backend(placement.service)
-        with backend.lock(placement.database):
-            return migrate_database(
-                backend, placement.database, scripts, action=action, to=to, store=ref.store
-            )
+        return migrate_store(app, ref.store, action=action, to=to)
     except StorekeeperError as exc:
         result = MigrateResult(app.name, ref.store, None, action, ok=False, error=str(exc))
         result.exit_code = exc.exit_code
@@ -200,12 +191,7 @@ def migrate_many(
 
     def done(ref: StoreRef, result: MigrateResult) -> None:
         report.results.append(result)
-        detail = (
-            f"{action} {result.before or 'base'} -> {result.after or 'base'}"
-            if result.ok
-            else result.error
-        )
-        ref.app.site.catalog.record(ref.app.name, ref.store, "migrate", ok=result.ok, detail=detail)
+        record_migration(ref.app, result)
         if progress is not None:
             progress(result, len(report.results), total)
 
@@ -259,8 +245,6 @@ def check_many(apps: Sequence[App], targets: Sequence[str]) -> dict[str, Checked
     """:func:`~.commands.checked` over ``targets`` (as :func:`resolve_targets`, plus
     ``APP.KIND`` for a kind's models against its migrations; all stores when empty): what was
     found, by store or kind."""
-    from ..discover import select
-
     found: dict[str, Checked] = {}
     stores = []
     for target in targets:

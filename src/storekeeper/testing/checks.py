@@ -12,19 +12,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import StorekeeperError
-from ..provision import place
+from ..migrate import check, downgrade, heads, revisions, store_scripts, upgrade
+from ..site import place
 from .janitor import TestSite, check_test_service, drop_test_database, twin
 
 if TYPE_CHECKING:
     from ..declare import App
-    from .janitor import Janitor
+    from .janitor import StoreBuilder
 
 
-def check_migrations(janitor: Janitor) -> list[str]:
+def check_migrations(janitor: StoreBuilder) -> list[str]:
     """Every problem found in the migrations of the stores under test, one line each (no
     test template is needed: two heads are reported here, not by a failing build)."""
-    from ..migrate import store_scripts
-
     problems: list[str] = []
     for app, store in janitor.bind().values():
         if store_scripts(app, store.name).exists:
@@ -32,10 +31,8 @@ def check_migrations(janitor: Janitor) -> list[str]:
     return problems
 
 
-def check_store(janitor: Janitor, app: App, store: str) -> list[str]:
+def check_store(janitor: StoreBuilder, app: App, store: str) -> list[str]:
     """The problems in the migrations of one store (an empty list when they are sound)."""
-    from ..migrate import heads
-
     label = f"{app.name}.{store}"
     tops = heads(app, store)
     if len(tops) > 1:
@@ -53,8 +50,6 @@ def check_store(janitor: Janitor, app: App, store: str) -> list[str]:
 
 def _up_and_down(app: App, store: str, label: str) -> list[str]:
     """Up from empty one revision at a time, down and up again at each, then the models."""
-    from ..migrate import check, downgrade, revisions, upgrade
-
     where = place(app, store)
     backend = app.site.backend(check_test_service(where.service))
     database = where.database

@@ -35,9 +35,10 @@ from ..backends import Backend, Service, backend_for
 from ..config import Config
 from ..declare import App, Store
 from ..errors import ConfigError, NotAssigned, StorekeeperError
+from ..migrate import store_scripts
 from ..naming import MAX_DATABASE_NAME_BYTES, TEST_PREFIX, physical_name
-from ..provision import place, resolve_initializer, sync
-from ..site import Site
+from ..provision import resolve_initializer, sync
+from ..site import Site, place
 
 log = logging.getLogger("storekeeper.testing")
 
@@ -243,8 +244,6 @@ def fingerprint(app: App, store: Store, dialect: str, extra: Iterable[Path] = ()
 
 def migration_files(app: App, store: Store) -> list[Path]:
     """The files of ``store``'s Alembic script directory (none when it has no migrations)."""
-    from ..migrate import store_scripts
-
     scripts = store_scripts(app, store.name)
     if not scripts.exists or scripts.path is None:
         return []
@@ -287,7 +286,7 @@ class StoreUnderTest:
         return f"{self.app.name}.{self.store}"
 
 
-class Janitor:
+class StoreBuilder:
     """Builds the templates and this worker's clones when first asked, and removes what the
     run made afterwards."""
 
@@ -449,3 +448,7 @@ class Janitor:
             for app in self.apps:
                 if id(app) in self._previous:
                     app.bind(self._previous[id(app)])
+
+
+#: The name :class:`StoreBuilder` had before (kept working): it builds more than it cleans.
+Janitor = StoreBuilder

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from ..config import Config
     from ..declare import App, Store
-    from .janitor import Janitor, StoreUnderTest
+    from .janitor import StoreBuilder, StoreUnderTest
 
 SERVER_CHOICES = "sqlite, postgresql, config or a database URL"
 
@@ -305,7 +305,7 @@ class Stores:
     whole run, in which each test's transaction begins and is rolled back."""
 
     def __init__(
-        self, janitor: Janitor, stores: dict[str, tuple[App, Store]], default: str
+        self, janitor: StoreBuilder, stores: dict[str, tuple[App, Store]], default: str
     ) -> None:
         self.janitor = janitor
         #: The stores under test by ``app.store``; each is built when first asked for.
@@ -426,28 +426,23 @@ class Stores:
 def _async_test_engine(ready: StoreUnderTest) -> AsyncEngine:
     """An asyncio engine on ``ready``'s database for one test (its connections belong to the
     test's event loop), made to run savepoints on SQLite and not to auto-prepare statements."""
-    from sqlalchemy import event
     from sqlalchemy.ext.asyncio import create_async_engine
+
+    from ..backends.sqlite import take_over_transactions
 
     url = ready.app.async_engine(ready.store).url
     if url.get_backend_name() != "sqlite":
         return create_async_engine(url, connect_args={"prepare_threshold": None})
     engine = create_async_engine(url, connect_args={"timeout": 30})
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
-
+    take_over_transactions(engine.sync_engine)
     return engine
 
 
 def _held_connection_engine(engine: Engine) -> Engine:
     """An engine on the same database for the connection a worker holds for the run."""
-    from sqlalchemy import create_engine, event
+    from sqlalchemy import create_engine
+
+    from ..backends.sqlite import take_over_transactions
 
     if engine.dialect.name != "sqlite":
         # psycopg prepares a statement run five times, and after every ROLLBACK deallocates
@@ -456,17 +451,7 @@ def _held_connection_engine(engine: Engine) -> Engine:
     # SQLite: SQLAlchemy must control the transactions itself, so SAVEPOINT works inside
     # them (pysqlite's own transaction handling defeats it).
     test_engine = create_engine(engine.url, connect_args={"timeout": 30})
-
-    @event.listens_for(test_engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        dbapi_conn.execute("PRAGMA foreign_keys=ON")
-
-    @event.listens_for(test_engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
-
-    return test_engine
+    return take_over_transactions(test_engine, foreign_keys=True)
 
 
 _STORES = pytest.StashKey["Stores"]()
@@ -478,12 +463,12 @@ def _stores(config: pytest.Config) -> Stores:
     stores = config.stash.get(_STORES, None)
     if stores is not None:
         return stores
-    from .janitor import Janitor
+    from .janitor import StoreBuilder
 
     worker, run_id = _worker(config)
     try:
         loaded = config_for_tests(config, worker, run_id)
-        janitor = Janitor(
+        janitor = StoreBuilder(
             _apps(config, loaded),
             loaded,
             worker=worker,
@@ -509,7 +494,7 @@ def _stores(config: pytest.Config) -> Stores:
     return stores
 
 
-def _finish(janitor: Janitor, catalog: Path, workeroutput: Any) -> None:
+def _finish(janitor: StoreBuilder, catalog: Path, workeroutput: Any) -> None:
     """End of the run in this process: drop what it made. The process that owns the run (no
     xdist, or its controller) also drops what the run's workers shared: its templates."""
     try:
