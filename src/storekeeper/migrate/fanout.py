@@ -196,17 +196,43 @@ def migrate_many(
             progress(result, len(report.results), total)
 
     if jobs == 1 or total <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        for index, ref in enumerate(refs):
-            result = attempt(ref, action, to)
-            done(ref, result)
-            if not result.ok and not continue_on_error:
-                report.not_run = [r.label for r in refs[index + 1 :]]
-                break
-        return report
+        _in_turn(refs, action, to, continue_on_error, done, report)
+    else:
+        _in_workers(refs, action, to, min(jobs, total), continue_on_error, done, report)
+    return report
 
+
+def _in_turn(
+    refs: Sequence[StoreRef],
+    action: str,
+    to: str,
+    continue_on_error: bool,
+    done: Callable[[StoreRef, MigrateResult], None],
+    report: FanoutReport,
+) -> None:
+    """Migrate the stores one after another in this process."""
+    for index, ref in enumerate(refs):
+        result = attempt(ref, action, to)
+        done(ref, result)
+        if not result.ok and not continue_on_error:
+            report.not_run = [r.label for r in refs[index + 1 :]]
+            return
+
+
+def _in_workers(
+    refs: Sequence[StoreRef],
+    action: str,
+    to: str,
+    workers: int,
+    continue_on_error: bool,
+    done: Callable[[StoreRef, MigrateResult], None],
+    report: FanoutReport,
+) -> None:
+    """Migrate the stores in ``workers`` forked processes; after a failure (without
+    ``continue_on_error``) the stores not started yet are cancelled."""
     _WORK[:] = refs
     context = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=context)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     try:
         pending: dict[Future[MigrateResult], StoreRef] = {
             pool.submit(_work, i, action, to): ref for i, ref in enumerate(refs)
@@ -233,7 +259,6 @@ def migrate_many(
     finally:
         _WORK.clear()
     pool.shutdown(wait=True)
-    return report
 
 
 def current_many(refs: Sequence[StoreRef]) -> list[RevisionState]:
