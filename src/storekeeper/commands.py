@@ -429,7 +429,7 @@ def service_add(face: Face, *, name: str, url: str, replace: bool) -> int:
 
 def service_list(face: Face, *, as_json: bool) -> int:
     """The services, passwords masked."""
-    report.print_services(face.site, as_json=as_json)
+    report.print_services(face.site.service_list(), as_json=as_json)
     return 0
 
 
@@ -514,7 +514,9 @@ def setting_target(apps: Sequence[App], target: str) -> tuple[App, str]:
 
 def config_show(face: Face, *, as_json: bool) -> int:
     """The effective configuration and where each value came from."""
-    report.print_config(face.site, face.apps, as_json=as_json)
+    from .site import config_report
+
+    report.print_config(config_report(face.site, face.apps), as_json=as_json)
     return 0
 
 
