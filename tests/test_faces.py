@@ -39,6 +39,15 @@ def timeless(text: str) -> str:
     return re.sub(r"\b\d+\.\d\d\b", "0.00", text)  # the tables' SECONDS column
 
 
+def error_starts(stderr: str) -> list[str]:
+    """How each error line of ``stderr`` starts (``error:`` or click's ``Error:``)."""
+    return [
+        line.split(":")[0] + ":"
+        for line in stderr.splitlines()
+        if line.lower().startswith("error:")
+    ]
+
+
 @pytest.mark.parametrize("dialect", ["sqlite"])  # the faces render; the core is tested on both
 def test_storekeeper_and_flask_stores_print_the_same_tables_and_exit_codes(
     project: Path, site: Site, app_name: str
@@ -58,6 +67,8 @@ def test_storekeeper_and_flask_stores_print_the_same_tables_and_exit_codes(
         if same_output:
             assert timeless(ours.stdout) == timeless(theirs.stdout), sk_args
         assert "Traceback" not in ours.stderr + theirs.stderr
+        # Errors start the same way: storekeeper's own ``error:``, click's usage ``Error:``.
+        assert error_starts(ours.stderr) == error_starts(theirs.stderr), sk_args
         return ours
 
     made = run([*storekeeper, "revision", target, "--init"], project)
@@ -95,11 +106,13 @@ def test_storekeeper_and_flask_stores_print_the_same_tables_and_exit_codes(
     # Failures: the same exit codes (each face names the store its own way in the message).
     unknown = both(["upgrade", target, "--to", "zzz"], ["upgrade", "--to", "zzz"])
     assert unknown.returncode == 2
+    assert unknown.stderr.startswith("error: ")
     # No answer to --refresh's question: nothing done (flask stores asks on stdout).
     declined = both(["sync", "--refresh"], ["sync", "--refresh"], same_output=False)
     assert declined.returncode == 2
     usage = both(["sync", "--bogus-option"], ["sync", "--bogus-option"])
     assert usage.returncode == 2
+    assert "Error: No such option '--bogus-option'" in usage.stderr  # click's own, in both
 
 
 def at_a_terminal(command: list[str], cwd: Path) -> tuple[int, str]:

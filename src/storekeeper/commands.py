@@ -43,8 +43,6 @@ class Face:
 
     #: How a user types the face's commands, like ``storekeeper`` or ``flask stores``.
     prog: str
-    #: The start of an error line: ``error`` (storekeeper) or ``Error`` (click's, in Flask).
-    error_prefix = "error"
     #: Whether ``sync --refresh`` refuses to ask when standard input is not a terminal.
     confirm_needs_terminal = True
 
@@ -104,8 +102,13 @@ class Face:
                 return 1
 
     def error(self, message: str) -> None:
-        """Say on standard error that something went wrong."""
-        report.warn(f"{self.error_prefix}: {message}")
+        """Say on standard error that something went wrong: ``error: MESSAGE``, the same in
+        every face (the exit code says how: 1 failed while working, 2 bad input).
+
+        Usage errors that click finds itself (an unknown option, a missing argument) are not
+        said here: click prints them as ``Error: ...`` with a usage line, exit 2, and does so
+        the same way in both faces; that is click's convention, left as it is."""
+        report.warn(f"error: {message}")
 
 
 # options shared by both faces ------------------------------------------------------------
