@@ -28,15 +28,27 @@ StoreKeeper(web, app)
 """
 
 
-def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run(command: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run ``command`` with ``stdin`` piped to it (empty: at once end of input)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOREKEEPER_", "FLASK_"))}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        command, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=120
+    )
 
 
 def timeless(text: str) -> str:
     """``text`` with the seconds a store took (which differ from run to run) zeroed."""
     text = re.sub(r'"seconds": [\d.e-]+', '"seconds": 0', text)  # --json
     return re.sub(r"\b\d+\.\d\d\b", "0.00", text)  # the tables' SECONDS column
+
+
+def error_starts(stderr: str) -> list[str]:
+    """How each error line of ``stderr`` starts (``error:`` or click's ``Error:``)."""
+    return [
+        line.split(":")[0] + ":"
+        for line in stderr.splitlines()
+        if line.lower().startswith("error:")
+    ]
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])  # the faces render; the core is tested on both
@@ -58,6 +70,8 @@ def test_storekeeper_and_flask_stores_print_the_same_tables_and_exit_codes(
         if same_output:
             assert timeless(ours.stdout) == timeless(theirs.stdout), sk_args
         assert "Traceback" not in ours.stderr + theirs.stderr
+        # Errors start the same way: storekeeper's own ``error:``, click's usage ``Error:``.
+        assert error_starts(ours.stderr) == error_starts(theirs.stderr), sk_args
         return ours
 
     made = run([*storekeeper, "revision", target, "--init"], project)
@@ -95,11 +109,43 @@ def test_storekeeper_and_flask_stores_print_the_same_tables_and_exit_codes(
     # Failures: the same exit codes (each face names the store its own way in the message).
     unknown = both(["upgrade", target, "--to", "zzz"], ["upgrade", "--to", "zzz"])
     assert unknown.returncode == 2
-    # No answer to --refresh's question: nothing done (flask stores asks on stdout).
-    declined = both(["sync", "--refresh"], ["sync", "--refresh"], same_output=False)
-    assert declined.returncode == 2
+    assert unknown.stderr.startswith("error: ")
+    # No answer to --refresh's question: nothing done (both ask on stderr, stdout stays empty).
+    declined = both(["sync", "--refresh"], ["sync", "--refresh"])
+    assert declined.returncode == 2 and declined.stdout == ""
     usage = both(["sync", "--bogus-option"], ["sync", "--bogus-option"])
     assert usage.returncode == 2
+    assert "Error: No such option '--bogus-option'" in usage.stderr  # click's own, in both
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_both_faces_take_the_refresh_answer_from_a_pipe_the_same_way(
+    project: Path, site: Site, app_name: str
+) -> None:
+    (project / "faces_app.py").write_text(FACES_APP.format(name=app_name))
+    faces = [
+        [sys.executable, "-m", "storekeeper", "--app", "faces_app:app", "sync", "--refresh"],
+        [sys.executable, "-m", "flask", "--app", "faces_app:web", "stores", "sync", "--refresh"],
+    ]
+    target = f"{app_name}.main_db"
+    question = f"Drop and recreate {target}? All their data is lost. [y/N]: "
+    made = run(faces[0][:-1], project)  # sync once: then both faces recreate it alike
+    assert made.returncode == 0, made.stderr
+    for stdin, code in (("y\n", 0), ("", 2), ("maybe\n", 2)):
+        ours, theirs = (run(face, project, stdin) for face in faces)
+        assert ours.returncode == theirs.returncode == code, (stdin, ours.stderr, theirs.stderr)
+        assert timeless(ours.stdout) == timeless(theirs.stdout), stdin
+        assert ours.stderr == theirs.stderr, stdin
+        assert ours.stderr.startswith(question + "\n"), stdin
+    # "y": refreshed (the table says so); no answer, or another: declined, nothing changed.
+    answered = run(faces[1], project, "yes\n")
+    assert answered.returncode == 0 and f"{target}: recreated" in answered.stderr
+    declined = run(faces[0], project, "")
+    assert "error: refresh not confirmed (no answer); nothing was changed" in declined.stderr
+    assert "pass --yes to refresh without the question" in declined.stderr
+    assert declined.stdout == ""
+    other = run(faces[1], project, "maybe\n")
+    assert "error: refresh not confirmed; nothing was changed; pass --yes" in other.stderr
 
 
 def at_a_terminal(command: list[str], cwd: Path) -> tuple[int, str]:

@@ -203,7 +203,7 @@ def test_flask_stores_sync_refresh_asks_first(chat_app: App) -> None:
     # As the storekeeper command: 2, nothing was done at the user's word.
     assert declined.exit_code == 2, declined.output
     assert f"Drop and recreate {chat_app.name}.chat_db? All their data is lost." in declined.output
-    assert "Error: refresh not confirmed; nothing was changed" in declined.output
+    assert "error: refresh not confirmed; nothing was changed" in declined.output
     unanswered = runner.invoke(args=refresh, input="")
     assert unanswered.exit_code == 2, unanswered.output
     assert "refresh not confirmed (no answer); nothing was changed; pass --yes" in unanswered.output
@@ -277,7 +277,7 @@ def test_flask_stores_migrations_round_trip(
     assert "column items.price (INTEGER) is in the models but not in the database" in drift
     assert "table tags is in the models but not in the database" in drift
     assert (
-        f"Error: check failed for {app_name}.main_db: write a migration (flask stores migrate "
+        f"error: check failed for {app_name}.main_db: write a migration (flask stores migrate "
         "main_db -m MSG) or fix the models"
     ) in drift
 
@@ -317,17 +317,17 @@ def test_flask_stores_refuses_an_unknown_store_and_revision_with_exit_2(
 
     unknown_store = run("upgrade", "nope", code=2)
     assert (
-        f"Error: app {app_name!r} has no store or kind 'nope'; its stores: main_db" in unknown_store
+        f"error: app {app_name!r} has no store or kind 'nope'; its stores: main_db" in unknown_store
     )
     unknown_revision = run("upgrade", "--to", "zzz", code=2)
     assert (
-        f"Error: unknown revision 'zzz' for {app_name}.main_db; its revisions: r1"
+        f"error: unknown revision 'zzz' for {app_name}.main_db; its revisions: r1"
         in unknown_revision
     )
     below_base = run("downgrade", "--to", "-2", code=2)
     assert f"cannot downgrade {app_name}.main_db by 2 revision(s): it is at r1" in below_base
     no_message = run("migrate", code=2)
-    assert "Error: a revision needs a message: -m 'what it changes'" in no_message
+    assert "error: a revision needs a message: -m 'what it changes'" in no_message
     assert re.search(rf"{app_name}\.main_db\s+r1\s+r1\s+at head", run("current"))
 
 
@@ -338,7 +338,7 @@ def test_flask_stores_without_a_script_directory_says_how_to_make_one(
     # The hint names the command the way this Flask app spells it: its cli_group.
     run = migration_commands(items_v1, cli_group="db")
     missing = (
-        f"Error: {app_name}.main_db has no migrations: no Alembic script directory at "
+        f"error: {app_name}.main_db has no migrations: no Alembic script directory at "
         f"{project / 'migrations' / 'main_db'}; create it with: flask db init main_db"
     )
     for verb in (
@@ -361,7 +361,7 @@ def test_flask_stores_without_a_script_directory_says_how_to_make_one(
 def test_flask_stores_needs_a_store_name_when_there_are_several(chat_app: App) -> None:
     run = migration_commands(chat_app)
     several = run("current", code=2)
-    assert f"Error: app {chat_app.name!r} has 2 stores (chat_db, scores_db): name the" in several
+    assert f"error: app {chat_app.name!r} has 2 stores (chat_db, scores_db): name the" in several
     named = run("current", "scores_db", code=2)
     assert "create it with: flask stores init scores_db" in named
 

@@ -43,10 +43,6 @@ class Face:
 
     #: How a user types the face's commands, like ``storekeeper`` or ``flask stores``.
     prog: str
-    #: The start of an error line: ``error`` (storekeeper) or ``Error`` (click's, in Flask).
-    error_prefix = "error"
-    #: Whether ``sync --refresh`` refuses to ask when standard input is not a terminal.
-    confirm_needs_terminal = True
 
     def __init__(self) -> None:
         self.lock_timeout: str | None = None
@@ -104,8 +100,13 @@ class Face:
                 return 1
 
     def error(self, message: str) -> None:
-        """Say on standard error that something went wrong."""
-        report.warn(f"{self.error_prefix}: {message}")
+        """Say on standard error that something went wrong: ``error: MESSAGE``, the same in
+        every face (the exit code says how: 1 failed while working, 2 bad input).
+
+        Usage errors that click finds itself (an unknown option, a missing argument) are not
+        said here: click prints them as ``Error: ...`` with a usage line, exit 2, and does so
+        the same way in both faces; that is click's convention, left as it is."""
+        report.warn(f"error: {message}")
 
 
 # options shared by both faces ------------------------------------------------------------
@@ -226,7 +227,7 @@ def _sync(
         targets = [
             f"{a.name}.{s.name}" for a in apps for s in a.stores if not stores or s.name in stores
         ]
-        confirm_refresh(targets, needs_terminal=face.confirm_needs_terminal)
+        confirm_refresh(targets)
     total = sum(len(stores) if stores else len(app.stores) for app in apps)
     # stdout is the command's answer (a table, or JSON); what initializers print is not.
     with report.stdout_to_stderr():
@@ -240,25 +241,34 @@ def _sync(
         )
 
 
-def confirm_refresh(targets: Sequence[str], *, needs_terminal: bool) -> None:
-    """Ask before ``--refresh`` drops ``targets``; anything but yes (no answer too) is bad
+def confirm_refresh(targets: Sequence[str]) -> None:
+    """Ask before ``--refresh`` drops ``targets``, on standard error (standard output is the
+    command's answer), and read the answer from standard input, a terminal or not (a script
+    may pipe ``y``). Anything but y or yes, no answer (end of input) and Ctrl-C too, is bad
     input, exit 2: nothing was done, at the user's word."""
     names = ", ".join(targets)
-    if needs_terminal and not sys.stdin.isatty():
-        raise BadInput(
-            f"--refresh drops and recreates {names}; there is no terminal to confirm on, so "
-            "pass --yes"
-        )
+    err = sys.stderr
+    err.write(f"Drop and recreate {names}? All their data is lost. [y/N]: ")
+    err.flush()
     try:
-        confirmed = click.confirm(f"Drop and recreate {names}? All their data is lost.")
-    except click.Abort:  # end of input (Ctrl-D), or Ctrl-C at the question
-        click.echo()  # end the question's line
-        raise BadInput(
-            "refresh not confirmed (no answer); nothing was changed; pass --yes to refresh "
-            "without the question"
-        ) from None
-    if not confirmed:
-        raise BadInput("refresh not confirmed; nothing was changed")
+        answer = sys.stdin.readline() if sys.stdin is not None else ""
+    except KeyboardInterrupt:
+        answer = ""
+    if not (answer.endswith("\n") and _on_terminal(sys.stdin)):
+        err.write("\n")  # end the question's line (a terminal echoed the user's Enter)
+        err.flush()
+    skip = "pass --yes to refresh without the question"
+    if not answer.strip():
+        raise BadInput(f"refresh not confirmed (no answer); nothing was changed; {skip}")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise BadInput(f"refresh not confirmed; nothing was changed; {skip}")
+
+
+def _on_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
 
 
 def status(face: Face, *, apps: Sequence[str], as_json: bool) -> int:
@@ -429,7 +439,7 @@ def service_add(face: Face, *, name: str, url: str, replace: bool) -> int:
 
 def service_list(face: Face, *, as_json: bool) -> int:
     """The services, passwords masked."""
-    report.print_services(face.site, as_json=as_json)
+    report.print_services(face.site.service_list(), as_json=as_json)
     return 0
 
 
@@ -514,7 +524,9 @@ def setting_target(apps: Sequence[App], target: str) -> tuple[App, str]:
 
 def config_show(face: Face, *, as_json: bool) -> int:
     """The effective configuration and where each value came from."""
-    report.print_config(face.site, face.apps, as_json=as_json)
+    from .site import config_report
+
+    report.print_config(config_report(face.site, face.apps), as_json=as_json)
     return 0
 
 

@@ -23,12 +23,11 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from .catalog.rotate import RotationReport
-    from .declare import App
     from .migrate import MigrateResult, Revision, Scripts
     from .migrate.commands import Checked, RevisionState
     from .migrate.fanout import FanoutReport
     from .provision import StoreResult, SyncReport
-    from .site import Site
+    from .site import ConfigReport, ServiceInfo
 
 # lines ----------------------------------------------------------------------------------
 
@@ -456,84 +455,45 @@ def check_failures(found: Mapping[str, Checked]) -> list[str]:
 # services, configuration, secrets -------------------------------------------------------
 
 
-def print_services(site: Site, *, as_json: bool) -> None:
+def print_services(services: Sequence[ServiceInfo], *, as_json: bool) -> None:
     """``service list``: each service, its dialect, URL (password masked) and source."""
-    services = site.services().values()
     if as_json:
-        emit_json(
-            [
-                {
-                    "name": s.name,
-                    "url": s.display_url,
-                    "dialect": s.url.get_backend_name(),
-                    "source": s.source,
-                }
-                for s in services
-            ]
-        )
+        emit_json([s.as_dict() for s in services])
         return
     show_table(
-        [(s.name, s.url.get_backend_name(), s.display_url, s.source) for s in services],
+        [(s.name, s.dialect, s.url, s.source) for s in services],
         ["service", "dialect", "url", "source"],
     )
 
 
-def print_config(site: Site, apps: Sequence[App], *, as_json: bool) -> None:
+def print_config(found: ConfigReport, *, as_json: bool) -> None:
     """``config show``: the effective configuration and where each value came from."""
     if as_json:
-        emit_json(config_dict(site, apps))
+        emit_json(found.as_dict())
         return
-    cfg = site.config
-    say(f"config file      {cfg.file or 'none (built-in defaults)'}")
-    say(f"root             {cfg.root}")
-    say(f"environment      {cfg.env or 'none'}")
-    say(f"catalog          {site.catalog.display_url}   [{cfg.catalog.source}]")
-    default = cfg.default_service
-    say(f"default service  {default.value or '(none)'}   [{default.source}]")
-    say(f"lock timeout     {cfg.lock_timeout.value} s   [{cfg.lock_timeout.source}]")
+    say(f"config file      {found.file or 'none (built-in defaults)'}")
+    say(f"root             {found.root}")
+    say(f"environment      {found.environment or 'none'}")
+    say(f"catalog          {found.catalog}   [{found.catalog_source}]")
+    say(f"default service  {found.default_service or '(none)'}   [{found.default_service_source}]")
+    say(f"lock timeout     {found.lock_timeout} s   [{found.lock_timeout_source}]")
     say("services:")
-    for s in site.services().values():
+    for s in found.services:
         flag = "  production" if s.production else ""
-        say(f"  {s.name}  {s.display_url}   [{s.source}]{flag}")
+        say(f"  {s.name}  {s.url}   [{s.source}]{flag}")
     say("assignments:")
-    assignments = site.assignments()
-    if not assignments:
+    if not found.assignments:
         say("  (none: stores use the default service)")
-    for (app, setting), v in sorted(assignments.items()):
-        say(f"  {app}.{setting} -> {v.value}   [{v.source}]")
+    for a in found.assignments:
+        say(f"  {a.app}.{a.setting} -> {a.service}   [{a.source}]")
     say("apps:")
-    for each in apps:
+    for each in found.apps:
         say(
-            f"  {each.name}: stores {', '.join(s.name for s in each.stores) or '-'}"
-            + (f"; servers {', '.join(each.list_servers())}" if each.servers else "")
+            f"  {each.name}: stores {', '.join(each.stores) or '-'}"
+            + (f"; servers {', '.join(each.servers)}" if each.servers else "")
         )
-    if not apps:
+    if not found.apps:
         say("  (none found)")
-
-
-def config_dict(site: Site, apps: Sequence[App]) -> dict[str, Any]:
-    """``config show --json``: each value with where it came from (URLs masked)."""
-    cfg = site.config
-    return {
-        "file": str(cfg.file) if cfg.file else None,
-        "root": str(cfg.root),
-        "environment": cfg.env,
-        "catalog": {"url": site.catalog.display_url, "source": cfg.catalog.source},
-        "default_service": {
-            "value": cfg.default_service.value,
-            "source": cfg.default_service.source,
-        },
-        "lock_timeout": {"value": cfg.lock_timeout_seconds, "source": cfg.lock_timeout.source},
-        "services": {
-            n: {"url": s.display_url, "source": s.source, "production": s.production}
-            for n, s in site.services().items()
-        },
-        "assignments": {
-            f"{a}.{s}": {"service": v.value, "source": v.source}
-            for (a, s), v in sorted(site.assignments().items())
-        },
-        "apps": [a.name for a in apps],
-    }
 
 
 def print_rotated(report: RotationReport, *, as_json: bool) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import os
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -393,6 +393,130 @@ class Site:
     def engines(self) -> Iterable[Engine]:
         """The engines made so far (for pool checks and monitoring)."""
         return list(self._engines.values())
+
+    # reports --------------------------------------------------------------------------
+
+    def service_list(self) -> list[ServiceInfo]:
+        """``service list``: every service, its dialect, URL (password masked) and source."""
+        return [
+            ServiceInfo(s.name, s.url.get_backend_name(), s.display_url, s.source, s.production)
+            for s in self.services().values()
+        ]
+
+
+# reports: what the site says about itself (URLs as masked strings, never URL objects) ---
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """One service as ``service list`` and ``config show`` report it."""
+
+    name: str
+    dialect: str
+    #: The URL with its password masked.
+    url: str
+    source: str
+    production: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """As ``service list --json`` prints it."""
+        return {"name": self.name, "url": self.url, "dialect": self.dialect, "source": self.source}
+
+
+@dataclass(frozen=True)
+class AssignmentInfo:
+    """An explicit assignment: ``APP.SETTING`` plugged into a service."""
+
+    app: str
+    setting: str
+    service: str
+    source: str
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """An app as ``config show`` reports it: its stores and server settings."""
+
+    name: str
+    stores: tuple[str, ...]
+    servers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConfigReport:
+    """``config show``: the effective configuration and where each value came from."""
+
+    file: str | None
+    root: str
+    environment: str | None
+    #: The catalog's URL, password masked.
+    catalog: str
+    catalog_source: str
+    default_service: str | None
+    default_service_source: str
+    #: The lock timeout as it was given (text), and as a number of seconds.
+    lock_timeout: str
+    lock_timeout_seconds: float
+    lock_timeout_source: str
+    services: tuple[ServiceInfo, ...]
+    assignments: tuple[AssignmentInfo, ...]
+    apps: tuple[AppInfo, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """As ``config show --json`` prints it."""
+        return {
+            "file": self.file,
+            "root": self.root,
+            "environment": self.environment,
+            "catalog": {"url": self.catalog, "source": self.catalog_source},
+            "default_service": {
+                "value": self.default_service,
+                "source": self.default_service_source,
+            },
+            "lock_timeout": {
+                "value": self.lock_timeout_seconds,
+                "source": self.lock_timeout_source,
+            },
+            "services": {
+                s.name: {"url": s.url, "source": s.source, "production": s.production}
+                for s in self.services
+            },
+            "assignments": {
+                f"{a.app}.{a.setting}": {"service": a.service, "source": a.source}
+                for a in self.assignments
+            },
+            "apps": [a.name for a in self.apps],
+        }
+
+
+def config_report(site: Site, apps: Sequence[App]) -> ConfigReport:
+    """The effective configuration of ``site`` serving ``apps``, each value with its source."""
+    cfg = site.config
+    return ConfigReport(
+        file=str(cfg.file) if cfg.file else None,
+        root=str(cfg.root),
+        environment=cfg.env,
+        catalog=site.catalog.display_url,
+        catalog_source=cfg.catalog.source,
+        default_service=cfg.default_service.value,
+        default_service_source=cfg.default_service.source,
+        lock_timeout=str(cfg.lock_timeout.value),
+        lock_timeout_seconds=cfg.lock_timeout_seconds,
+        lock_timeout_source=cfg.lock_timeout.source,
+        services=tuple(site.service_list()),
+        assignments=tuple(
+            AssignmentInfo(app, setting, v.value, v.source)
+            for (app, setting), v in sorted(site.assignments().items())
+        ),
+        apps=tuple(
+            AppInfo(
+                a.name,
+                tuple(s.name for s in a.stores),
+                tuple(a.list_servers()) if a.servers else (),
+            )
+            for a in apps
+        ),
+    )
 
 
 def _engine_key(url: URL) -> str:

@@ -280,9 +280,6 @@ class StoreKeeper:
 class _FlaskFace(Face):
     """The verbs' view of one StoreKeeper: its app, its site, its spelling of hints."""
 
-    error_prefix = "Error"  # as click says its own errors
-    confirm_needs_terminal = False  # as click.confirm: an answer on standard input will do
-
     def __init__(self, keeper: StoreKeeper) -> None:
         super().__init__()
         self.keeper = keeper
