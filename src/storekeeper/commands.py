@@ -8,7 +8,8 @@ face decides only how its users name things: its targets (``APP.STORE`` for ``st
 ``storekeeper revision --init``) and how the hints in messages spell its commands. Options,
 messages and exit codes (0 done, 1 failed while working, 2 bad input) are the same in both.
 
-click is imported here, so only the faces import this module.
+click is imported here, so only the faces import this module. Each verb imports the core it
+calls inside its body: ``storekeeper --help`` then loads click alone, not SQLAlchemy or Alembic.
 """
 
 from __future__ import annotations
