@@ -23,6 +23,14 @@ def test_import_storekeeper_imports_no_framework_click_rich_or_alembic() -> None
     assert done.stdout.strip() == "[]"
 
 
+def test_import_storekeeper_leaves_the_drivers_alone() -> None:
+    # storekeeper.drivers imports SQLAlchemy's ORM at module level: loaded when an app uses it.
+    code = "import sys, storekeeper; print('storekeeper.drivers' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
 def test_no_circle_of_run_time_imports() -> None:
     graph = grimp.build_graph("storekeeper", exclude_type_checking_imports=True)
     circles = [

@@ -1,0 +1,334 @@
+"""The drivers' contract, one suite run three times: ReadDriver/WriteDriver on a real
+PostgreSQL (through COPY for add_many) and on SQLite, and the in-memory fakes of
+storekeeper.testing.fakes. A controller unit-tested with the fakes behaves the same on the
+database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import String, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from conftest import write_config
+from storekeeper import App, BadInput, NotFound, Store
+from storekeeper.backends.sqlite import take_over_transactions
+from storekeeper.drivers import MultipleFound, ReadDriver, WriteDriver
+from storekeeper.site import Site
+from storekeeper.testing.fakes import fake_drivers
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Gage(Base):
+    __tablename__ = "drivers_gages"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    depth: Mapped[float | None]
+    kind: Mapped[str] = mapped_column(String(20), default="river")
+    status: Mapped[str] = mapped_column(String(20), server_default="active")
+
+
+class GageReader(ReadDriver[Gage]):
+    pass
+
+
+class GageWriter(WriteDriver[Gage]):
+    model = Gage
+
+
+COLUMNS = "id, name, depth, kind, status"
+SEED: list[dict[str, Any]] = [
+    {"name": "Provo", "depth": 3.5},
+    {"name": "provo river", "depth": None, "kind": "canal"},
+    {"name": "Weber", "depth": 1.0},
+    {"name": "Ogden_50%", "depth": 7.25, "kind": "canal"},
+    {"name": "OgdenX5", "depth": 2.0},
+]
+
+
+@dataclass
+class Drivers:
+    backend: str
+    read: Any  # GageReader or FakeReadDriver[Gage]
+    write: Any
+    session: Session | None = None
+
+    def names(self, found: list[Gage]) -> list[str]:
+        return sorted(g.name for g in found)
+
+
+@pytest.fixture(scope="module")
+def postgresql_engine(postgres_url: str) -> Iterator[sa.Engine]:
+    name = f"drivers_{uuid.uuid4().hex[:10]}"
+    server = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with server.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = create_engine(make_url(postgres_url).set(database=name))
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+    with server.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    server.dispose()
+
+
+@pytest.fixture(scope="module")
+def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
+    path = tmp_path_factory.mktemp("drivers") / "gages.sqlite"
+    engine = take_over_transactions(create_engine(f"sqlite:///{path}"))
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite", "fake"])
+def drivers(request: pytest.FixtureRequest) -> Iterator[Drivers]:
+    """A reader and a writer of Gage seeded with SEED; what a test writes is rolled back."""
+    if request.param == "fake":
+        read, write = fake_drivers(Gage)
+        write.add_many(SEED)
+        yield Drivers("fake", read, write)
+        return
+    engine: sa.Engine = request.getfixturevalue(f"{request.param}_engine")
+    with engine.connect() as connection:
+        outer = connection.begin()
+        session = Session(bind=connection, join_transaction_mode="create_savepoint")
+        writer = GageWriter(session)
+        writer.add_many(SEED)
+        yield Drivers(request.param, GageReader(session), writer, session)
+        session.close()
+        outer.rollback()
+
+
+def ids(d: Drivers, *names: str) -> list[int]:
+    by_name = {g.name: g.id for g in d.read.find()}
+    return [by_name[n] for n in names]
+
+
+def test_a_driver_names_its_model_either_way() -> None:
+    assert GageReader.model is Gage and GageWriter.model is Gage
+
+
+def test_get_and_get_or_raise(drivers: Drivers) -> None:
+    (weber,) = ids(drivers, "Weber")
+    assert drivers.read.get(weber).name == "Weber"
+    assert drivers.read.get(10**9) is None
+    assert drivers.read.get_or_raise(weber).depth == 1.0
+    with pytest.raises(NotFound, match=r"no Gage with id 1000000000"):
+        drivers.read.get_or_raise(10**9)
+
+
+def test_get_many_in_one_query_in_the_order_given(drivers: Drivers) -> None:
+    a, b, c = ids(drivers, "Weber", "Provo", "OgdenX5")
+    statements: list[str] = []
+    if drivers.session is not None:
+        connection = drivers.session.connection()
+        event.listen(connection, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    found = drivers.read.get_many([c, 10**9, a, b])
+    assert [g.name for g in found] == ["OgdenX5", "Weber", "Provo"]
+    if drivers.session is not None:
+        assert len(statements) == 1
+    assert drivers.read.get_many([]) == []
+
+
+LOOKUP_CASES: list[tuple[dict[str, Any], list[str]]] = [
+    ({"name": "Weber"}, ["Weber"]),
+    ({"depth": None}, ["provo river"]),
+    ({"name__in": ["Weber", "Provo", "Nope"]}, ["Provo", "Weber"]),
+    ({"name__not_in": ["Weber", "Provo"]}, ["Ogden_50%", "OgdenX5", "provo river"]),
+    ({"depth__not_in": [1.0]}, ["Ogden_50%", "OgdenX5", "Provo"]),  # NULL is not "not in"
+    ({"depth__isnull": True}, ["provo river"]),
+    ({"depth__isnull": False}, ["Ogden_50%", "OgdenX5", "Provo", "Weber"]),
+    ({"depth__gt": 3.5}, ["Ogden_50%"]),
+    ({"depth__gte": 3.5}, ["Ogden_50%", "Provo"]),
+    ({"depth__lt": 2.0}, ["Weber"]),
+    ({"depth__lte": 2.0}, ["OgdenX5", "Weber"]),
+    ({"depth__between": (1.0, 3.5)}, ["OgdenX5", "Provo", "Weber"]),
+    ({"name__like": "Pro%"}, ["Provo"]),  # case-sensitive on every backend
+    ({"name__like": "Ogden_5%"}, ["Ogden_50%", "OgdenX5"]),  # _ is any one character
+    ({"name__ilike": "pro%"}, ["Provo", "provo river"]),
+    ({"name__startswith": "Ogden_"}, ["Ogden_50%"]),  # the text, not a pattern
+    ({"name__startswith": "pro"}, ["provo river"]),
+    ({"name__contains": "50%"}, ["Ogden_50%"]),
+    ({"name__contains": "rov"}, ["Provo", "provo river"]),
+    ({"kind": "canal", "depth__isnull": True}, ["provo river"]),
+]
+
+
+@pytest.mark.parametrize(("filters", "expected"), LOOKUP_CASES, ids=lambda v: str(v))
+def test_find_with_each_lookup(
+    drivers: Drivers, filters: dict[str, Any], expected: list[str]
+) -> None:
+    assert drivers.names(drivers.read.find(**filters)) == sorted(expected)
+    assert drivers.read.count(**filters) == len(expected)
+    assert drivers.read.exists(**filters) is bool(expected)
+
+
+def test_sqlalchemy_expressions_as_positional_filters(drivers: Drivers) -> None:
+    found = drivers.read.find(Gage.depth > 3, kind="river")
+    assert drivers.names(found) == ["Provo"]
+    assert drivers.read.count(Gage.depth <= 2.0) == 2
+    assert not drivers.read.exists(Gage.name == "Nope")
+
+
+def test_first_and_one(drivers: Drivers) -> None:
+    assert drivers.read.first(kind="canal").name == "provo river"  # by primary key
+    assert drivers.read.first(kind="canal", order_by="-id").name == "Ogden_50%"
+    assert drivers.read.first(name="Nope") is None
+    assert drivers.read.one(name__startswith="W").name == "Weber"
+    with pytest.raises(NotFound, match=r"no Gage matches name='Nope'"):
+        drivers.read.one(name="Nope")
+    with pytest.raises(MultipleFound, match=r"more than one Gage matches kind='canal'"):
+        drivers.read.one(kind="canal")
+
+
+def test_list_orders_limits_and_offsets(drivers: Drivers) -> None:
+    every = [g.name for g in drivers.read.list()]
+    assert every == [row["name"] for row in SEED]  # by primary key
+    by_kind = [g.name for g in drivers.read.list(order_by=["kind", "-id"])]
+    assert by_kind == ["Ogden_50%", "provo river", "OgdenX5", "Weber", "Provo"]
+    assert [g.name for g in drivers.read.list(limit=2, offset=1)] == ["provo river", "Weber"]
+
+
+def test_page_gives_items_total_and_pages(drivers: Drivers) -> None:
+    page = drivers.read.page(2, 2)
+    assert [g.name for g in page.items] == ["Weber", "Ogden_50%"]
+    assert (page.total, page.pages, page.has_next) == (5, 3, True)
+    canals = drivers.read.page(1, 10, kind="canal")
+    assert (len(canals.items), canals.total, canals.pages) == (2, 2, 1)
+    with pytest.raises(BadInput, match="page number must be a whole number of at least 1"):
+        drivers.read.page(0, 10)
+
+
+def test_rows_are_plain_dicts(drivers: Drivers) -> None:
+    rows = drivers.read.rows(kind="canal", order_by="-id")
+    assert [type(r) for r in rows] == [dict, dict]
+    assert [{k: v for k, v in r.items() if k != "id"} for r in rows] == [
+        {"name": "Ogden_50%", "depth": 7.25, "kind": "canal", "status": "active"},
+        {"name": "provo river", "depth": None, "kind": "canal", "status": "active"},
+    ]
+    assert list(rows[0]) == COLUMNS.split(", ")
+    assert [r["name"] for r in drivers.read.rows(limit=1, offset=2)] == ["Weber"]
+
+
+def test_an_unknown_column_or_lookup_is_named_with_the_models_columns(drivers: Drivers) -> None:
+    with pytest.raises(
+        BadInput, match=rf"Gage has no column 'nope' \(in filter\); its columns: {COLUMNS}"
+    ):
+        drivers.read.find(nope=1)
+    with pytest.raises(BadInput, match=rf"unknown lookup 'near' in 'depth__near'.*{COLUMNS}"):
+        drivers.read.count(depth__near=1)
+    with pytest.raises(BadInput, match=r"Gage has no column 'deep' \(in filter\); its columns"):
+        drivers.read.exists(deep__gt=1)
+    with pytest.raises(
+        BadInput, match=rf"no column 'nope' \(in order_by\); its columns: {COLUMNS}"
+    ):
+        drivers.read.list(order_by="-nope")
+    with pytest.raises(BadInput, match=r"no column 'nope' \(in update\)"):
+        drivers.write.update(ids(drivers, "Weber")[0], nope=1)
+
+
+def test_add_fills_the_key_and_defaults(drivers: Drivers) -> None:
+    gage = drivers.write.add({"name": "Jordan", "depth": 4.0})
+    assert isinstance(gage.id, int)
+    assert (gage.kind, gage.status) == ("river", "active")
+    other = drivers.write.add(Gage(name="Bear", kind="canal"))
+    assert drivers.read.get_or_raise(other.id).kind == "canal"
+    assert drivers.read.count() == 7
+
+
+def test_add_many_takes_dicts_or_instances_and_the_server_fills_the_rest(
+    drivers: Drivers,
+) -> None:
+    assert drivers.write.add_many([{"name": f"bulk {i}", "depth": i} for i in range(50)]) is None
+    assert drivers.write.add_many([Gage(name="inst 1"), Gage(name="inst 2")]) is None
+    rows = drivers.read.rows(name__startswith="bulk ")
+    assert len(rows) == 50
+    assert {(r["kind"], r["status"]) for r in rows} == {("river", "active")}
+    assert len({r["id"] for r in rows}) == 50
+    assert drivers.read.count(name__startswith="inst ") == 2
+    added = drivers.write.add_many([{"name": "ret"}], returning=True)
+    assert [(g.name, g.kind) for g in added] == [("ret", "river")]
+    assert drivers.write.add_many([]) is None
+
+
+def test_a_bad_row_in_add_many_writes_nothing_and_names_the_row(drivers: Drivers) -> None:
+    batch = [{"name": "good 0"}, {"name": "good 1"}, {"name": None}]
+    with pytest.raises(BadInput, match=r"row 2: NULL in Gage\.name \(NOT NULL\)"):
+        drivers.write.add_many(batch)
+    with pytest.raises(BadInput, match=r"row 1: no value for Gage\.name"):
+        drivers.write.add_many([{"name": "good 0"}, {"depth": 1.0}])
+    with pytest.raises(BadInput, match=r"row 1: Gage has no column 'nope'"):
+        drivers.write.add_many([{"name": "good 0"}, {"name": "x", "nope": 1}])
+    assert drivers.read.count() == len(SEED)
+    assert not drivers.read.exists(name__startswith="good")
+
+
+def test_a_row_postgresql_refuses_in_copy_is_named_and_nothing_is_written(
+    drivers: Drivers,
+) -> None:
+    if drivers.backend != "postgresql":
+        pytest.skip("SQLite and the fakes take any value in a REAL column")
+    with pytest.raises(BadInput, match=r"row 2: .*double precision"):
+        drivers.write.add_many(
+            [{"name": "a", "depth": 1}, {"name": "b", "depth": 2}, {"name": "c", "depth": "deep"}]
+        )
+    assert drivers.read.count() == len(SEED)  # and the session goes on
+
+
+def test_update(drivers: Drivers) -> None:
+    (weber,) = ids(drivers, "Weber")
+    assert drivers.write.update(weber, depth=9.5, kind="canal").depth == 9.5
+    assert drivers.read.get_or_raise(weber).kind == "canal"
+    assert drivers.read.count(kind="canal") == 3
+    with pytest.raises(NotFound, match=r"no Gage with id 1000000000"):
+        drivers.write.update(10**9, depth=1.0)
+    with pytest.raises(BadInput, match=r"NULL in Gage\.name \(NOT NULL\)"):
+        drivers.write.update(weber, name=None)
+    assert drivers.read.get_or_raise(weber).name == "Weber"
+
+
+def test_delete_delete_many_and_delete_where(drivers: Drivers) -> None:
+    provo, weber, ogden = ids(drivers, "Provo", "Weber", "OgdenX5")
+    drivers.write.delete(provo)
+    assert drivers.read.get(provo) is None
+    with pytest.raises(NotFound, match=r"no Gage with id"):
+        drivers.write.delete(provo)
+    assert drivers.write.delete_many([weber, ogden, 10**9]) == 2
+    assert drivers.write.delete_many([]) == 0
+    assert drivers.write.delete_where(kind="canal", depth__isnull=False) == 1
+    assert [g.name for g in drivers.read.list()] == ["provo river"]
+    with pytest.raises(BadInput, match=r"delete_where needs a filter"):
+        drivers.write.delete_where()
+    assert drivers.write.delete_where(sa.true()) == 1
+    assert drivers.read.count() == 0
+
+
+def test_of_opens_and_ends_its_own_unit_of_work(project: Path) -> None:
+    write_config(project, 'default_service = "main"\n[services]\nmain = "sqlite:///stores"\n')
+    site = Site.load()
+    app = App(f"d{uuid.uuid4().hex[:8]}", stores=[Store("gages_db", metadata=Base.metadata)])
+    app.bind(site)
+    try:
+        app.sync()
+        with GageWriter.of(app, "gages_db") as gages:
+            gages.add_many(SEED)
+        with pytest.raises(RuntimeError), GageWriter.of(app, "gages_db") as gages:
+            gages.delete_where(kind="canal")
+            raise RuntimeError("rolled back")
+        with GageReader.of(app, "gages_db") as reader:
+            assert reader.count() == len(SEED)
+            assert reader.session.in_transaction()
+        assert not reader.session.in_transaction()
+    finally:
+        site.close()
