@@ -119,6 +119,17 @@ def test_a_driver_names_its_model_either_way() -> None:
     assert GageReader.model is Gage and GageWriter.model is Gage
 
 
+def test_a_driver_without_a_model_says_how_to_name_one(sqlite_engine: sa.Engine) -> None:
+    class Nameless(ReadDriver[Any]):
+        pass
+
+    with (
+        Session(sqlite_engine) as session,
+        pytest.raises(BadInput, match=r"Nameless names no model: declare it as"),
+    ):
+        Nameless(session)
+
+
 def test_get_and_get_or_raise(drivers: Drivers) -> None:
     (weber,) = ids(drivers, "Weber")
     assert drivers.read.get(weber).name == "Weber"

@@ -268,7 +268,7 @@ def model_of(cls: type[Any]) -> type[Any] | None:
     for base in getattr(cls, "__orig_bases__", ()):
         origin = get_origin(base)
         args = get_args(base)
-        if isinstance(origin, type) and args and isinstance(args[0], type):
+        if isinstance(origin, type) and args and isinstance(args[0], type) and args[0] is not Any:
             return args[0]
     for base in cls.__mro__[1:]:
         found = base.__dict__.get("model")
