@@ -11,6 +11,7 @@ from sqlalchemy import Engine, String, create_engine, inspect, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
+from conftest import run_cli, write_app, write_config
 from storekeeper import App, Store
 from storekeeper.backup import backup, backups, restore
 from storekeeper.errors import BadInput
@@ -177,3 +178,68 @@ def _state_rows(site: Site, database: str) -> list[str]:
             return list(conn.execute(text("SELECT name FROM items ORDER BY id")).scalars())
     finally:
         engine.dispose()
+
+
+# the command line, in real processes -------------------------------------------------------
+
+
+def test_cli_backup_backups_restore(project: Path, service_url: str, app_name: str) -> None:
+    spec = write_app(project, app_name)
+    write_config(
+        project,
+        f"""
+        default_service = "main"
+        apps = ["{spec}"]
+        [services]
+        main = "{service_url}"
+        """,
+    )
+    target = f"{app_name}.main_db"
+    assert run_cli("sync", cwd=project).returncode == 0
+
+    made = run_cli("backup", target, "--note", "first one", "--json", cwd=project)
+    assert made.returncode == 0, made.stderr
+    taken = json.loads(made.stdout)
+    assert (taken["store"], taken["note"], taken["revision"]) == ("main_db", "first one", None)
+
+    listed = run_cli("backups", target, cwd=project)
+    assert listed.returncode == 0, listed.stderr
+    assert taken["id"] in listed.stdout and taken["sha256"][:12] in listed.stdout
+    assert "first one" in listed.stdout
+    as_json = json.loads(run_cli("backups", target, "--json", cwd=project).stdout)
+    assert [b["id"] for b in as_json] == [taken["id"]]
+
+    bad = run_cli("restore", target, "20000101T000000000000Z", "--yes", cwd=project)
+    assert bad.returncode == 2
+    assert "no backup '20000101T000000000000Z'" in bad.stderr
+    neither = run_cli("restore", target, cwd=project)
+    assert neither.returncode == 2 and "--latest" in neither.stderr
+
+    # In place it asks first; no answer is a refusal with nothing changed.
+    refused = run_cli("restore", target, "--latest", cwd=project)
+    assert refused.returncode == 2, refused.stderr
+    assert "restore not confirmed" in refused.stderr
+
+    site = Site.load()
+    try:
+        database = f"{app_name}_main_db"
+        backend = site.backend(site.service("main"))
+        assert backend.list(prefix=f"{app_name}_") == [database]
+        engine = _engine(site, database)
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM items"))
+        engine.dispose()
+
+        done = run_cli("restore", target, "--latest", "--yes", "--json", cwd=project)
+        assert done.returncode == 0, done.stderr
+        restored = json.loads(done.stdout)
+        assert restored["backup"] == taken["id"] and restored["in_place"] is True
+        assert _state_rows(site, database) == ["first", "second"]
+        assert restored["kept_as"] in backend.list(prefix=f"{app_name}_")
+
+        beside = run_cli("restore", target, taken["id"], "--as", "look", cwd=project)
+        assert beside.returncode == 0, beside.stderr
+        assert f"{app_name}_look" in beside.stdout
+        assert _state_rows(site, f"{app_name}_look") == ["first", "second"]
+    finally:
+        site.close()
