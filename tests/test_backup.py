@@ -14,7 +14,7 @@ from sqlalchemy.pool import NullPool
 from conftest import run_cli, write_app, write_config
 from storekeeper import App, Store
 from storekeeper.backup import backup, backups, restore
-from storekeeper.errors import BadInput
+from storekeeper.errors import BadInput, ServiceUnavailable
 from storekeeper.site import Site
 
 
@@ -243,3 +243,11 @@ def test_cli_backup_backups_restore(project: Path, service_url: str, app_name: s
         assert _state_rows(site, f"{app_name}_look") == ["first", "second"]
     finally:
         site.close()
+
+
+def test_a_missing_client_program_names_the_debian_package() -> None:
+    from storekeeper.backup import find_tool
+
+    assert Path(find_tool("pg_dump")).name == "pg_dump"
+    with pytest.raises(ServiceUnavailable, match="apt-get install postgresql-client"):
+        find_tool("pg_no_such_program")
