@@ -14,7 +14,7 @@ from sqlalchemy.pool import NullPool
 from conftest import run_cli, write_app, write_config
 from storekeeper import App, Store
 from storekeeper.backup import backup, backups, restore
-from storekeeper.errors import BadInput, ServiceUnavailable
+from storekeeper.errors import BadInput, ServiceUnavailable, StorekeeperError
 from storekeeper.site import Site
 
 
@@ -251,3 +251,47 @@ def test_a_missing_client_program_names_the_debian_package() -> None:
     assert Path(find_tool("pg_dump")).name == "pg_dump"
     with pytest.raises(ServiceUnavailable, match="apt-get install postgresql-client"):
         find_tool("pg_no_such_program")
+
+
+def test_a_long_store_name_keeps_its_old_database_under_a_name_the_server_allows(
+    site: Site, app_name: str
+) -> None:
+    store = "s" * 45  # the database name is 59 bytes: no room for _pre_restore_<time>
+    app = App(app_name, stores=[Store(store, metadata=Base.metadata, initializer=_init)])
+    app.bind(site)
+    app.sync()
+    taken = backup(app, store)
+    report = restore(app, store, taken.id)
+    assert report.kept_as is not None and len(report.kept_as.encode()) <= 63
+    assert "_pre_restore_" in report.kept_as
+    backend = site.backend(site.service("main"))
+    assert sorted(backend.list(prefix=f"{app_name}_")) == sorted(
+        [f"{app_name}_{store}", report.kept_as]
+    )
+    assert _state_rows(site, report.kept_as) == ["first", "second"]
+
+
+def test_a_taken_pre_restore_name_is_refused_with_nothing_changed(
+    site: Site, app_name: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    app = _app(site, app_name)
+    database = f"{app_name}_main_db"
+    taken = backup(app, "main_db")
+    engine = _engine(site, database)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM items WHERE name = 'first'"))
+    engine.dispose()
+    backend = site.backend(site.service("main"))
+    # Databases already there under every name the restore may pick in the next 20 seconds.
+    now = datetime.now(UTC)
+    taken_names = [
+        f"{database}_pre_restore_{now + timedelta(seconds=s):%Y%m%d%H%M%S}" for s in range(20)
+    ]
+    for name in taken_names:
+        backend.create(name)
+    with pytest.raises(StorekeeperError, match="already exists"):
+        restore(app, "main_db", taken.id)
+    assert sorted(backend.list(prefix=f"{app_name}_")) == sorted([database, *taken_names])
+    assert _state_rows(site, database) == ["second"]

@@ -28,7 +28,7 @@ from sqlalchemy.pool import NullPool
 from .backends.postgresql import PostgresBackend
 from .backends.sqlite import SqliteBackend
 from .errors import BadInput, NotFound, ProvisionError, ServiceUnavailable
-from .naming import check_identifier, physical_name
+from .naming import MAX_DATABASE_NAME_BYTES, check_identifier, physical_name
 from .secret import mask
 from .site import place
 
@@ -298,6 +298,14 @@ def _verify(app: App, store: str, item: Backup) -> Path:
     return path
 
 
+def _beside(database: str, tag: str) -> str:
+    """The name of a database kept beside ``database``: ``<database><tag>``, the database's part
+    shortened so the whole fits PostgreSQL's 63 bytes."""
+    room = MAX_DATABASE_NAME_BYTES - len(tag.encode())
+    head = database.encode()[:room].decode(errors="ignore")
+    return f"{head}{tag}"
+
+
 def _pg_restore(backend: PostgresBackend, path: Path, database: str, what: str) -> None:
     backend.create(database)
     try:
@@ -346,21 +354,34 @@ def restore(
         )
         return RestoreReport(app.name, store, item.id, target, item.revision, None, False)
     database = placement.database
-    kept = f"{database}_pre_restore_{stamp}"
+    kept = _beside(database, f"_pre_restore_{stamp}")
     with backend.lock(database, doing=f"restoring store {app.name}.{store}"):
         if isinstance(backend, PostgresBackend):
-            fresh = f"{database}_restoring_{stamp}"
+            fresh = _beside(database, f"_restoring_{stamp}")
             _pg_restore(backend, path, fresh, what)
             app.site.dispose_engine(backend.database_url(database))
             app.forget(store)
-            if backend.exists(database):
-                backend.rename(database, kept)
-            else:
-                kept = ""
-            backend.rename(fresh, database)
+            moved = False
+            try:
+                if backend.exists(database):
+                    backend.rename(database, kept)
+                    moved = True
+                else:
+                    kept = ""
+                backend.rename(fresh, database)
+            except BaseException:
+                # Leave the store as it was: its own database back in place, the new one gone.
+                if moved:
+                    backend.rename(kept, database)
+                backend.drop(fresh)
+                raise
         else:
             assert isinstance(backend, SqliteBackend)
             live = backend.path(database)
+            if backend.exists(kept):
+                raise ProvisionError(
+                    f"{what}: database {kept!r} already exists; nothing was changed"
+                )
             if live.is_file():
                 _sqlite_copy(live, backend.path(kept))
             else:
