@@ -147,7 +147,15 @@ OPTIONS: dict[str, Decorator] = {
         help="run initializers with first_time=True even for existing stores",
     ),
     "yes": click.option("--yes", "-y", is_flag=True, help="do not ask before --refresh"),
+    "yes_restore": click.option(
+        "--yes", "-y", "yes", is_flag=True, help="do not ask before restoring in place"
+    ),
     "message": click.option("-m", "--message", help="what the migration changes"),
+    "note": click.option("--note", metavar="TEXT", help="a note kept in the backup's manifest"),
+    "latest": click.option("--latest", is_flag=True, help="the store's newest backup"),
+    "as_name": click.option(
+        "--as", "as_name", metavar="NAME", help="restore as a new store NAME beside it"
+    ),
     "autogenerate": click.option(
         "--autogenerate", is_flag=True, help="fill it with what the models add or change"
     ),
@@ -243,13 +251,18 @@ def _sync(
 
 
 def confirm_refresh(targets: Sequence[str]) -> None:
-    """Ask before ``--refresh`` drops ``targets``, on standard error (standard output is the
+    """Ask before ``--refresh`` drops ``targets`` (see :func:`confirm`)."""
+    names = ", ".join(targets)
+    confirm(f"Drop and recreate {names}? All their data is lost.", "refresh")
+
+
+def confirm(question: str, doing: str) -> None:
+    """Ask ``question`` before ``doing``, on standard error (standard output is the
     command's answer), and read the answer from standard input, a terminal or not (a script
     may pipe ``y``). Anything but y or yes, no answer (end of input) and Ctrl-C too, is bad
     input, exit 2: nothing was done, at the user's word."""
-    names = ", ".join(targets)
     err = sys.stderr
-    err.write(f"Drop and recreate {names}? All their data is lost. [y/N]: ")
+    err.write(f"{question} [y/N]: ")
     err.flush()
     try:
         answer = sys.stdin.readline() if sys.stdin is not None else ""
@@ -258,11 +271,11 @@ def confirm_refresh(targets: Sequence[str]) -> None:
     if not (answer.endswith("\n") and _on_terminal(sys.stdin)):
         err.write("\n")  # end the question's line (a terminal echoed the user's Enter)
         err.flush()
-    skip = "pass --yes to refresh without the question"
+    skip = f"pass --yes to {doing} without the question"
     if not answer.strip():
-        raise BadInput(f"refresh not confirmed (no answer); nothing was changed; {skip}")
+        raise BadInput(f"{doing} not confirmed (no answer); nothing was changed; {skip}")
     if answer.strip().lower() not in ("y", "yes"):
-        raise BadInput(f"refresh not confirmed; nothing was changed; {skip}")
+        raise BadInput(f"{doing} not confirmed; nothing was changed; {skip}")
 
 
 def _on_terminal(stream: Any) -> bool:
@@ -583,6 +596,63 @@ def secret_new_key(face: Face) -> int:
     return 0
 
 
+def backup(face: Face, *, target: str, note: str | None, as_json: bool) -> int:
+    """Back up one store with its backend's own tool; a manifest with its checksum beside it."""
+    from .backup import backup
+
+    app, store = one_target(face, target)
+    taken = backup(app, store, note=note or "")
+    if as_json:
+        report.emit_json(taken.as_dict())
+    else:
+        report.print_backups([taken], target)
+    return 0
+
+
+def backups(face: Face, *, target: str, as_json: bool) -> int:
+    """The backups of one store, oldest first."""
+    from .backup import backups
+
+    found = backups(*one_target(face, target))
+    if as_json:
+        report.emit_json([b.as_dict() for b in found])
+    else:
+        report.print_backups(found, target)
+    return 0
+
+
+def restore(
+    face: Face,
+    *,
+    target: str,
+    source: str | None,
+    latest: bool,
+    as_name: str | None,
+    yes: bool,
+    as_json: bool,
+) -> int:
+    """Restore a backup of one store: in its place (keeping the old database), or --as a new
+    store beside it."""
+    from . import backup as core
+
+    if (source is None) == (not latest):
+        raise BadInput("name one backup: BACKUP (an id from `backups`, or a path) or --latest")
+    app, store = one_target(face, target)
+    chosen = core.latest(app, store).id if latest else str(source)
+    if as_name is None and not yes:
+        confirm(
+            f"Replace the data of {target} with backup {chosen}? Its current database is "
+            "kept aside as _pre_restore_.",
+            "restore",
+        )
+    restored = core.restore(app, store, chosen, as_name=as_name)
+    if as_json:
+        report.emit_json(restored.as_dict())
+    else:
+        report.print_restored(restored)
+    return 0
+
+
 # the table ------------------------------------------------------------------------------
 
 
@@ -634,6 +704,21 @@ VERBS: dict[str, Verb] = {
     ),
     "history": Verb(history, "the migrations of a store or kind, newest first", ["json"], "target"),
     "heads": Verb(heads, "the head revision(s) of a store or kind", ["json"], "target"),
+    "backup": Verb(
+        backup,
+        "back up one store (a manifest with its checksum beside it)",
+        ["note", "json"],
+        "target",
+    ),
+    "backups": Verb(backups, "the backups of one store, oldest first", ["json"], "target"),
+    "restore": Verb(
+        restore,
+        "restore a backup of one store (BACKUP: an id from `backups`, or a path; or --latest), "
+        "keeping the database it replaces as <database>_pre_restore_<time>",
+        ["latest", "as_name", "yes_restore", "json"],
+        "target",
+        arguments=[click.argument("source", required=False, metavar="[BACKUP]")],
+    ),
     "assign": Verb(
         assign,
         "plug a service into a store or server setting",
@@ -684,7 +769,7 @@ GROUPS = {
 
 
 # The verb's keyword each option fills, where it is not the option's own name.
-_KEYWORDS = {"json": "as_json", "to_head": "to", "store": "stores"}
+_KEYWORDS = {"json": "as_json", "to_head": "to", "store": "stores", "yes_restore": "yes"}
 
 
 def with_options(

@@ -22,6 +22,7 @@ from .secret import mask
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .backup import Backup, RestoreReport
     from .catalog.rotate import RotationReport
     from .migrate import MigrateResult, Revision, Scripts
     from .migrate.commands import Checked, RevisionState
@@ -410,6 +411,38 @@ def print_heads(found: Sequence[str], target: str, merge: str) -> None:
     say("\n".join(found) if found else f"{target}: no revisions yet")
     if len(found) > 1:
         warn(f"several heads: merge them with {merge} -m 'merge heads'")
+
+
+def print_backups(found: Sequence[Backup], target: str) -> None:
+    """Backups as a table: id, when, revision, size, checksum prefix, note."""
+    if not found:
+        say(f"{target}: no backups yet")
+        return
+    show_table(
+        [
+            (
+                b.id,
+                b.taken_at[:19].replace("T", " "),
+                b.revision or "-",
+                human_size(b.size),
+                b.sha256[:12],
+                b.note,
+            )
+            for b in found
+        ],
+        ["id", "when (UTC)", "revision", "size", "sha256", "note"],
+    )
+
+
+def print_restored(restored: RestoreReport) -> None:
+    """What a restore did, in a line or two."""
+    where = f"{restored.app}.{restored.store}"
+    if restored.in_place:
+        say(f"{where}: restored backup {restored.backup} into {restored.database}")
+        if restored.kept_as:
+            say(f"the database it replaced is kept as {restored.kept_as}")
+    else:
+        say(f"{where}: backup {restored.backup} restored as database {restored.database}")
 
 
 #: What ``check`` says to do about a drift, by :attr:`storekeeper.migrate.Checked.action`.

@@ -248,6 +248,18 @@ class PostgresBackend(Backend):
         )
         self._run(f"DROP DATABASE IF EXISTS {quote(name)}", f"dropping {name!r}")
 
+    def rename(self, name: str, new_name: str) -> None:
+        """Rename database ``name`` to ``new_name``, ending other connections to it first."""
+        self._scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = :n AND pid <> pg_backend_pid()",
+            n=name,
+        )
+        self._run(
+            f"ALTER DATABASE {quote(name)} RENAME TO {quote(new_name)}",
+            f"renaming database {name!r} to {new_name!r}",
+        )
+
     def list(self, prefix: str = "") -> list[str]:
         with self._connection() as conn:
             rows = conn.execute(
