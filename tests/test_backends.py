@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -120,3 +121,59 @@ def test_the_unfinished_mark_and_a_note_share_a_database_without_erasing_each_ot
     assert not backend.unfinished(database)
     assert backend.note(database) == "storekeeper test: run def"
     backend.drop(database)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_a_swap_that_fails_halfway_leaves_the_store_in_place(
+    backend: Backend, app_name: str
+) -> None:
+    # restore swaps a freshly restored database in for the store's. The second rename is made
+    # to fail after the first has run: another session holds a lock on the replacement, the
+    # swap waits for it (seen in pg_stat_activity), then that session renames it away.
+    from storekeeper.backends.postgresql import PostgresBackend, quote
+
+    assert isinstance(backend, PostgresBackend)
+    store, fresh, kept, gone = (f"{app_name}_{n}" for n in ("st", "fresh", "kept", "gone"))
+    for name in (store, fresh):
+        backend.create(name)
+    engine = create_engine(backend.database_url(store), poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE items (name VARCHAR(20))"))
+        conn.execute(text("INSERT INTO items VALUES ('kept')"))
+    engine.dispose()
+
+    failure: list[BaseException] = []
+    with backend.admin.connect() as blocker:
+        blocker = blocker.execution_options(isolation_level="READ COMMITTED")
+        blocker.begin()
+        blocker.exec_driver_sql(f"ALTER DATABASE {quote(fresh)} RENAME TO {quote(gone)}")
+
+        def swap() -> None:
+            try:
+                backend.swap(store, fresh, kept)
+            except BaseException as exc:
+                failure.append(exc)
+
+        worker = threading.Thread(target=swap)
+        worker.start()
+        with backend.admin.connect() as watcher:
+            waiting = 0
+            while not waiting and worker.is_alive():
+                waiting = watcher.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'ALTER DATABASE %' AND pid <> :me"
+                    ),
+                    {"me": blocker.exec_driver_sql("SELECT pg_backend_pid()").scalar()},
+                ).scalar()
+        assert waiting, "the swap never waited for the replacement's lock"
+        blocker.commit()
+    worker.join(timeout=60)
+
+    assert len(failure) == 1 and isinstance(failure[0], ProvisionError)
+    assert "nothing was changed" in str(failure[0])
+    # The first rename was undone with the second: the store is where it was, whole.
+    assert backend.exists(store) and not backend.exists(kept)
+    assert rows(backend, store) == ["kept"]
+    for name in (store, gone):
+        backend.drop(name)

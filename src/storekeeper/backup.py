@@ -361,18 +361,14 @@ def restore(
             _pg_restore(backend, path, fresh, what)
             app.site.dispose_engine(backend.database_url(database))
             app.forget(store)
-            moved = False
             try:
                 if backend.exists(database):
-                    backend.rename(database, kept)
-                    moved = True
+                    backend.swap(database, fresh, kept)
                 else:
                     kept = ""
-                backend.rename(fresh, database)
+                    backend.rename(fresh, database)
             except BaseException:
-                # Leave the store as it was: its own database back in place, the new one gone.
-                if moved:
-                    backend.rename(kept, database)
+                # The swap is one transaction: the store's own database is still in place.
                 backend.drop(fresh)
                 raise
         else:

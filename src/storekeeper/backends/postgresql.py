@@ -260,6 +260,32 @@ class PostgresBackend(Backend):
             f"renaming database {name!r} to {new_name!r}",
         )
 
+    def swap(self, name: str, replacement: str, keep_as: str) -> None:
+        """Put database ``replacement`` in the place of ``name``, keeping ``name`` as
+        ``keep_as``: both renames in one transaction, so an interrupted swap (even ``kill -9``)
+        leaves both databases as they were, never the store's name without a database."""
+        self._scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname IN (:a, :b) AND pid <> pg_backend_pid()",
+            a=name,
+            b=replacement,
+        )
+        try:
+            with self.admin.connect() as autocommit:
+                conn = autocommit.execution_options(isolation_level="READ COMMITTED")
+                # ALTER DATABASE ... RENAME, unlike CREATE and DROP, runs in a transaction.
+                conn.begin()
+                conn.exec_driver_sql(f"ALTER DATABASE {quote(name)} RENAME TO {quote(keep_as)}")
+                conn.exec_driver_sql(f"ALTER DATABASE {quote(replacement)} RENAME TO {quote(name)}")
+                conn.commit()
+        except DBAPIError as exc:
+            reason = " ".join(str(exc.orig).split())
+            raise ProvisionError(
+                f"putting database {replacement!r} in the place of {name!r} failed on service "
+                f"{self.service.name!r}: {mask(reason, self.service.url.password)}; nothing "
+                "was changed"
+            ) from None
+
     def list(self, prefix: str = "") -> list[str]:
         with self._connection() as conn:
             rows = conn.execute(
