@@ -9,12 +9,10 @@ and only manifests are listed: a half-written backup is never seen.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import subprocess
 from dataclasses import asdict, dataclass
@@ -25,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import URL, create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
-from .backends.postgresql import PostgresBackend
+from .backends.postgresql import PostgresBackend, find_program
 from .backends.sqlite import SqliteBackend
-from .errors import BadInput, NotFound, ProvisionError, ServiceUnavailable
+from .errors import BadInput, NotFound, ProvisionError
 from .naming import MAX_DATABASE_NAME_BYTES, check_identifier, physical_name
 from .secret import mask
 from .site import place
@@ -87,21 +85,10 @@ def backup_folder(app: App, store: str) -> Path:
 
 
 def find_tool(name: str) -> str:
-    """The path of PostgreSQL client program ``name`` (``pg_dump``, ``pg_restore``): on
-    ``PATH``, else in Debian's ``/usr/lib/postgresql/<version>/bin``, newest version first."""
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(
-        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
-        reverse=True,
-    )
-    if candidates:
-        return candidates[0]
-    raise ServiceUnavailable(
-        f"PostgreSQL's {name!r} program was not found: install PostgreSQL's client package "
-        "(Debian: apt-get install postgresql-client)"
+    """The path of PostgreSQL client program ``name`` (``pg_dump``, ``pg_restore``)."""
+    return find_program(
+        name,
+        install="install PostgreSQL's client package (Debian: apt-get install postgresql-client)",
     )
 
 

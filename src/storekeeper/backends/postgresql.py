@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from ..errors import ProvisionError
+from ..errors import ProvisionError, ServiceUnavailable
 from ..secret import mask
 from .base import Backend, LockHolder, Service, lock_timeout_error, unreachable
 
@@ -31,6 +34,23 @@ _UNFINISHED = "storekeeper: first initialization not finished"
 _HOLDER = "storekeeper lock holder"
 _HOLDER_RECORD = re.compile(_HOLDER + r": pid=(\d+); host=([^;]*); doing=(.*?) \*/")
 _LOCK_NOT_AVAILABLE = "55P03"
+
+
+def find_program(name: str, *, install: str) -> str:
+    """The path of PostgreSQL's program ``name`` (``pg_dump``, ``initdb``...): on ``PATH``, else
+    in Debian's ``/usr/lib/postgresql/<version>/bin``, newest version first. ``install`` ends
+    the error when it is nowhere: what to install (or set) to get it."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+        reverse=True,
+    )
+    if candidates:
+        return candidates[0]
+    raise ServiceUnavailable(f"PostgreSQL's {name!r} program was not found: {install}")
 
 
 def quote(name: str) -> str:

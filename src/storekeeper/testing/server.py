@@ -11,7 +11,6 @@ connections check a password, so the URL the server gives is a real credentialed
 
 from __future__ import annotations
 
-import glob
 import os
 import secrets
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..backends.postgresql import find_program
 from ..errors import ServiceUnavailable
 from ..secret import mask
 
@@ -45,22 +45,11 @@ _UNPRIVILEGED_USER = "storekeeper-pg"
 
 
 def find_binary(name: str) -> str:
-    """The path of PostgreSQL's ``name`` program (``initdb``, ``postgres``): on ``PATH``, else
-    in Debian's ``/usr/lib/postgresql/<version>/bin``, newest version first."""
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(
-        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
-        reverse=True,
-    )
-    if candidates:
-        return candidates[0]
-    raise ServiceUnavailable(
-        f"PostgreSQL's {name!r} program was not found: install PostgreSQL's server package "
-        "(Debian: apt-get install postgresql), or set STOREKEEPER_TEST_POSTGRES_URL to a server "
-        "the tests may use"
+    """The path of PostgreSQL's server program ``name`` (``initdb``, ``postgres``)."""
+    return find_program(
+        name,
+        install="install PostgreSQL's server package (Debian: apt-get install postgresql), or "
+        "set STOREKEEPER_TEST_POSTGRES_URL to a server the tests may use",
     )
 
 
