@@ -183,6 +183,18 @@ def run_cli(
 
 
 @pytest.fixture
+def cli_v1(
+    project: Path, site: Site, app_name: str, service_url: str, monkeypatch: pytest.MonkeyPatch
+) -> App:
+    """test_migrate's app ``app_name`` (models v1), configured for the command line too."""
+    from test_migrate import configure_cli, declare
+
+    monkeypatch.syspath_prepend(str(project))
+    configure_cli(project, app_name, service_url)
+    return declare(project, site, app_name, 1)
+
+
+@pytest.fixture
 def chat_app(site: Site, app_name: str) -> App:
     """The chat example's two stores (``chat_db``, ``scores_db``) under a unique app name,
     synced on the dialect under test; the integrations' tests share it."""

@@ -18,7 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from storekeeper import App, BadInput, migrate
 from storekeeper.site import Site
-from test_migrate import configure_cli, declare, query, schema, set_body
+from test_migrate import query, schema, set_body
 
 pytestmark = pytest.mark.slow
 
@@ -50,33 +50,23 @@ from pytest_alembic.tests import (
 
 
 @pytest.fixture
-def v1(
-    project: Path, site: Site, app_name: str, service_url: str, monkeypatch: pytest.MonkeyPatch
-) -> App:
-    """App ``app_name`` (models v1), configured for the command line and inner runs too."""
-    monkeypatch.syspath_prepend(str(project))
-    configure_cli(project, app_name, service_url)
-    return declare(project, site, app_name, 1)
-
-
-@pytest.fixture
-def store_with_sentinel(v1: App) -> App:
+def store_with_sentinel(cli_v1: App) -> App:
     """Store ``main_db`` at revision r2 (a table, then a data migration), with a sentinel row
     no migration wrote."""
-    migrate.init(v1, "main_db")
-    migrate.revision(v1, "main_db", "items", autogenerate=True, rev_id="r1")
-    r2 = migrate.revision(v1, "main_db", "seed", rev_id="r2")
+    migrate.init(cli_v1, "main_db")
+    migrate.revision(cli_v1, "main_db", "items", autogenerate=True, rev_id="r1")
+    r2 = migrate.revision(cli_v1, "main_db", "seed", rev_id="r2")
     set_body(
         r2.path,
         "op.execute(\"INSERT INTO items (name) VALUES ('from-r2')\")",
         "op.execute(\"DELETE FROM items WHERE name = 'from-r2'\")",
     )
-    v1.sync()
-    engine = create_engine(v1.url("main_db"), poolclass=NullPool)
+    cli_v1.sync()
+    engine = create_engine(cli_v1.url("main_db"), poolclass=NullPool)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO items (name) VALUES ('sentinel')"))
     engine.dispose()
-    return v1
+    return cli_v1
 
 
 @pytest.fixture
@@ -170,8 +160,10 @@ def test_env_py_runs_only_on_a_given_connection_engine_or_url(
         engine.dispose()
 
 
-def test_a_store_directory_without_a_target_is_not_called_a_kinds(v1: App, app_name: str) -> None:
-    path = migrate.init(v1, "main_db")
+def test_a_store_directory_without_a_target_is_not_called_a_kinds(
+    cli_v1: App, app_name: str
+) -> None:
+    path = migrate.init(cli_v1, "main_db")
     # No alembic.ini at all, as a program that builds its own Config has.
     config = Config()
     config.set_main_option("script_location", str(path))
@@ -183,7 +175,7 @@ def test_a_store_directory_without_a_target_is_not_called_a_kinds(v1: App, app_n
     assert "names no store" in message
     assert "storekeeper_target" in message and "-x store=APP.STORE" in message
     # A kind's directory is the one shared by its stores.
-    kind_path = migrate.init(v1, "tenant")
+    kind_path = migrate.init(cli_v1, "tenant")
     config = Config(str(kind_path / "alembic.ini"))
     with pytest.raises(BadInput, match=rf"shared by the stores of kind {app_name}\.tenant"):
         command.upgrade(config, "head")

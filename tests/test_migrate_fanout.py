@@ -16,10 +16,7 @@ import pytest
 
 from conftest import run_cli
 from storekeeper import App, migrate
-from storekeeper.site import Site
 from test_migrate import (
-    configure_cli,
-    declare,
     extend_upgrade,
     first_revision,
     query,
@@ -30,29 +27,19 @@ from test_migrate import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def v1(
-    project: Path, site: Site, app_name: str, service_url: str, monkeypatch: pytest.MonkeyPatch
-) -> App:
-    """App ``app_name`` (models v1), configured for the command line too."""
-    monkeypatch.syspath_prepend(str(project))
-    configure_cli(project, app_name, service_url)
-    return declare(project, site, app_name, 1)
-
-
 def test_a_fan_out_over_20_stores_with_one_broken_migrates_the_other_19(
-    project: Path, v1: App, app_name: str
+    project: Path, cli_v1: App, app_name: str
 ) -> None:
-    migrate.init(v1, "tenant")
-    migrate.revision(v1, "tenant", "items", autogenerate=True, rev_id="k1")
+    migrate.init(cli_v1, "tenant")
+    migrate.revision(cli_v1, "tenant", "items", autogenerate=True, rev_id="k1")
     names = [f"t{i:02d}" for i in range(20)]
     for name in names:
-        v1.create_store(name, kind="tenant")
+        cli_v1.create_store(name, kind="tenant")
     # One store already has the table the next migration creates: it will fail there.
-    engine = v1.engine("t07")
+    engine = cli_v1.engine("t07")
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE notes (id INTEGER PRIMARY KEY)")
-    k2 = migrate.revision(v1, "tenant", "notes", rev_id="k2")
+    k2 = migrate.revision(cli_v1, "tenant", "notes", rev_id="k2")
     set_body(k2.path, 'op.create_table("notes", sa.Column("id", sa.Integer, primary_key=True))')
 
     run = run_cli(
@@ -75,7 +62,7 @@ def test_a_fan_out_over_20_stores_with_one_broken_migrates_the_other_19(
     # Progress on stderr, one line per store.
     assert sum(line.startswith("[") for line in run.stderr.splitlines()) == 20
     for name in names:
-        assert migrate.current(v1, name) == (("k1",) if name == "t07" else ("k2",))
+        assert migrate.current(cli_v1, name) == (("k1",) if name == "t07" else ("k2",))
 
     # Run again: the broken one still fails, the others have nothing to do.
     again = run_cli("upgrade", f"{app_name}.t0*", "--json", cwd=project)
@@ -92,12 +79,12 @@ import time; time.sleep(0.5)
 
 
 def test_two_upgrades_of_one_store_at_once_apply_each_migration_once(
-    project: Path, v1: App, app_name: str
+    project: Path, cli_v1: App, app_name: str
 ) -> None:
-    first_revision(v1)
-    v1.sync()
+    first_revision(cli_v1)
+    cli_v1.sync()
     for rev in ("r2", "r3"):
-        made = migrate.revision(v1, "main_db", rev, rev_id=rev)
+        made = migrate.revision(cli_v1, "main_db", rev, rev_id=rev)
         set_body(made.path, MIGRATION_WITH_LOG.format(rev=rev))
     start = threading.Barrier(2)
 
@@ -111,19 +98,21 @@ def test_two_upgrades_of_one_store_at_once_apply_each_migration_once(
         assert run.returncode == 0, run.stderr
     results = sorted(run.stdout.splitlines()[1].rsplit("  ", 1)[-1].strip() for run in runs)
     assert results == ["ok", "up to date"]
-    assert query(v1, "SELECT rev FROM applied_log ORDER BY rev") == ["r2", "r3"]
-    assert migrate.current(v1, "main_db") == ("r3",)
+    assert query(cli_v1, "SELECT rev FROM applied_log ORDER BY rev") == ["r2", "r3"]
+    assert migrate.current(cli_v1, "main_db") == ("r3",)
 
 
-def test_plain_alembic_works_on_a_store_and_a_kind(project: Path, v1: App, app_name: str) -> None:
-    migrate.init(v1, "main_db")
-    migrate.revision(v1, "main_db", "items", autogenerate=True, rev_id="r1")
-    migrate.init(v1, "tenant")
-    migrate.revision(v1, "tenant", "items", autogenerate=True, rev_id="k1")
-    v1.sync()
-    v1.create_store("acme", kind="tenant")
-    migrate.downgrade(v1, "main_db", "base")
-    migrate.downgrade(v1, "acme", "base")
+def test_plain_alembic_works_on_a_store_and_a_kind(
+    project: Path, cli_v1: App, app_name: str
+) -> None:
+    migrate.init(cli_v1, "main_db")
+    migrate.revision(cli_v1, "main_db", "items", autogenerate=True, rev_id="r1")
+    migrate.init(cli_v1, "tenant")
+    migrate.revision(cli_v1, "tenant", "items", autogenerate=True, rev_id="k1")
+    cli_v1.sync()
+    cli_v1.create_store("acme", kind="tenant")
+    migrate.downgrade(cli_v1, "main_db", "base")
+    migrate.downgrade(cli_v1, "acme", "base")
     alembic = [str(Path(sys.executable).with_name("alembic"))]
 
     run = subprocess.run(
@@ -135,7 +124,7 @@ def test_plain_alembic_works_on_a_store_and_a_kind(project: Path, v1: App, app_n
     )
     assert run.returncode == 0, run.stderr
     assert "Running upgrade  -> r1" in run.stderr
-    assert migrate.current(v1, "main_db") == ("r1",)
+    assert migrate.current(cli_v1, "main_db") == ("r1",)
     offline = subprocess.run(
         [*alembic, "-c", "migrations/main_db/alembic.ini", "upgrade", "base:head", "--sql"],
         cwd=project,
@@ -158,7 +147,7 @@ def test_plain_alembic_works_on_a_store_and_a_kind(project: Path, v1: App, app_n
         text=True,
     )
     assert run.returncode == 0, run.stderr
-    assert migrate.current(v1, "acme") == ("k1",)
+    assert migrate.current(cli_v1, "acme") == ("k1",)
 
 
 MAKE_STORE = """
@@ -174,10 +163,10 @@ print(result.from_template, result.revision)
 
 
 def test_two_processes_making_stores_of_a_kind_build_its_template_once(
-    project: Path, v1: App, app_name: str
+    project: Path, cli_v1: App, app_name: str
 ) -> None:
-    migrate.init(v1, "tenant")
-    made = migrate.revision(v1, "tenant", "items", autogenerate=True, rev_id="k1")
+    migrate.init(cli_v1, "tenant")
+    made = migrate.revision(cli_v1, "tenant", "items", autogenerate=True, rev_id="k1")
     # The migration notes each database it runs in: only the template should appear.
     extend_upgrade(
         made.path,
@@ -210,7 +199,7 @@ def test_two_processes_making_stores_of_a_kind_build_its_template_once(
     assert len(migrated) == 1 and migrated[0].rpartition("/")[2].startswith(
         f"{app_name}__tenant_template"
     )
-    assert migrate.current(v1, "one") == migrate.current(v1, "two") == ("k1",)
+    assert migrate.current(cli_v1, "one") == migrate.current(cli_v1, "two") == ("k1",)
 
 
 def activity(app: App) -> list[tuple[object, ...]]:
@@ -229,13 +218,13 @@ def activity(app: App) -> list[tuple[object, ...]]:
 
 
 def test_an_interrupted_upgrade_leaves_a_good_revision_and_can_be_run_again(
-    project: Path, v1: App, app_name: str
+    project: Path, cli_v1: App, app_name: str
 ) -> None:
-    first_revision(v1)
-    v1.sync()
-    fast = migrate.revision(v1, "main_db", "fast", rev_id="r2")
+    first_revision(cli_v1)
+    cli_v1.sync()
+    fast = migrate.revision(cli_v1, "main_db", "fast", rev_id="r2")
     set_body(fast.path, 'op.create_table("fast", sa.Column("id", sa.Integer, primary_key=True))')
-    slow = migrate.revision(v1, "main_db", "slow", rev_id="r3")
+    slow = migrate.revision(cli_v1, "main_db", "slow", rev_id="r3")
     set_body(
         slow.path,
         """
@@ -265,15 +254,15 @@ def test_an_interrupted_upgrade_leaves_a_good_revision_and_can_be_run_again(
     assert process.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     # r2 was committed on its own; r3's table went with its transaction.
-    assert migrate.current(v1, "main_db") == ("r2",)
-    assert "slow" not in schema(v1) and "fast" in schema(v1)
+    assert migrate.current(cli_v1, "main_db") == ("r2",)
+    assert "slow" not in schema(cli_v1) and "fast" in schema(cli_v1)
 
     (project / "r3.go").touch()
     try:
         again = run_cli("upgrade", f"{app_name}.main_db", cwd=project, timeout=90)
     except subprocess.TimeoutExpired as hung:
         # A rare hang seen once in CI: say what the server was doing when it happened.
-        raise AssertionError(f"second upgrade hung; server activity: {activity(v1)}") from hung
+        raise AssertionError(f"second upgrade hung; server activity: {activity(cli_v1)}") from hung
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[1].split()[1:3] == ["r2", "r3"]
-    assert migrate.current(v1, "main_db") == ("r3",)
+    assert migrate.current(cli_v1, "main_db") == ("r3",)

@@ -12,19 +12,9 @@ import pytest
 from conftest import ROOT, run_cli
 from storekeeper import App, BadInput, BadRevision, MigrationError, migrate
 from storekeeper.site import Site
-from test_migrate import configure_cli, declare, first_revision, query
+from test_migrate import declare, first_revision, query
 
 SQLITE = pytest.mark.parametrize("dialect", ["sqlite"])
-
-
-@pytest.fixture
-def v1(
-    project: Path, site: Site, app_name: str, service_url: str, monkeypatch: pytest.MonkeyPatch
-) -> App:
-    """App ``app_name`` (models v1), configured for the command line too."""
-    monkeypatch.syspath_prepend(str(project))
-    configure_cli(project, app_name, service_url)
-    return declare(project, site, app_name, 1)
 
 
 def three_revisions(app: App) -> None:
@@ -39,45 +29,45 @@ def three_revisions(app: App) -> None:
 
 
 def test_item15_adopting_migrations_on_a_store_made_by_create_all(
-    project: Path, v1: App, app_name: str
+    project: Path, cli_v1: App, app_name: str
 ) -> None:
     label = f"{app_name}.main_db"
-    v1.sync()  # no script directory yet: create_all makes the tables
-    migrate.init(v1, "main_db")
-    made = migrate.revision(v1, "main_db", "baseline", autogenerate=True, rev_id="r1")
+    cli_v1.sync()  # no script directory yet: create_all makes the tables
+    migrate.init(cli_v1, "main_db")
+    made = migrate.revision(cli_v1, "main_db", "baseline", autogenerate=True, rev_id="r1")
     assert made is not None
     # The first migration builds every table, as a new database of the store needs...
     assert "op.create_table(" in Path(made.path).read_text()
-    for attempt in (lambda: migrate.upgrade(v1, "main_db"), v1.sync):
+    for attempt in (lambda: migrate.upgrade(cli_v1, "main_db"), cli_v1.sync):
         with pytest.raises(MigrationError) as caught:
             attempt()
         message = str(caught.value)
         assert f"store {label} has tables (items) but no migration history" in message
         assert f"storekeeper stamp {label} --to r1" in message
         assert "already exists" not in message
-    [line] = migrate.check(v1, "main_db")
+    [line] = migrate.check(cli_v1, "main_db")
     assert "no migration history" in line and f"storekeeper stamp {label} --to r1" in line
     assert "upgrade" not in line
-    assert migrate.current(v1, "main_db") == ()  # the refusals changed nothing
+    assert migrate.current(cli_v1, "main_db") == ()  # the refusals changed nothing
     # The new migration, compared with what the store really has, it says how to adopt it.
     [note] = made.notes
     assert f"{label} already has these tables" in note and "no migration history" in note
     assert f"storekeeper stamp {label} --to r1" in note
 
-    migrate.stamp(v1, "main_db", "r1")
-    assert migrate.check(v1, "main_db") == []
-    assert v1.sync().results[0].action == "up to date"
-    assert query(v1, "SELECT name FROM items ORDER BY id")[0] == "init-True"  # data kept
+    migrate.stamp(cli_v1, "main_db", "r1")
+    assert migrate.check(cli_v1, "main_db") == []
+    assert cli_v1.sync().results[0].action == "up to date"
+    assert query(cli_v1, "SELECT name FROM items ORDER BY id")[0] == "init-True"  # data kept
     # A new database of the store is built by the migrations alone.
-    v1.drop_store("main_db")
-    assert v1.sync().results[0].migrations_applied == ["r1"]
+    cli_v1.drop_store("main_db")
+    assert cli_v1.sync().results[0].migrations_applied == ["r1"]
 
 
 @SQLITE
 def test_item15_adopting_a_store_whose_tables_differ_from_the_models_lists_the_differences(
-    project: Path, site: Site, v1: App, app_name: str
+    project: Path, site: Site, cli_v1: App, app_name: str
 ) -> None:
-    v1.sync()
+    cli_v1.sync()
     v2 = declare(project, site, app_name, 2)
     migrate.init(v2, "main_db")
     made = migrate.revision(v2, "main_db", "baseline", autogenerate=True, rev_id="r1")
@@ -92,14 +82,14 @@ def test_item15_adopting_a_store_whose_tables_differ_from_the_models_lists_the_d
 
 @SQLITE
 def test_item16_autogenerate_with_no_changes_writes_nothing_unless_empty(
-    project: Path, v1: App, app_name: str
+    project: Path, cli_v1: App, app_name: str
 ) -> None:
-    first_revision(v1)
+    first_revision(cli_v1)
     versions = project / "migrations" / "main_db" / "versions"
     before = sorted(versions.glob("*.py"))
-    assert migrate.revision(v1, "main_db", "nothing", autogenerate=True) is None
+    assert migrate.revision(cli_v1, "main_db", "nothing", autogenerate=True) is None
     assert sorted(versions.glob("*.py")) == before
-    made = migrate.revision(v1, "main_db", "on purpose", autogenerate=True, empty=True)
+    made = migrate.revision(cli_v1, "main_db", "on purpose", autogenerate=True, empty=True)
     assert made is not None and Path(made.path).is_file()
     assert made.down_revisions == ("r1",)
 
@@ -117,8 +107,8 @@ def test_item16_autogenerate_with_no_changes_writes_nothing_unless_empty(
 
 
 @SQLITE
-def test_item17_relative_targets_are_read_as_alembic_reads_them(v1: App) -> None:
-    three_revisions(v1)
+def test_item17_relative_targets_are_read_as_alembic_reads_them(cli_v1: App) -> None:
+    three_revisions(cli_v1)
     moves = [
         (migrate.downgrade, "-1", "r2"),
         (migrate.downgrade, "head-2", "r1"),
@@ -130,38 +120,38 @@ def test_item17_relative_targets_are_read_as_alembic_reads_them(v1: App) -> None
         (migrate.upgrade, "heads", "r3"),
     ]
     for move, to, after in moves:
-        assert move(v1, "main_db", to).after == after, (move.__name__, to)
+        assert move(cli_v1, "main_db", to).after == after, (move.__name__, to)
 
 
 @SQLITE
 def test_item17_anything_not_relative_is_a_revision_id_and_an_unknown_one_is_refused(
-    v1: App, app_name: str
+    cli_v1: App, app_name: str
 ) -> None:
-    three_revisions(v1)
+    three_revisions(cli_v1)
     # Alembic would read 'r3-1x' as 'r3-1' and go to r2: it is no revision, so it is refused.
     for to in ("r3-1x", "zz-top", "-x", "r1@@head"):
         with pytest.raises(BadRevision, match=rf"unknown revision {re.escape(repr(to))}"):
-            migrate.downgrade(v1, "main_db", to)
+            migrate.downgrade(cli_v1, "main_db", to)
     with pytest.raises(BadRevision, match=r"unknown revision 'r9' in 'r9-1'"):
-        migrate.downgrade(v1, "main_db", "r9-1")
+        migrate.downgrade(cli_v1, "main_db", "r9-1")
     with pytest.raises(BadRevision, match=r"upgrade goes up: '-1'.*downgrade --to -1"):
-        migrate.upgrade(v1, "main_db", "-1")
+        migrate.upgrade(cli_v1, "main_db", "-1")
     with pytest.raises(BadRevision, match=r"downgrade goes down: '\+1'.*upgrade --to \+1"):
-        migrate.downgrade(v1, "main_db", "+1")
-    assert migrate.current(v1, "main_db") == ("r3",)
+        migrate.downgrade(cli_v1, "main_db", "+1")
+    assert migrate.current(cli_v1, "main_db") == ("r3",)
 
 
 @SQLITE
 def test_item17_a_revision_id_alembic_cannot_target_is_refused_when_made(
-    project: Path, v1: App, app_name: str
+    project: Path, cli_v1: App, app_name: str
 ) -> None:
-    first_revision(v1)
+    first_revision(cli_v1)
     versions = sorted(p.name for p in (project / "migrations/main_db/versions").glob("*.py"))
     for rev_id in ("my-rev", "a+b", "x@y", "a:b", " "):
         with pytest.raises(BadInput, match=re.escape(repr(rev_id))):
-            migrate.revision(v1, "main_db", "bad id", rev_id=rev_id)
+            migrate.revision(cli_v1, "main_db", "bad id", rev_id=rev_id)
     with pytest.raises(BadRevision, match=r"revision id 'r1' is taken"):
-        migrate.revision(v1, "main_db", "again", rev_id="r1")
+        migrate.revision(cli_v1, "main_db", "again", rev_id="r1")
     after = sorted(p.name for p in (project / "migrations/main_db/versions").glob("*.py"))
     assert after == versions  # nothing written
     run = run_cli("revision", f"{app_name}.main_db", "-m", "x", "--rev-id", "my-rev", cwd=project)
@@ -184,12 +174,12 @@ def test_item18_the_migration_code_uses_only_alembics_public_api() -> None:
 
 @SQLITE
 def test_item19_check_suggests_upgrade_at_base_and_a_kinds_migrations_as_app_kind_star(
-    project: Path, site: Site, v1: App, app_name: str
+    project: Path, site: Site, cli_v1: App, app_name: str
 ) -> None:
-    first_revision(v1)
-    v1.sync()
-    migrate.downgrade(v1, "main_db", "base")
-    migrate.init(v1, "tenant")  # no revisions yet: the kind's models are not built by them
+    first_revision(cli_v1)
+    cli_v1.sync()
+    migrate.downgrade(cli_v1, "main_db", "base")
+    migrate.init(cli_v1, "tenant")  # no revisions yet: the kind's models are not built by them
     run = run_cli("check", f"{app_name}.main_db", f"{app_name}.tenant", cwd=project)
     assert run.returncode == 1, run.stderr
     assert (
@@ -203,8 +193,8 @@ def test_item19_check_suggests_upgrade_at_base_and_a_kinds_migrations_as_app_kin
     assert "APP.STORE" not in run.stderr
 
     # A store of a kind drifts with the kind's models: the kind's migrations need the change.
-    migrate.revision(v1, "tenant", "items", autogenerate=True, rev_id="k1")
-    v1.create_store("acme", kind="tenant")
+    migrate.revision(cli_v1, "tenant", "items", autogenerate=True, rev_id="k1")
+    cli_v1.create_store("acme", kind="tenant")
     v2 = declare(project, site, app_name, 2)
     found = migrate.commands.checked(v2, "acme")
     assert found.differences and found.action == "revision"
