@@ -20,6 +20,7 @@ from storekeeper import App, Store
 from storekeeper import backup as core
 from storekeeper.catalog import tables
 from storekeeper.config import load
+from storekeeper.discover import import_app
 from storekeeper.errors import ConfigError
 from storekeeper.provision import status
 from storekeeper.retention import Policy, policy_for, to_prune
@@ -292,7 +293,7 @@ def test_an_old_catalog_gets_the_table_of_backups(project: Path) -> None:
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
 def test_cli_pin_unpin_prune_and_the_listing(
-    project: Path, service_url: str, app_name: str
+    project: Path, service_url: str, app_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = write_app(project, app_name)
     write_config(
@@ -309,40 +310,38 @@ def test_cli_pin_unpin_prune_and_the_listing(
     )
     target = f"{app_name}.main_db"
     assert run_cli("sync", cwd=project).returncode == 0
-    first = json.loads(run_cli("backup", target, "--json", cwd=project).stdout)
-
-    pinned = run_cli("backups", "pin", first["id"], "--reason", "release 1.0", cwd=project)
-    assert pinned.returncode == 0, pinned.stderr
-    assert f"backup {first['id']} pinned (release 1.0)" in pinned.stdout
-    second = json.loads(run_cli("backup", target, "--json", cwd=project).stdout)
-    third = json.loads(run_cli("backup", target, "--json", cwd=project).stdout)
-
-    listed = run_cli("backups", cwd=project)  # every store's, when none is named
-    assert listed.returncode == 0, listed.stderr
-    assert "pinned (release 1.0)" in listed.stdout
-    assert second["id"] not in listed.stdout  # pruned after the third: keep_last = 1
-    rows = json.loads(run_cli("backups", target, "--json", cwd=project).stdout)
-    assert [(b["id"], b["pinned"]) for b in rows] == [(first["id"], True), (third["id"], False)]
-
-    unknown = run_cli("backups", "pin", "20000101T000000000000Z", cwd=project)
-    assert unknown.returncode == 2
-    assert "error: no backup '20000101T000000000000Z'" in unknown.stderr
-
-    restored = run_cli("restore", target, third["id"], "--yes", "--json", cwd=project)
-    kept = json.loads(restored.stdout)["kept_as"]
-    shown = run_cli("status", cwd=project)
-    assert f"kept by a restore: {kept}" in shown.stdout
-    assert third["id"] in shown.stdout  # the last backup
-
-    assert run_cli("backups", "unpin", first["id"], cwd=project).returncode == 0
-    pruned = run_cli("backups", "prune", target, "--json", cwd=project)
-    assert pruned.returncode == 0, pruned.stderr
-    (report,) = json.loads(pruned.stdout)
-    assert (report["removed"], report["dropped"]) == ([first["id"]], [kept])
+    monkeypatch.syspath_prepend(str(project))
     site = Site.load()
     try:
+        app = import_app(spec).bind(site)
+        first = core.backup(app, "main_db")
+        pinned = run_cli("backups", "pin", first.id, "--reason", "release 1.0", cwd=project)
+        assert pinned.returncode == 0, pinned.stderr
+        assert f"backup {first.id} pinned (release 1.0)" in pinned.stdout
+        second, third = core.backup(app, "main_db"), core.backup(app, "main_db")
+
+        listed = run_cli("backups", cwd=project)  # every store's, when none is named
+        assert listed.returncode == 0, listed.stderr
+        assert "pinned (release 1.0)" in listed.stdout and third.id in listed.stdout
+        assert second.id not in listed.stdout  # pruned after the third: keep_last = 1
+
+        unknown = run_cli("backups", "pin", "20000101T000000000000Z", cwd=project)
+        assert unknown.returncode == 2
+        assert "error: no backup '20000101T000000000000Z'" in unknown.stderr
+
+        kept = core.restore(app, "main_db", third.id).kept_as
+        shown = run_cli("status", cwd=project)
+        assert f"kept by a restore: {kept}" in shown.stdout
+        assert third.id in shown.stdout  # the last backup
+
+        assert run_cli("backups", "unpin", first.id, cwd=project).returncode == 0
+        pruned = run_cli("backups", "prune", target, "--json", cwd=project)
+        assert pruned.returncode == 0, pruned.stderr
+        (report,) = json.loads(pruned.stdout)
+        assert (report["removed"], report["dropped"]) == ([first.id], [kept])
         backend = site.backend(site.service("main"))
         assert backend.list(prefix=app_name) == [f"{app_name}_main_db"]
+        assert [b.id for b in core.backups(app, "main_db")] == [third.id]
         engine = _engine(site, f"{app_name}_main_db")
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM items")).scalar() == 2

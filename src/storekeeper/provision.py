@@ -249,10 +249,15 @@ def _build(
         result.tables_added = _schema(engine, plan.metadata)
     elif not result.from_template:
         yield "migrating"
-        before = plan.before if existed else None
+        hook = plan.before if existed else None
+
+        def before(app: App, store: str, _action: str) -> str | None:
+            assert hook is not None
+            return hook(app, store, "sync")  # the backup says which command migrated
+
         try:
             migrated = migrate_database(
-                backend, database, plan.scripts, store=plan.store, before=before
+                backend, database, plan.scripts, store=plan.store, before=before if hook else None
             )
         except MigrationError as exc:
             result.backup = exc.backup
