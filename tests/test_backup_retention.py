@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import text
 
 from conftest import run_cli, write_app, write_config
-from storekeeper import App, Store
 from storekeeper import backup as core
 from storekeeper.catalog import tables
 from storekeeper.config import load
@@ -25,7 +24,7 @@ from storekeeper.errors import ConfigError
 from storekeeper.provision import status
 from storekeeper.retention import Policy, policy_for, to_prune
 from storekeeper.site import Site
-from test_backup import Base, _engine, _init, _state_rows
+from test_backup import _app, _engine, _state_rows
 
 # the rules on their own ---------------------------------------------------------------------
 
@@ -149,18 +148,11 @@ def configure(project: Path, service_url: str) -> Iterator[Callable[..., Site]]:
         site.close()
 
 
-def _store(site: Site, name: str) -> App:
-    app = App(name, stores=[Store("main_db", metadata=Base.metadata, initializer=_init)])
-    app.bind(site)
-    app.sync()
-    return app
-
-
 def test_keep_last_prunes_after_each_backup_and_a_pinned_backup_stays(
     configure: Callable[..., Site], app_name: str
 ) -> None:
     site = configure("[retention]\nkeep_last = 2\n")
-    app = _store(site, app_name)
+    app = _app(site, app_name)
     first = core.backup(app, "main_db", note="keep me")
     assert core.pin(app, "main_db", first.id, reason="before the audit").pinned
     taken = [core.backup(app, "main_db") for _ in range(3)]
@@ -186,7 +178,7 @@ def test_without_retention_every_backup_is_kept(
     configure: Callable[..., Site], app_name: str
 ) -> None:
     site = configure()
-    app = _store(site, app_name)
+    app = _app(site, app_name)
     taken = [core.backup(app, "main_db").id for _ in range(3)]
     assert core.prune(app, "main_db").removed == []
     assert [b.id for b in core.backups(app, "main_db")] == taken
@@ -196,7 +188,7 @@ def test_keep_daily_keeps_the_newest_backup_of_each_day(
     configure: Callable[..., Site], app_name: str
 ) -> None:
     site = configure()
-    app = _store(site, app_name)
+    app = _app(site, app_name)
     taken = [core.backup(app, "main_db") for _ in range(4)]
     # Three of them as if taken on earlier days (their manifests say when they were taken).
     for item, days_ago in zip(taken[:3], (3, 2, 2), strict=True):
@@ -217,7 +209,7 @@ def test_backups_go_to_the_folder_of_their_service_and_stay_known_when_it_moves(
     configure: Callable[..., Site], app_name: str, project: Path
 ) -> None:
     site = configure('backups = "everything"\n')
-    app = _store(site, app_name)
+    app = _app(site, app_name)
     first = core.backup(app, "main_db")
     assert Path(first.path).parent == project / "everything" / app_name / "main_db"
 
@@ -234,7 +226,7 @@ def test_status_shows_the_last_backup_and_the_copies_restores_kept(
     configure: Callable[..., Site], app_name: str
 ) -> None:
     site = configure()
-    app = _store(site, app_name)
+    app = _app(site, app_name)
     (row,) = status([app])
     assert (row.last_backup, row.pre_restore) == (None, [])
     core.backup(app, "main_db")
@@ -252,7 +244,7 @@ def test_prune_drops_what_restores_kept_once_older_than_keep_pre_restore(
     configure: Callable[..., Site], app_name: str
 ) -> None:
     site = configure("[retention]\nkeep_pre_restore = 2\n")
-    app = _store(site, app_name)
+    app = _app(site, app_name)
     taken = core.backup(app, "main_db")
     kept = core.restore(app, "main_db", taken.id).kept_as
     assert kept is not None

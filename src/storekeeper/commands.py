@@ -639,7 +639,7 @@ def backups(face: Face, *, targets: Sequence[str], as_json: bool) -> int:
     if as_json:
         report.emit_json([b.as_dict() for b in found])
     else:
-        report.print_backups(found, " ".join(targets) or "these stores")
+        report.print_backups(found, " ".join(targets) or "all stores")
     return 0
 
 
