@@ -525,14 +525,16 @@ def locate(apps: Sequence[App], source: str) -> tuple[App, str]:
             raise NotFound(f"no backup manifest {str(manifest)!r}")
         item = _load(manifest)
         owners.add((item.app, item.store))
-    else:
-        for app in apps:
-            owners |= {(r.app, r.store) for r in app.site.catalog.backup_records(backup_id=source)}
-            break
+    elif apps:
+        records = apps[0].site.catalog.backup_records(backup_id=source)  # one site's catalog
+        owners = {(r.app, r.store) for r in records}
         if not owners:
             for app in apps:
                 for store in app.list_stores():
-                    folder = backup_folder(app, store)
+                    try:
+                        folder = backup_folder(app, store)
+                    except StorekeeperError:  # not placed (unassigned): it has no backups
+                        continue
                     if (folder / f"{source}.json").is_file():
                         owners.add((app.name, store))
     owners = {o for o in owners if o[0] in by_name}
