@@ -551,6 +551,8 @@ def test_status_shows_every_store_before_and_after_sync(
         "SIZE",
         "LAST",
         "SYNC",
+        "LAST",
+        "BACKUP",
     ]
     assert row.split()[:5] == [app, "main_db", "main", f"{app}_main_db", "no"]
     (before,) = cli_json(capsys, "status", app)

@@ -144,6 +144,20 @@ def _command(name: str, verb: Verb) -> click.Command:
     return click.command(name, help=help, short_help=short)(_common(func))
 
 
+class _GroupWithDefault(click.Group):
+    """A group that is a command too: when its first argument names none of its commands
+    (``backups APP.STORE``, ``backups --json``, or nothing at all), it runs ``default``."""
+
+    def __init__(self, name: str, default: str, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.default = default
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
 def demo() -> int:
     """Run the bundled stream gages app end to end."""
     from .discover import import_app
@@ -193,7 +207,14 @@ def build_cli() -> click.Group:
     def group(config: str | None, app: tuple[str, ...], env: str | None) -> None:
         _face().take(config, app, env)
 
-    groups = {name: click.Group(name, help=help) for name, help in commands.GROUPS.items()}
+    groups = {
+        name: (
+            _GroupWithDefault(name, commands.GROUP_DEFAULTS[name], help=help)
+            if name in commands.GROUP_DEFAULTS
+            else click.Group(name, help=help)
+        )
+        for name, help in commands.GROUPS.items()
+    }
     for full_name, verb in VERBS.items():
         parent, _, name = full_name.rpartition(" ")
         (groups[parent] if parent else group).add_command(_command(name, verb))

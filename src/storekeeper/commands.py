@@ -175,6 +175,15 @@ OPTIONS: dict[str, Decorator] = {
         "--replace", is_flag=True, help="change the URL of an existing service"
     ),
     "force": click.option("--force", is_flag=True, help="remove even if assignments use it"),
+    "force_restore": click.option(
+        "--force", "force", is_flag=True, help="restore a backup of another store all the same"
+    ),
+    "no_backup": click.option(
+        "--no-backup",
+        is_flag=True,
+        help="do not back a store up before migrating it (see auto_backup in storekeeper.toml)",
+    ),
+    "reason": click.option("--reason", metavar="TEXT", help="why it is pinned (shown by backups)"),
     "old_key_file": click.option(
         "--old-key-file", metavar="PATH", help="a file holding the old key"
     ),
@@ -196,11 +205,14 @@ def sync(
     yes: bool,
     first_time: bool,
     as_json: bool,
+    no_backup: bool = False,
 ) -> int:
     """Create missing stores, bring their schemas to head, run their initializers (of the
-    apps named, all when none)."""
+    apps named, all when none); an existing store is backed up before it is migrated."""
     try:
-        synced = _sync(face, face.select(apps), list(stores) or None, refresh, yes, first_time)
+        synced = _sync(
+            face, face.select(apps), list(stores) or None, refresh, yes, first_time, no_backup
+        )
     except Exception as exc:
         if as_json:  # a script reading the output gets one JSON document, always
             error = (
@@ -224,8 +236,10 @@ def _sync(
     refresh: bool,
     yes: bool,
     first_time: bool,
+    no_backup: bool = False,
 ) -> SyncReport:
     """Check the arguments, then sync every chosen store, going on past failures."""
+    from .backup import auto_backup
     from .provision import sync
 
     if stores:
@@ -247,6 +261,7 @@ def _sync(
             first_time=first_time,
             progress=report.sync_progress(total),
             continue_on_error=True,
+            before=auto_backup(face.site, enabled=not no_backup),
         )
 
 
@@ -360,7 +375,9 @@ def _move(action: str) -> Callable[..., int]:
         jobs: int,
         continue_on_error: bool,
         as_json: bool,
+        no_backup: bool = False,
     ) -> int:
+        from .backup import auto_backup
         from .migrate.fanout import migrate_many
 
         if not targets and not every:
@@ -377,6 +394,8 @@ def _move(action: str) -> Callable[..., int]:
                 jobs=jobs,
                 continue_on_error=continue_on_error,
                 progress=report.migrate_progress(shown),
+                # stamp moves no data: nothing to back up
+                before=None if action == "stamp" else auto_backup(face.site, enabled=not no_backup),
             )
         finally:
             shown.close()
@@ -386,7 +405,9 @@ def _move(action: str) -> Callable[..., int]:
             report.print_fanout(ran, action)
         return ran.exit_code
 
-    move.__doc__ = f"``{action}`` over the stores named."
+    move.__doc__ = f"``{action}`` over the stores named" + (
+        "." if action == "stamp" else "; each is backed up (pinned) just before it is migrated."
+    )
     return move
 
 
@@ -609,15 +630,56 @@ def backup(face: Face, *, target: str, note: str | None, as_json: bool) -> int:
     return 0
 
 
-def backups(face: Face, *, target: str, as_json: bool) -> int:
-    """The backups of one store, oldest first."""
-    from .backup import backups
+def backups(face: Face, *, targets: Sequence[str], as_json: bool) -> int:
+    """The backups of the stores named (all when none), oldest first, with their pins."""
+    from . import backup as core
 
-    found = backups(*one_target(face, target))
+    stores = core.stores_named(face.apps, targets)
+    found = [b for app, store in stores for b in core.backups(app, store)]
     if as_json:
         report.emit_json([b.as_dict() for b in found])
     else:
-        report.print_backups(found, target)
+        report.print_backups(found, " ".join(targets) or "all stores")
+    return 0
+
+
+def backups_prune(face: Face, *, targets: Sequence[str], as_json: bool) -> int:
+    """Apply retention to the stores named (all when none): remove the unpinned backups its
+    rules do not keep, drop the databases restores set aside more than keep_pre_restore
+    days ago."""
+    from . import backup as core
+
+    pruned = [core.prune(app, store) for app, store in core.stores_named(face.apps, targets)]
+    if as_json:
+        report.emit_json([p.as_dict() for p in pruned])
+    else:
+        report.print_pruned(pruned)
+    return 0
+
+
+def backups_pin(face: Face, *, source: str, reason: str | None, as_json: bool) -> int:
+    """Pin a backup (an id from `backups`, or a path): retention never prunes it."""
+    from . import backup as core
+
+    app, store = core.locate(face.apps, source)
+    pinned = core.pin(app, store, source, reason=reason or "pinned by hand")
+    if as_json:
+        report.emit_json(pinned.as_dict())
+    else:
+        say(f"{app.name}.{store}: backup {pinned.id} pinned ({pinned.reason})")
+    return 0
+
+
+def backups_unpin(face: Face, *, source: str, as_json: bool) -> int:
+    """Unpin a backup: retention counts it again."""
+    from . import backup as core
+
+    app, store = core.locate(face.apps, source)
+    unpinned = core.unpin(app, store, source)
+    if as_json:
+        report.emit_json(unpinned.as_dict())
+    else:
+        say(f"{app.name}.{store}: backup {unpinned.id} unpinned")
     return 0
 
 
@@ -630,6 +692,7 @@ def restore(
     as_name: str | None,
     yes: bool,
     as_json: bool,
+    force: bool = False,
 ) -> int:
     """Restore a backup of one store: in its place (keeping the old database), or --as a new
     store beside it."""
@@ -645,7 +708,7 @@ def restore(
             "kept aside as _pre_restore_.",
             "restore",
         )
-    restored = core.restore(app, store, chosen, as_name=as_name)
+    restored = core.restore(app, store, chosen, as_name=as_name, force=force)
     if as_json:
         report.emit_json(restored.as_dict())
     else:
@@ -679,7 +742,7 @@ VERBS: dict[str, Verb] = {
         sync,
         "create missing stores, bring their schemas to head (migrations, or the tables), run "
         "their initializers",
-        ["store", "refresh", "first_time", "yes", "json", "lock_timeout"],
+        ["store", "refresh", "first_time", "yes", "no_backup", "json", "lock_timeout"],
         "apps",
     ),
     "status": Verb(status, "every store: its service, whether it exists, size", ["json"], "apps"),
@@ -690,10 +753,16 @@ VERBS: dict[str, Verb] = {
         "target",
     ),
     "upgrade": Verb(
-        upgrade, "migrate stores up to head (or --to REV)", ["to_head", *_MOVE], "moves"
+        upgrade,
+        "migrate stores up to head (or --to REV), each backed up (pinned) first",
+        ["to_head", "no_backup", *_MOVE],
+        "moves",
     ),
     "downgrade": Verb(
-        downgrade, "migrate stores down to --to REV (or -1, base)", ["to", *_MOVE], "moves"
+        downgrade,
+        "migrate stores down to --to REV (or -1, base), each backed up (pinned) first",
+        ["to", "no_backup", *_MOVE],
+        "moves",
     ),
     "stamp": Verb(
         stamp, "record --to REV in stores without running migrations", ["to", *_MOVE], "moves"
@@ -710,12 +779,38 @@ VERBS: dict[str, Verb] = {
         ["note", "json"],
         "target",
     ),
-    "backups": Verb(backups, "the backups of one store, oldest first", ["json"], "target"),
+    "backups list": Verb(
+        backups,
+        "the backups of the stores named (all when none), oldest first, with their pins "
+        "(also: storekeeper backups [TARGET]...)",
+        ["json"],
+        "targets",
+    ),
+    "backups prune": Verb(
+        backups_prune,
+        "apply retention ([retention] in storekeeper.toml) to the stores named (all when "
+        "none): remove the unpinned backups it does not keep, and drop the databases restores "
+        "set aside more than keep_pre_restore days ago",
+        ["json"],
+        "targets",
+    ),
+    "backups pin": Verb(
+        backups_pin,
+        "pin a backup (an id from `backups`, or a path): retention never prunes it",
+        ["reason", "json"],
+        arguments=[click.argument("source", metavar="BACKUP")],
+    ),
+    "backups unpin": Verb(
+        backups_unpin,
+        "unpin a backup: retention counts it again",
+        ["json"],
+        arguments=[click.argument("source", metavar="BACKUP")],
+    ),
     "restore": Verb(
         restore,
         "restore a backup of one store (BACKUP: an id from `backups`, or a path; or --latest), "
         "keeping the database it replaces as <database>_pre_restore_<time>",
-        ["latest", "as_name", "yes_restore", "json"],
+        ["latest", "as_name", "yes_restore", "force_restore", "json"],
         "target",
         arguments=[click.argument("source", required=False, metavar="[BACKUP]")],
     ),
@@ -765,11 +860,21 @@ GROUPS = {
     "service": "manage services: database servers with their connection facts, shared by many apps",
     "config": "show the effective configuration",
     "secret": "the key (STOREKEEPER_SECRET_KEY) that encrypts service URLs in the catalog",
+    "backups": "list the backups of stores (backups [TARGET]...), prune them, pin and unpin them",
 }
+
+#: Groups that are also a command: ``backups APP.STORE`` runs ``backups list APP.STORE``.
+GROUP_DEFAULTS = {"backups": "list"}
 
 
 # The verb's keyword each option fills, where it is not the option's own name.
-_KEYWORDS = {"json": "as_json", "to_head": "to", "store": "stores", "yes_restore": "yes"}
+_KEYWORDS = {
+    "json": "as_json",
+    "to_head": "to",
+    "store": "stores",
+    "yes_restore": "yes",
+    "force_restore": "force",
+}
 
 
 def with_options(

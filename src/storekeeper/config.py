@@ -39,7 +39,16 @@ _TOP_KEYS = {
     "env",
     "production",
     "lock_timeout",
+    "backups",
+    "auto_backup",
+    "retention",
 }
+#: The keys of a ``[retention]`` table (globally, ``[services.NAME.retention]``, or
+#: ``[retention."APP.STORE"]``): how many unpinned backups to keep, and for how many days the
+#: databases a restore replaced (``<database>_pre_restore_<time>``) are kept.
+RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_pre_restore")
+#: Where backups go when nothing says otherwise: ``<root>/var/backups/<app>/<store>/``.
+DEFAULT_BACKUPS = "var/backups"
 #: Seconds to wait for a store's lock before giving up (``lock_timeout``, ``--lock-timeout``):
 #: long enough for a sync or migration that is working, short enough that a hung one is
 #: reported while someone still watches; Liquibase waits five minutes for its lock too.
@@ -81,11 +90,48 @@ class Config:
     overlays: set[str] = field(default_factory=set)
     #: Seconds to wait for a store's lock before giving up (0: do not wait).
     lock_timeout: Sourced = Sourced(DEFAULT_LOCK_TIMEOUT, BUILTIN)
+    #: The folder backups go to (``backups = "path"``, relative to :attr:`root`), and the
+    #: folders of services that name their own (``[services.NAME] backups = "path"``).
+    backups: Sourced = Sourced(DEFAULT_BACKUPS, BUILTIN)
+    service_backups: dict[str, Sourced] = field(default_factory=dict)
+    #: ``auto_backup = true/false``; ``None`` when not set (then: on, except in ``test``).
+    auto_backup: Sourced | None = None
+    #: Retention settings (:data:`RETENTION_KEYS`): global, per service, per ``(app, store)``.
+    retention: dict[str, Sourced] = field(default_factory=dict)
+    service_retention: dict[str, dict[str, Sourced]] = field(default_factory=dict)
+    store_retention: dict[tuple[str, str], dict[str, Sourced]] = field(default_factory=dict)
 
     @property
     def lock_timeout_seconds(self) -> float:
         """:attr:`lock_timeout` as a number (checked when it was read)."""
         return float(self.lock_timeout.value)
+
+    @property
+    def auto_backups(self) -> bool:
+        """Whether ``upgrade``, ``downgrade`` and ``sync`` take a backup before migrating a
+        store: ``auto_backup`` when the configuration sets it, else on, except in the ``test``
+        environment (``STOREKEEPER_ENV=test``, or under pytest), whose throwaway databases
+        need none."""
+        if self.auto_backup is not None:
+            return self.auto_backup.value == "true"
+        return self.env != "test"
+
+    def backups_folder(self, service: str) -> Sourced:
+        """The folder the backups of stores on ``service`` go to (absolute), and its source."""
+        chosen = self.service_backups.get(service, self.backups)
+        return Sourced(str(self.root / Path(chosen.value).expanduser()), chosen.source)
+
+    def retention_for(self, service: str, app: str, store: str) -> dict[str, Sourced]:
+        """The retention settings of ``app.store`` on ``service``: each key from the store's
+        table, else its service's, else the global ``[retention]``."""
+        found: dict[str, Sourced] = {}
+        for layer in (
+            self.retention,
+            self.service_retention.get(service, {}),
+            self.store_retention.get((app, store), {}),
+        ):
+            found.update(layer)
+        return found
 
 
 def check_lock_timeout(value: object, where: str) -> str:
@@ -244,6 +290,14 @@ def _apply_table(config: Config, data: Any, where: str, *, top: bool) -> None:
         config.lock_timeout = Sourced(
             check_lock_timeout(data["lock_timeout"], f"{where}: lock_timeout"), where
         )
+    if "backups" in data:
+        config.backups = Sourced(_folder(data["backups"], f"{where}: backups"), where)
+    if "auto_backup" in data:
+        if not isinstance(data["auto_backup"], bool):
+            raise ConfigError(f"{where}: auto_backup must be true or false")
+        config.auto_backup = Sourced("true" if data["auto_backup"] else "false", where)
+    if "retention" in data:
+        _apply_retention(config, data["retention"], where)
     if "catalog" in data:
         if not isinstance(data["catalog"], str) or not data["catalog"]:
             raise ConfigError(f"{where}: 'catalog' must be a database URL")
@@ -267,16 +321,71 @@ def _apply_table(config: Config, data: Any, where: str, *, top: bool) -> None:
         config.assignments[key] = Sourced(check_identifier(service, "service"), where)
 
 
+def _folder(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f'{where} must be a folder\'s path, like "/srv/backups"')
+    return value
+
+
+def _retention_table(data: Any, where: str) -> dict[str, Sourced]:
+    """One table of retention settings, each checked: a whole number, 0 or more (days for
+    ``keep_pre_restore``, which may be a fraction)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table of {', '.join(RETENTION_KEYS)}")
+    found: dict[str, Sourced] = {}
+    for key, value in data.items():
+        if key not in RETENTION_KEYS:
+            raise ConfigError(
+                f"{where}: unknown key {key!r}; valid keys are {', '.join(RETENTION_KEYS)}"
+            )
+        whole = key != "keep_pre_restore"
+        ok = isinstance(value, int) if whole else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok or value < 0 or value != value:
+            what = "a whole number, 0 or more" if whole else "a number of days, 0 or more"
+            raise ConfigError(f"{where}: {key} = {value!r} is not {what}, like 7")
+        found[key] = Sourced(f"{value:g}" if not whole else str(value), where)
+    return found
+
+
+def _apply_retention(config: Config, data: Any, where: str) -> None:
+    """``[retention]``: settings for every store, and ``[retention."APP.STORE"]`` tables for
+    one store each."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: retention must be a table like [retention]")
+    own = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    config.retention.update(_retention_table(own, f"{where}: [retention]"))
+    for target, table in data.items():
+        if not isinstance(table, dict):
+            continue
+        try:
+            key = split_target(target)
+        except InvalidName as exc:
+            raise InvalidName(
+                f"{where}: [retention.{target!r}]: {exc}; a store's own retention is a table "
+                '[retention."APP.STORE"]'
+            ) from None
+        layer = config.store_retention.setdefault(key, {})
+        layer.update(_retention_table(table, f'{where}: [retention."{target}"]'))
+
+
 def _service_url(name: str, spec: Any, where: str, config: Config) -> str:
     if isinstance(spec, str):
         return spec
     if isinstance(spec, dict):
-        unknown = sorted(set(spec) - {"url", "url_file", "production", "tests"})
+        unknown = sorted(
+            set(spec) - {"url", "url_file", "production", "tests", "backups", "retention"}
+        )
         if unknown:
             raise ConfigError(
                 f"{where}: services.{name}: unknown key(s) {', '.join(unknown)}; "
-                "use url, url_file, production, tests"
+                "use url, url_file, production, tests, backups, retention"
             )
+        if "backups" in spec:
+            folder = _folder(spec["backups"], f"{where}: services.{name}.backups")
+            config.service_backups[name] = Sourced(folder, where)
+        if "retention" in spec:
+            layer = config.service_retention.setdefault(name, {})
+            layer.update(_retention_table(spec["retention"], f"{where}: services.{name}.retention"))
         if spec.get("production"):
             config.production_services.add(name)
         if spec.get("tests"):

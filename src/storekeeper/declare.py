@@ -303,14 +303,23 @@ class App(AppDeclaration):
         refresh: bool = False,
         first_time: bool = False,
         progress: Callable[[Any], None] | None = None,
+        backup: bool = True,
     ) -> SyncReport:
         """Create missing stores, bring schemas up, run initializers (what ``storekeeper sync``
-        does); returns a report of what was done."""
+        does); returns a report of what was done. An existing store about to be migrated is
+        backed up first (pinned, see :func:`storekeeper.backup.before_migrating`) unless
+        ``backup`` is false or the configuration turns that off (``auto_backup``)."""
         # lazy: import storekeeper stays light
+        from .backup import auto_backup
         from .provision import sync
 
         return sync(
-            [self], stores=stores, refresh=refresh, first_time=first_time, progress=progress
+            [self],
+            stores=stores,
+            refresh=refresh,
+            first_time=first_time,
+            progress=progress,
+            before=auto_backup(self.site, enabled=backup),
         )
 
     def create_store(

@@ -58,13 +58,15 @@ class MigrationError(StorekeeperError):
     a database ahead of the code).
 
     ``before`` and ``after`` are the store's revisions before the run and where it stays
-    (``None`` at base, or when unknown).
+    (``None`` at base, or when unknown); ``backup`` the id of the backup taken automatically
+    just before the migration, when one was.
     """
 
     def __init__(self, message: str, *, before: str | None = None, after: str | None = None):
         super().__init__(message)
         self.before = before
         self.after = after
+        self.backup: str | None = None
 
 
 class BadRevision(MigrationError, BadInput):

@@ -8,6 +8,8 @@ digits and underscores, starting with a letter, and not an SQL reserved word.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from .errors import InvalidName
 
@@ -139,3 +141,46 @@ def split_target(value: str) -> tuple[str, str]:
 def env_var_for_service(name: str) -> str:
     """The environment variable that overrides the URL of service ``name``."""
     return "STOREKEEPER_SERVICE_" + check_identifier(name, "service").upper()
+
+
+#: The tag of a database a restore replaced: ``<database>_pre_restore_<yyyymmddHHMMSS>``.
+PRE_RESTORE = "_pre_restore_"
+_STAMP = "%Y%m%d%H%M%S"
+
+
+def beside(database: str, tag: str) -> str:
+    """The name of a database kept beside ``database``: ``<database><tag>``, the database's part
+    shortened so the whole fits PostgreSQL's 63 bytes."""
+    room = MAX_DATABASE_NAME_BYTES - len(tag.encode())
+    head = database.encode()[:room].decode(errors="ignore")
+    return f"{head}{tag}"
+
+
+def pre_restore_name(database: str, when: datetime) -> str:
+    """The name under which a restore keeps the database it replaces, made at ``when``."""
+    return beside(database, f"{PRE_RESTORE}{when:{_STAMP}}")
+
+
+def pre_restore_prefix(database: str) -> str:
+    """What the names of the databases set aside by restores of ``database`` begin with."""
+    return pre_restore_name(database, datetime(2000, 1, 1))[: -len("20000101000000")]
+
+
+def pre_restore_time(database: str, name: str) -> datetime | None:
+    """When database ``name`` was set aside by a restore of ``database`` (UTC), or ``None``
+    when ``name`` is not such a copy."""
+    head = pre_restore_prefix(database)
+    stamp = name[len(head) :]
+    if not name.startswith(head) or len(stamp) != 14 or not stamp.isdigit():
+        return None
+    try:
+        return datetime.strptime(stamp, _STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def pre_restore_copies(database: str, names: Iterable[str]) -> list[tuple[str, datetime]]:
+    """Of database names ``names``, those restores of ``database`` set aside, oldest first,
+    each with when it was set aside."""
+    found = [(n, when) for n in names if (when := pre_restore_time(database, n)) is not None]
+    return sorted(found, key=lambda pair: pair[1])

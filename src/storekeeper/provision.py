@@ -23,10 +23,10 @@ from .errors import (
     StorekeeperError,
     exit_code_of,
 )
-from .migrate.commands import migrate_database, revision_state
+from .migrate.commands import BeforeMigrating, migrate_database, revision_state
 from .migrate.scripts import Scripts, kind_scripts, store_scripts
 from .migrate.templates import clone_from_template
-from .naming import check_identifier, physical_name
+from .naming import check_identifier, physical_name, pre_restore_copies, pre_restore_prefix
 from .secret import mask
 from .site import Placement
 from .site import place as place  # re-exported: its home was here before site.py
@@ -66,6 +66,8 @@ class StoreResult:
     ok: bool = True
     error: str = ""
     exit_code: int = 0
+    #: The id of the backup taken automatically before migrating the (existing) store.
+    backup: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -160,6 +162,8 @@ class _Plan:
     #: kind whose template a new store is cloned from.
     scripts: Scripts | None = None
     kind: str | None = None
+    #: Called just before migrating an existing store (the automatic backup).
+    before: BeforeMigrating | None = None
 
 
 def _provision(
@@ -245,8 +249,21 @@ def _build(
         result.tables_added = _schema(engine, plan.metadata)
     elif not result.from_template:
         yield "migrating"
-        migrated = migrate_database(backend, database, plan.scripts, store=plan.store)
+        hook = plan.before if existed else None
+
+        def before(app: App, store: str, _action: str) -> str | None:
+            assert hook is not None
+            return hook(app, store, "sync")  # the backup says which command migrated
+
+        try:
+            migrated = migrate_database(
+                backend, database, plan.scripts, store=plan.store, before=before if hook else None
+            )
+        except MigrationError as exc:
+            result.backup = exc.backup
+            raise
         result.revision, result.migrations_applied = migrated.after, migrated.applied
+        result.backup = migrated.backup
     result.first_time = not existed or first_time
     if plan.initializer is not None:
         yield f"initializer {plan.initializer_name}"
@@ -356,7 +373,9 @@ def _failure(
         log.error("%s.%s: recording the failure failed: %s", app.name, plan.store, record_failed)
     log.error("%s.%s: %s failed: %s%s", app.name, plan.store, step, reason, undo)
     if isinstance(exc, MigrationError):
-        return type(exc)(f"{reason}{undo}")
+        failed = type(exc)(f"{reason}{undo}", before=exc.before, after=exc.after)
+        failed.backup = exc.backup
+        return failed
     error = InitializerError if step.startswith("initializer") else ProvisionError
     return error(f"store {app.name}.{plan.store}: {step} failed: {reason}{undo}")
 
@@ -377,9 +396,12 @@ def sync(
     first_time: bool = False,
     progress: Callable[[StoreResult], None] | None = None,
     continue_on_error: bool = False,
+    before: BeforeMigrating | None = None,
 ) -> SyncReport:
     """For each declared store: create it if missing, create missing tables, run the initializer
     (``first_time`` true only when created in this run, or when ``first_time`` is given).
+    ``before`` is called just before an existing store is migrated (the automatic backup; if
+    it fails, that store is not migrated).
 
     Every store is checked first (names, assignments, initializers): bad input raises before
     anything is changed. ``stores`` limits the run to those store names. A store that fails
@@ -410,6 +432,7 @@ def sync(
                     _initializer_name(store.initializer),
                     store.spatial,
                     scripts if scripts.exists else None,
+                    before=before,
                 )
             )
     report = SyncReport()
@@ -434,9 +457,10 @@ def _attempt(plan: _Plan, *, refresh: bool, first_time: bool) -> StoreResult:
         return _provision(plan, refresh=refresh, first_time=first_time, runtime=None)
     except StorekeeperError as exc:
         error, code = str(exc), exc.exit_code
+        backup = exc.backup if isinstance(exc, MigrationError) else None
     except Exception as exc:  # one store's surprise must not leave the others untried
         error = mask(f"unexpected {type(exc).__name__}: {exc}", service.url.password)
-        code = 1
+        code, backup = 1, None
     return StoreResult(
         plan.app.name,
         plan.store,
@@ -447,6 +471,7 @@ def _attempt(plan: _Plan, *, refresh: bool, first_time: bool) -> StoreResult:
         ok=False,
         error=error,
         exit_code=code,
+        backup=backup,
     )
 
 
@@ -574,6 +599,12 @@ class StoreStatus:
     revision: str | None = None
     head: str | None = None
     migration_state: str | None = None
+    #: The newest backup the catalog records (its id and when, UTC), and the databases (SQLite:
+    #: files) restores set aside, ``<database>_pre_restore_<time>``: not backups, but kept
+    #: until ``backups prune`` drops them after ``keep_pre_restore`` days.
+    last_backup: str | None = None
+    last_backup_at: str | None = None
+    pre_restore: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -581,12 +612,14 @@ class StoreStatus:
 
 
 def status(apps: Sequence[App]) -> list[StoreStatus]:
-    """Every store of ``apps``: where it lives, whether it exists, its size, its last sync."""
+    """Every store of ``apps``: where it lives, whether it exists, its size, its last sync,
+    its last backup and the databases its restores set aside."""
     rows: list[StoreStatus] = []
     if not apps:
         return rows
     site = apps[0].site
     last = site.catalog.last_events("sync")
+    backed_up = site.catalog.last_backups()
     for app in apps:
         declared = {s.name for s in app.stores}
         for name in app.list_stores():
@@ -602,12 +635,19 @@ def status(apps: Sequence[App]) -> list[StoreStatus]:
                 None,
                 synced.strftime("%Y-%m-%d %H:%M:%S") if synced else None,
             )
+            newest = backed_up.get((app.name, name))
+            if newest is not None:
+                row.last_backup = newest.id
+                row.last_backup_at = newest.taken_at.strftime("%Y-%m-%d %H:%M:%S")
             try:
                 placement = place(app, name)
                 row.service, row.database = placement.service.name, placement.database
                 backend = site.backend(placement.service)
                 row.size = backend.size(placement.database)
                 row.exists = row.size is not None
+                database = placement.database
+                copies = backend.list(prefix=pre_restore_prefix(database))
+                row.pre_restore = [n for n, _ in pre_restore_copies(database, copies)]
                 if row.exists and store_scripts(app, name).exists:
                     state = revision_state(app, name)
                     row.revision, row.head = state.revision, state.head

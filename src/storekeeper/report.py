@@ -22,7 +22,7 @@ from .secret import mask
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .backup import Backup, RestoreReport
+    from .backup import Backup, PruneReport, RestoreReport
     from .catalog.rotate import RotationReport
     from .migrate import MigrateResult, Revision, Scripts
     from .migrate.commands import Checked, RevisionState
@@ -247,13 +247,21 @@ def print_sync(report: SyncReport) -> None:
 
 
 def print_synced(results: Sequence[StoreResult]) -> None:
-    """The table of what ``sync`` did, store by store."""
+    """The table of what ``sync`` did, store by store (with the automatic backups taken
+    before migrating, when there were some)."""
+    backed_up = any(r.backup for r in results)
     show_table(
         [
-            (f"{r.app}.{r.store}", r.service, f"{r.seconds:.2f}", r.action if r.ok else "FAILED")
+            (
+                f"{r.app}.{r.store}",
+                r.service,
+                f"{r.seconds:.2f}",
+                r.action if r.ok else "FAILED",
+                *([r.backup] if backed_up else []),
+            )
             for r in results
         ],
-        ["store", "service", "seconds", "result"],
+        ["store", "service", "seconds", "result", *(["backup"] if backed_up else [])],
     )
 
 
@@ -277,6 +285,7 @@ def print_status(rows: Sequence[Any]) -> None:
     migrated = any(getattr(r, "migration_state", None) for r in rows)
     headers = ["app", "store", "service", "database", "exists", "size"]
     headers += ["revision", "last sync"] if migrated else ["last sync"]
+    headers.append("last backup")
     show_table(
         [
             (
@@ -288,6 +297,7 @@ def print_status(rows: Sequence[Any]) -> None:
                 human_size(r.size),
                 *([_revision_cell(r)] if migrated else []),
                 r.last_sync or "never",
+                f"{r.last_backup_at} ({r.last_backup})" if r.last_backup else "never",
             )
             for r in rows
         ],
@@ -296,6 +306,11 @@ def print_status(rows: Sequence[Any]) -> None:
     for r in rows:
         if r.problem:
             say(f"  {r.app}.{r.store}: {r.problem}")
+        for kept in r.pre_restore:
+            say(
+                f"  {r.app}.{r.store}: kept by a restore: {kept} (not a backup; backups prune "
+                "drops it after keep_pre_restore days)"
+            )
 
 
 # migrations -----------------------------------------------------------------------------
@@ -369,7 +384,9 @@ def print_fanout(report: FanoutReport, action: str) -> None:
 
 
 def print_migrated(results: Sequence[MigrateResult]) -> None:
-    """The table of what ``upgrade``, ``downgrade`` or ``stamp`` did, store by store."""
+    """The table of what ``upgrade``, ``downgrade`` or ``stamp`` did, store by store, with the
+    backup taken automatically before each (when some were)."""
+    backed_up = any(r.backup for r in results)
     show_table(
         [
             (
@@ -378,10 +395,11 @@ def print_migrated(results: Sequence[MigrateResult]) -> None:
                 r.after or "base",
                 f"{r.seconds:.2f}",
                 ("ok" if r.changed else "up to date") if r.ok else "FAILED",
+                *([r.backup] if backed_up else []),
             )
             for r in results
         ],
-        ["store", "from", "to", "seconds", "result"],
+        ["store", "from", "to", "seconds", "result", *(["backup"] if backed_up else [])],
     )
 
 
@@ -414,24 +432,56 @@ def print_heads(found: Sequence[str], target: str, merge: str) -> None:
 
 
 def print_backups(found: Sequence[Backup], target: str) -> None:
-    """Backups as a table: id, when, revision, size, checksum prefix, note."""
+    """Backups as a table: store, id, when, revision, size, checksum prefix, pin, note."""
     if not found:
         say(f"{target}: no backups yet")
         return
     show_table(
         [
             (
+                f"{b.app}.{b.store}",
                 b.id,
                 b.taken_at[:19].replace("T", " "),
                 b.revision or "-",
                 human_size(b.size),
                 b.sha256[:12],
+                f"pinned ({b.reason})" if b.pinned else "-",
                 b.note,
             )
             for b in found
         ],
-        ["id", "when (UTC)", "revision", "size", "sha256", "note"],
+        ["store", "id", "when (UTC)", "revision", "size", "sha256", "pinned", "note"],
     )
+
+
+def print_pruned(pruned: Sequence[PruneReport]) -> None:
+    """What ``backups prune`` did, store by store: backups removed and kept, databases
+    dropped."""
+    if not pruned:
+        say("no stores to prune")
+        return
+    show_table(
+        [
+            (
+                f"{p.app}.{p.store}",
+                len(p.removed),
+                p.kept,
+                ", ".join(p.dropped) or "-",
+                "keep everything" if not p.policy.limits_backups else _rules(p),
+            )
+            for p in pruned
+        ],
+        ["store", "removed", "kept", "dropped (pre_restore)", "retention"],
+    )
+    for p in pruned:
+        for b in p.removed:
+            say(f"  {p.app}.{p.store}: removed backup {b.id}")
+
+
+def _rules(pruned: PruneReport) -> str:
+    rules = ("keep_last", "keep_daily", "keep_weekly")
+    values = {k: getattr(pruned.policy, k) for k in rules}
+    return " ".join(f"{k}={v}" for k, v in values.items() if v is not None)
 
 
 def print_restored(restored: RestoreReport) -> None:
@@ -443,6 +493,8 @@ def print_restored(restored: RestoreReport) -> None:
             say(f"the database it replaced is kept as {restored.kept_as}")
     else:
         say(f"{where}: backup {restored.backup} restored as database {restored.database}")
+    if restored.hint:
+        warn(f"hint: {restored.hint}")
 
 
 #: What ``check`` says to do about a drift, by :attr:`storekeeper.migrate.Checked.action`.

@@ -34,7 +34,7 @@ from ..errors import ConfigError, ServiceUnavailable
 from ..secret import decrypt, encrypt, mask, mask_url
 from . import tables as t
 
-__all__ = ["Catalog", "Event", "RuntimeStore"]
+__all__ = ["BackupRecord", "Catalog", "Event", "RuntimeStore"]
 
 
 # Advisory lock key held while a PostgreSQL catalog's schema is made or upgraded.
@@ -95,6 +95,20 @@ class Event:
     action: str
     ok: bool
     detail: str
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """A backup as the catalog knows it: when it was taken, where its manifest is, whether
+    it is pinned (and why)."""
+
+    app: str
+    store: str
+    id: str
+    taken_at: dt.datetime
+    pinned: bool
+    reason: str
+    manifest: str
 
 
 class Catalog:
@@ -369,3 +383,87 @@ class Catalog:
         )
         with self.engine.connect() as conn:
             return {(a, s): at for a, s, at in conn.execute(query)}
+
+    # backups --------------------------------------------------------------------------
+
+    def add_backup(
+        self,
+        app: str,
+        store: str,
+        backup_id: str,
+        taken_at: dt.datetime,
+        manifest: str,
+        *,
+        pinned: bool = False,
+        reason: str = "",
+    ) -> None:
+        """Record a backup (replacing an older record of the same id)."""
+        values = {
+            "app": app,
+            "store": store,
+            "id": backup_id,
+            "taken_at": taken_at,
+            "pinned": pinned,
+            "reason": reason,
+            "manifest": manifest,
+        }
+        with self.engine.begin() as conn:
+            _insert(conn, t.backups, values, replace=("taken_at", "pinned", "reason", "manifest"))
+
+    def backup_records(
+        self, app: str | None = None, store: str | None = None, backup_id: str | None = None
+    ) -> list[BackupRecord]:
+        """The backups recorded, oldest first: of one store, or with one id, or all."""
+        if self._absent():
+            return []
+        query = select(t.backups).order_by(t.backups.c.taken_at, t.backups.c.id)
+        if app is not None:
+            query = query.where(t.backups.c.app == app)
+        if store is not None:
+            query = query.where(t.backups.c.store == store)
+        if backup_id is not None:
+            query = query.where(t.backups.c.id == backup_id)
+        with self.engine.connect() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+        for row in rows:
+            # SQLite keeps no time zone: the times written are UTC.
+            if row["taken_at"].tzinfo is None:
+                row["taken_at"] = row["taken_at"].replace(tzinfo=dt.UTC)
+        return [BackupRecord(**row) for row in rows]
+
+    def set_pinned(
+        self, app: str, store: str, backup_ids: Sequence[str], pinned: bool, reason: str = ""
+    ) -> int:
+        """Pin (or unpin) backups of one store; returns how many records changed."""
+        if not backup_ids or self._absent():
+            return 0
+        with self.engine.begin() as conn:
+            return conn.execute(
+                t.backups.update()
+                .where(
+                    (t.backups.c.app == app)
+                    & (t.backups.c.store == store)
+                    & t.backups.c.id.in_(list(backup_ids))
+                )
+                .values(pinned=pinned, reason=reason if pinned else "")
+            ).rowcount
+
+    def remove_backup(self, app: str, store: str, backup_id: str) -> bool:
+        """Forget a backup (its files are gone); returns whether it was recorded."""
+        if self._absent():
+            return False
+        with self.engine.begin() as conn:
+            return (
+                conn.execute(
+                    delete(t.backups).where(
+                        (t.backups.c.app == app)
+                        & (t.backups.c.store == store)
+                        & (t.backups.c.id == backup_id)
+                    )
+                ).rowcount
+                > 0
+            )
+
+    def last_backups(self) -> dict[tuple[str, str], BackupRecord]:
+        """The newest recorded backup of each ``(app, store)``."""
+        return {(r.app, r.store): r for r in self.backup_records()}

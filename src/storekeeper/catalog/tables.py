@@ -68,10 +68,32 @@ events = Table(
     Column("detail", Text, nullable=False, default=""),
 )
 
+# Every backup taken (storekeeper.backup), and whether it is pinned: a pinned backup is never
+# pruned by retention. ``manifest`` is the path of its manifest, so a backup stays known when
+# the backups folder of its store is moved in the configuration.
+backups = Table(
+    "storekeeper_backups",
+    metadata,
+    Column("app", String(63), primary_key=True),
+    Column("store", String(63), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("taken_at", DateTime(timezone=True), nullable=False),
+    Column("pinned", Boolean, nullable=False, default=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("manifest", Text, nullable=False),
+)
+
 #: The schema version this code writes. Bump it and add a step to change the schema.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _step_backups(conn: Connection) -> None:
+    """Version 1 -> 2: the table of backups and their pins."""
+    backups.create(conn, checkfirst=True)
+
 
 #: STEPS[n] takes a catalog at version n to n + 1. Version 0 is an empty database.
 STEPS: dict[int, Callable[[Connection], None]] = {
     0: lambda conn: metadata.create_all(conn),
+    1: _step_backups,
 }

@@ -14,7 +14,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,12 @@ if TYPE_CHECKING:
 
 #: The default upgrade target: the newest revision.
 HEAD = "head"
+
+#: ``before(app, store, action)``: called once just before the first migration step of a
+#: store that ``upgrade`` or ``downgrade`` will move (with the store's lock held); what it
+#: returns (the id of the backup it took) is kept in :attr:`MigrateResult.backup`. If it
+#: raises, the store is not migrated.
+BeforeMigrating = Callable[["App", str, str], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,8 @@ class MigrateResult:
     error: str = ""
     #: For a failure: 2 when it was bad input (an unknown revision...), else 1.
     exit_code: int = 0
+    #: The id of the backup taken automatically just before the first migration step.
+    backup: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -469,6 +477,22 @@ def _migration_failed(
     )
 
 
+def _will_move(directory: ScriptDirectory, action: str, to: str, at: tuple[str, ...]) -> bool:
+    """Whether ``action`` to ``to`` runs a migration on a store at ``at`` (checked already);
+    when unsure, yes: a backup too many costs little, one too few may cost the data."""
+    if action == "stamp":
+        return False
+    if _RELATIVE.fullmatch(to):
+        return True  # checked to move at least one step
+    if to == "base":
+        return bool(at)
+    try:
+        wanted = {s.revision for s in directory.get_revisions(to) if s is not None}
+    except Exception:
+        return True
+    return wanted != set(at)
+
+
 def migrate_database(
     backend: Backend,
     database: str,
@@ -478,19 +502,17 @@ def migrate_database(
     to: str = HEAD,
     store: str | None = None,
     connection: Connection | None = None,
+    before: BeforeMigrating | None = None,
 ) -> MigrateResult:
     """Move database ``database`` (of store ``store``, by default ``scripts.name``) to
     revision ``to`` with ``action`` (``upgrade``, ``downgrade`` or ``stamp``); the caller
-    holds the store's lock.
+    holds the store's lock. ``before`` is called just before the first migration step (see
+    :data:`BeforeMigrating`).
 
     Raises :class:`BadRevision` for a revision or move that cannot be, and
     :class:`MigrationError` naming the failing migration (the store then stays at the last
     good revision).
     """
-    from alembic import command  # lazy: Alembic loads only when a migration runs
-    from alembic.script.revision import RevisionError
-    from alembic.util import CommandError
-
     store = store or scripts.name
     label = f"{scripts.app.name}.{store}"
     result = MigrateResult(scripts.app.name, store, database, action)
@@ -499,11 +521,61 @@ def migrate_database(
     if connection is None:
         with database_connection(backend, database, label) as conn:
             return migrate_database(
-                backend, database, scripts, action=action, to=to, store=store, connection=conn
+                backend,
+                database,
+                scripts,
+                action=action,
+                to=to,
+                store=store,
+                connection=conn,
+                before=before,
             )
     at = current_heads(connection)
     result.before = _revisions_text(at)
     _check_move(directory, scripts, connection, action, to, at, label)
+    if before is not None and _will_move(directory, action, to, at):
+        result.backup = _backup_first(before, scripts.app, store, action, label, result.before)
+    try:
+        _run_move(directory, scripts, connection, backend, action, to, label, result)
+    except MigrationError as exc:
+        exc.backup = result.backup
+        raise
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _backup_first(
+    before: BeforeMigrating, app: App, store: str, action: str, label: str, at: str | None
+) -> str | None:
+    """Run the ``before`` hook (the automatic backup); if it fails, the store is not migrated."""
+    try:
+        return before(app, store, action)
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, StorekeeperError) else failure_reason(exc)
+        raise MigrationError(
+            f"store {label}: the automatic backup before {action} failed, so it was not "
+            f"migrated (it stays at revision {at or 'base'}): {reason}; fix that and run again, "
+            "or pass --no-backup to migrate without a backup",
+            before=at,
+            after=at,
+        ) from exc
+
+
+def _run_move(
+    directory: ScriptDirectory,
+    scripts: Scripts,
+    connection: Connection,
+    backend: Backend,
+    action: str,
+    to: str,
+    label: str,
+    result: MigrateResult,
+) -> None:
+    """Run Alembic's ``action`` to ``to`` on ``connection``, the steps applied recorded in
+    ``result``."""
+    from alembic import command  # lazy: Alembic loads only when a migration runs
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
 
     def applied(*, step: Any, **_: Any) -> None:
         result.applied.append(str(step.up_revision_id))
@@ -517,21 +589,25 @@ def migrate_database(
     except Exception as exc:
         raise _migration_failed(directory, connection, backend, exc, label, result.before) from exc
     result.after = _revisions_text(current_heads(connection))
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def migrate_store(
-    app: App, store: str, *, action: str = "upgrade", to: str = HEAD
+    app: App,
+    store: str,
+    *,
+    action: str = "upgrade",
+    to: str = HEAD,
+    before: BeforeMigrating | None = None,
 ) -> MigrateResult:
     """Move store ``store`` of ``app`` to ``to`` with ``action`` under the store's lock (the
-    one ``sync`` holds); the caller records the outcome (:func:`record_migration`)."""
+    one ``sync`` holds), calling ``before`` just before the first step; the caller records
+    the outcome (:func:`record_migration`)."""
     scripts = store_scripts(app, store)
     placement = app.placement(store)
     backend = app.site.backend(placement.service)
     with backend.lock(placement.database):
         return migrate_database(
-            backend, placement.database, scripts, action=action, to=to, store=store
+            backend, placement.database, scripts, action=action, to=to, store=store, before=before
         )
 
 
@@ -542,6 +618,8 @@ def record_migration(app: App, result: MigrateResult) -> None:
         if result.ok
         else result.error
     )
+    if result.backup:
+        detail += f" (backed up first as {result.backup})"
     app.site.catalog.record(app.name, result.store, "migrate", ok=result.ok, detail=detail)
 
 

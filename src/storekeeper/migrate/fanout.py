@@ -23,6 +23,7 @@ from ..errors import BadInput, MigrationError, NotFound, StorekeeperError, exit_
 from ..naming import check_identifier
 from .commands import (
     HEAD,
+    BeforeMigrating,
     Checked,
     MigrateResult,
     RevisionState,
@@ -126,17 +127,21 @@ def resolve_targets(
     return list(unique.values())
 
 
-def attempt(ref: StoreRef, action: str, to: str) -> MigrateResult:
-    """Migrate one store under its lock; a failure is returned in the result, not raised."""
+def attempt(
+    ref: StoreRef, action: str, to: str, before: BeforeMigrating | None = None
+) -> MigrateResult:
+    """Migrate one store under its lock (``before`` called just before its first step); a
+    failure is returned in the result, not raised."""
     started = time.perf_counter()
     app = ref.app
     try:
-        return migrate_store(app, ref.store, action=action, to=to)
+        return migrate_store(app, ref.store, action=action, to=to, before=before)
     except StorekeeperError as exc:
         result = MigrateResult(app.name, ref.store, None, action, ok=False, error=str(exc))
         result.exit_code = exc.exit_code
         if isinstance(exc, MigrationError):
             result.before, result.after = exc.before, exc.after
+            result.backup = exc.backup
     except Exception as exc:  # a worker must report, never die with the run half-told
         error = f"unexpected {type(exc).__name__}: {exc}"
         result = MigrateResult(app.name, ref.store, None, action, ok=False, error=error)
@@ -146,12 +151,13 @@ def attempt(ref: StoreRef, action: str, to: str) -> MigrateResult:
 
 
 # The work of a parallel run, set before the workers fork so they inherit it (App objects
-# hold locks and engines and are not sent between processes).
+# hold locks and engines and are not sent between processes), and its ``before`` hook.
 _WORK: list[StoreRef] = []
+_BEFORE: list[BeforeMigrating | None] = [None]
 
 
 def _work(index: int, action: str, to: str) -> MigrateResult:
-    return attempt(_WORK[index], action, to)
+    return attempt(_WORK[index], action, to, _BEFORE[0])
 
 
 def _preflight(refs: Sequence[StoreRef], action: str, to: str) -> None:
@@ -174,12 +180,15 @@ def migrate_many(
     jobs: int = 1,
     continue_on_error: bool = False,
     progress: Progress | None = None,
+    before: BeforeMigrating | None = None,
 ) -> FanoutReport:
     """``upgrade`` (or ``downgrade``, ``stamp``) every store of ``refs`` to ``to``.
 
     With ``jobs`` above 1, stores run in that many worker processes. Without
     ``continue_on_error`` the run stops starting new stores after the first failure (stores
-    already running finish). Each result is recorded in the catalog.
+    already running finish). Each result is recorded in the catalog. ``before`` is called
+    just before each store's first migration step (the automatic backup: see
+    :data:`~.commands.BeforeMigrating`); a store whose ``before`` fails is not migrated.
     """
     if jobs < 1:
         raise BadInput(f"--jobs must be at least 1, got {jobs}")
@@ -196,9 +205,13 @@ def migrate_many(
             progress(result, len(report.results), total)
 
     if jobs == 1 or total <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        _in_turn(refs, action, to, continue_on_error, done, report)
+        _in_turn(refs, action, to, continue_on_error, done, report, before)
     else:
-        _in_workers(refs, action, to, min(jobs, total), continue_on_error, done, report)
+        _BEFORE[0] = before
+        try:
+            _in_workers(refs, action, to, min(jobs, total), continue_on_error, done, report)
+        finally:
+            _BEFORE[0] = None
     return report
 
 
@@ -209,10 +222,11 @@ def _in_turn(
     continue_on_error: bool,
     done: Callable[[StoreRef, MigrateResult], None],
     report: FanoutReport,
+    before: BeforeMigrating | None = None,
 ) -> None:
     """Migrate the stores one after another in this process."""
     for index, ref in enumerate(refs):
-        result = attempt(ref, action, to)
+        result = attempt(ref, action, to, before)
         done(ref, result)
         if not result.ok and not continue_on_error:
             report.not_run = [r.label for r in refs[index + 1 :]]
