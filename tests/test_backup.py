@@ -199,7 +199,9 @@ def test_cli_backup_backups_restore(project: Path, service_url: str, app_name: s
 
     made = run_cli("backup", target, "--note", "first one", "--json", cwd=project)
     assert made.returncode == 0, made.stderr
-    taken = json.loads(made.stdout)
+    run = json.loads(made.stdout)
+    assert run["failed"] == []
+    taken = run["stores"][0]["backup"]
     assert (taken["store"], taken["note"], taken["revision"]) == ("main_db", "first one", None)
 
     listed = run_cli("backups", target, cwd=project)
