@@ -23,6 +23,7 @@ over the lines ``NAME\0SIZE\0SHA256\n`` of its files in name order.
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import logging
@@ -248,7 +249,14 @@ def _writing(folder: Path, partial: Path, what: str) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        _remove(partial)
+        # The partial file, and what was made beside it (SQLite's journal, the plain copy).
+        for made in folder.glob(f"{glob.escape(partial.name)}*"):
+            _remove(made)
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+            raise ProvisionError(
+                f"{what}: writing into {str(folder)!r} failed: {exc} (No space left on "
+                "device); the partial backup was removed"
+            ) from None
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             raise ProvisionError(
                 f"{what}: writing into {str(folder)!r} failed: {exc.strerror}; the partial "
@@ -384,6 +392,8 @@ def take_backup(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ProvisionError(f"cannot make backup folder {str(folder)!r}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ProvisionError(f"{what}: backup folder {str(folder)!r} is not writable")
     taken = _now()
     backup_id = taken.strftime("%Y%m%dT%H%M%S%fZ")
     revision = _revision(backend, database)
@@ -679,6 +689,9 @@ def restore(
     with backend.lock(database, doing=f"restoring store {app.name}.{store}"):
         if isinstance(backend, PostgresBackend):
             fresh = _beside(database, f"_restoring_{stamp}")
+            # Made only under this lock: one found now was left by a restore that was killed.
+            for leftover in backend.list(prefix=fresh[: -len(stamp)]):
+                backend.drop(leftover)
             _pg_restore(backend, item, path, fresh, data_key, what)
             app.site.dispose_engine(backend.database_url(database))
             app.forget(store)
