@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import run_cli, write_config
 from storekeeper import App, Kind, Store
 from storekeeper.backup import backup_many, backups
@@ -68,6 +70,8 @@ def test_a_glob_an_app_and_all_name_every_store_migrations_or_not(
     assert labels(resolve_targets([app], [], every=True, with_migrations=False)) == labels(whole)
 
 
+# The command line over the core's fan-out: once, on PostgreSQL.
+@pytest.mark.parametrize("dialect", ["postgresql"])
 def test_cli_backup_over_many_isolates_a_failed_store_and_exits_1(
     project: Path, service_url: str, app_name: str
 ) -> None:

@@ -271,9 +271,14 @@ def test_kill_9_during_a_backup_leaves_no_backup_listed(
     assert backups(app, "main_db") == []  # type: ignore[arg-type]
     folder = backup_folder(app, "main_db")  # type: ignore[arg-type]
     assert [p.name for p in folder.iterdir() if not p.name.startswith(".")] == []
-    # The next backup is whole.
+    left = [p.name for p in folder.iterdir()]
+    assert left and all(n.startswith(".") and n.endswith(".partial") for n in left), left
+    # The next backup is whole, and removes what the killed one left.
     taken = backup(app, "main_db")  # type: ignore[arg-type]
     assert [b.id for b in backups(app, "main_db")] == [taken.id]  # type: ignore[arg-type]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [Path(taken.path).name, f"{taken.id}.json"]
+    )
 
 
 @postgres_only
@@ -339,3 +344,18 @@ def test_restoring_a_store_in_use_ends_or_updates_the_other_connections(
     finally:
         conn.close()
         other.dispose()
+
+
+def test_a_manifest_of_the_first_slice_still_reads(site: Site, app_name: str) -> None:
+    """Manifests written before encryption and formats (no encrypted, key_id, jobs,
+    tool_version) are listed and restored as plain backups."""
+    app = _app(site, app_name)
+    taken = backup(app, "main_db")
+    manifest = Path(taken.path).with_name(f"{taken.id}.json")
+    data = json.loads(manifest.read_text())
+    for key in ("encrypted", "key_id", "jobs", "tool_version", "sha256_of"):
+        data.pop(key)
+    manifest.write_text(json.dumps(data))
+    (found,) = backups(app, "main_db")
+    assert (found.encrypted, found.key_id, found.jobs) == (False, None, 1)
+    assert restore(app, "main_db", found.id).in_place

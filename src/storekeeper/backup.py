@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -294,6 +295,25 @@ def _stream_tool(
             raise ProvisionError(f"{what} failed: {mask(said)}")
 
 
+# Who writes a partial file: its name ends .<host>.<pid>.partial, so that the next backup on
+# this host can tell one left by a process that was killed (and remove it) from one being written.
+_WRITER = socket.gethostname().replace(".", "_") or "host"
+
+
+def _sweep(folder: Path) -> None:
+    """Remove the partial files in ``folder`` left by backups killed on this host."""
+    for path in folder.glob(f".*.{glob.escape(_WRITER)}.*.partial*"):
+        pid = path.name.split(".partial")[0].rsplit(".", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove(path)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 def _dump_postgres(
     backend: PostgresBackend,
     database: str,
@@ -412,7 +432,8 @@ def take_backup(
     if encrypted:
         suffix += ".enc"
     target = folder / f"{backup_id}{suffix}"
-    partial = folder / f".{backup_id}{suffix}.partial"
+    _sweep(folder)
+    partial = folder / f".{backup_id}{suffix}.{_WRITER}.{os.getpid()}.partial"
     with _writing(folder, partial, what):
         if isinstance(backend, PostgresBackend):
             program, streamed = _dump_postgres(
