@@ -8,18 +8,20 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select
 
-from conftest import run_cli, write_app, write_config
+from conftest import run_cli, write_app, write_app_config
 from storekeeper import backup_crypto as crypto
 from storekeeper.backup import backup, backups, restore
+from storekeeper.catalog import tables
 from storekeeper.errors import BadInput, ConfigError
-from storekeeper.secret import new_key, sealing_key_id
+from storekeeper.secret import key_id, new_key, sealing_key_id
 from storekeeper.site import Site
-from test_backup import _app, _change, _engine, _stamp, _state
+from test_backup import _app, _change, _stamp, _state, _taken_then_changed, _unchanged
 
 KEY = new_key()
 
@@ -148,11 +150,7 @@ def test_a_wrong_or_missing_key_is_a_clear_error_with_nothing_changed(
     site: Site, app_name: str, monkeypatch: pytest.MonkeyPatch, given: str
 ) -> None:
     monkeypatch.setenv("STOREKEEPER_SECRET_KEY", KEY)
-    app = _app(site, app_name)
-    database = f"{app_name}_main_db"
-    _stamp(site, database, "aaa")
-    taken = backup(app, "main_db")
-    _change(site, database)
+    app, database, taken = _taken_then_changed(site, app_name)
     if given == "another key":
         monkeypatch.setenv("STOREKEEPER_SECRET_KEY", new_key())
         expected = f"encrypted with key id {taken.key_id}, which STOREKEEPER_SECRET_KEY is not"
@@ -162,9 +160,7 @@ def test_a_wrong_or_missing_key_is_a_clear_error_with_nothing_changed(
     with pytest.raises(ConfigError, match=expected) as caught:
         restore(app, "main_db", taken.id)
     assert "nothing was changed" in str(caught.value)
-    backend = site.backend(site.service("main"))
-    assert backend.list(prefix=f"{app_name}_") == [database]
-    assert _state(site, database) == (["second", "later"], "bbb", ["id", "name", "extra"])
+    _unchanged(site, app_name, database)
 
 
 def test_a_tampered_ciphertext_with_a_matching_checksum_fails_and_changes_nothing(
@@ -175,11 +171,7 @@ def test_a_tampered_ciphertext_with_a_matching_checksum_fails_and_changes_nothin
     import hashlib
 
     monkeypatch.setenv("STOREKEEPER_SECRET_KEY", KEY)
-    app = _app(site, app_name)
-    database = f"{app_name}_main_db"
-    _stamp(site, database, "aaa")
-    taken = backup(app, "main_db")
-    _change(site, database)
+    app, database, taken = _taken_then_changed(site, app_name)
     path = Path(taken.path)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -190,9 +182,7 @@ def test_a_tampered_ciphertext_with_a_matching_checksum_fails_and_changes_nothin
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(BadInput, match="damaged, truncated or reordered"):
         restore(app, "main_db", taken.id)
-    backend = site.backend(site.service("main"))
-    assert backend.list(prefix=f"{app_name}_") == [database]
-    assert _state(site, database) == (["second", "later"], "bbb", ["id", "name", "extra"])
+    _unchanged(site, app_name, database)
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
 
 
@@ -200,18 +190,21 @@ def test_a_tampered_ciphertext_with_a_matching_checksum_fails_and_changes_nothin
 
 
 def _cli_project(project: Path, service_url: str, app_name: str) -> str:
-    spec = write_app(project, app_name)
-    write_config(
-        project,
-        f"""
-        default_service = "main"
-        apps = ["{spec}"]
-        [services]
-        main = "{service_url}"
-        """,
-    )
+    write_app_config(project, write_app(project, app_name).split(":")[0], service_url)
     assert run_cli("sync", cwd=project).returncode == 0
     return f"{app_name}.main_db"
+
+
+def _rotate(project: Path, new: str, old: str) -> subprocess.CompletedProcess[str]:
+    """``storekeeper secret rotate`` to key ``new``, the old key given in a variable."""
+    return run_cli(
+        "secret",
+        "rotate",
+        "--old-key-env",
+        "OLD_KEY",
+        cwd=project,
+        env={"STOREKEEPER_SECRET_KEY": new, "OLD_KEY": old},
+    )
 
 
 # Rewrapping is the same on every backend: once, on SQLite, through the command line.
@@ -229,14 +222,7 @@ def test_secret_rotate_rewraps_every_backup_so_none_is_stranded(
     assert taken["key_id"] == sealing_key_id(old)
     stored = Path(taken["path"]).read_bytes()
 
-    rotated = run_cli(
-        "secret",
-        "rotate",
-        "--old-key-env",
-        "OLD_KEY",
-        cwd=project,
-        env={"STOREKEEPER_SECRET_KEY": new, "OLD_KEY": old},
-    )
+    rotated = _rotate(project, new, old)
     assert rotated.returncode == 0, rotated.stderr
     assert "rewrapped the data key of 1 encrypted backup" in rotated.stdout
     listed = json.loads(run_cli("backups", target, "--json", cwd=project).stdout)
@@ -255,7 +241,7 @@ def test_secret_rotate_rewraps_every_backup_so_none_is_stranded(
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
 def test_secret_rotate_refuses_when_a_backup_opens_with_neither_key(
-    project: Path, service_url: str, app_name: str
+    project: Path, service_url: str, app_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lost, old, new = new_key(), new_key(), new_key()
     target = _cli_project(project, service_url, app_name)
@@ -264,24 +250,27 @@ def test_secret_rotate_refuses_when_a_backup_opens_with_neither_key(
             "backup", target, "--encrypt", cwd=project, env={"STOREKEEPER_SECRET_KEY": key}
         )
         assert made.returncode == 0, made.stderr
-    before = {p: p.read_text() for p in (project / "var" / "backups").rglob("*.json")}
-    rotated = run_cli(
-        "secret",
-        "rotate",
-        "--old-key-env",
-        "OLD_KEY",
+    added = run_cli(
+        "service",
+        "add",
+        "extra",
+        "sqlite:///extra",
         cwd=project,
-        env={"STOREKEEPER_SECRET_KEY": new, "OLD_KEY": old},
+        env={"STOREKEEPER_SECRET_KEY": old},
     )
+    assert added.returncode == 0, added.stderr
+    before = {p: p.read_text() for p in (project / "var" / "backups").rglob("*.json")}
+    rotated = _rotate(project, new, old)
     assert rotated.returncode == 2
     assert f"key id {sealing_key_id(lost)}" in rotated.stderr
     assert "nothing was changed" in rotated.stderr
     assert {p: p.read_text() for p in (project / "var" / "backups").rglob("*.json")} == before
+    monkeypatch.setenv("STOREKEEPER_SECRET_KEY", old)  # this process reads the catalog too
     site = Site.load()
     try:
-        # The catalog's URLs were not moved either: the old key still opens them.
-        assert site.service("main").url is not None
-        with _engine(site, f"{target.split('.')[0]}_main_db").connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM items")).scalar() == 2
+        # The catalog's URLs were not moved either: still sealed with the old key.
+        with site.catalog.engine.connect() as conn:
+            urls = conn.execute(select(tables.services.c.url)).scalars().all()
+        assert [key_id(u) for u in urls] == [sealing_key_id(old)]
     finally:
         site.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, write_config
+from conftest import run_cli, write_app_config
 from storekeeper import App, Kind, Store
 from storekeeper.backup import backup_many, backups
 from storekeeper.migrate.fanout import resolve_targets
@@ -76,15 +76,7 @@ def test_cli_backup_over_many_isolates_a_failed_store_and_exits_1(
     project: Path, service_url: str, app_name: str
 ) -> None:
     (project / f"{app_name}.py").write_text(APP.format(name=app_name))
-    write_config(
-        project,
-        f"""
-        default_service = "main"
-        apps = ["{app_name}:app"]
-        [services]
-        main = "{service_url}"
-        """,
-    )
+    write_app_config(project, app_name, service_url)
     env = {"PYTHONPATH": str(Path(__file__).parent)}
     assert run_cli("sync", cwd=project, env=env).returncode == 0
     site = Site.load()

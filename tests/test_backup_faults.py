@@ -25,7 +25,16 @@ from storekeeper.backends.pg_tools import client_program, server_major
 from storekeeper.backup import backup, backup_folder, backups, restore
 from storekeeper.errors import BadInput, ProvisionError, ServiceUnavailable
 from storekeeper.site import Site
-from test_backup import _app, _change, _engine, _stamp, _state, _state_rows
+from test_backup import (
+    _app,
+    _change,
+    _engine,
+    _stamp,
+    _state,
+    _state_rows,
+    _taken_then_changed,
+    _unchanged,
+)
 
 postgres_only = pytest.mark.parametrize("dialect", ["postgresql"])
 
@@ -69,12 +78,8 @@ def test_the_real_clients_match_the_test_servers_major_version(site: Site) -> No
 def test_a_backup_from_a_newer_server_is_refused_with_nothing_changed(
     site: Site, app_name: str
 ) -> None:
-    app = _app(site, app_name)
-    database = f"{app_name}_main_db"
-    _stamp(site, database, "aaa")
-    taken = backup(app, "main_db")
+    app, database, taken = _taken_then_changed(site, app_name)
     assert taken.tool_version.startswith("pg_dump (PostgreSQL)")
-    _change(site, database)
     manifest = Path(taken.path).with_name(f"{taken.id}.json")
     data = json.loads(manifest.read_text())
     newer = server_major(int(data["server_version"])) + 1
@@ -82,9 +87,7 @@ def test_a_backup_from_a_newer_server_is_refused_with_nothing_changed(
     manifest.write_text(json.dumps(data))
     with pytest.raises(BadInput, match=f"taken from PostgreSQL {newer}, newer than"):
         restore(app, "main_db", taken.id)
-    backend = site.backend(site.service("main"))
-    assert backend.list(prefix=f"{app_name}_") == [database]
-    assert _state(site, database) == (["second", "later"], "bbb", ["id", "name", "extra"])
+    _unchanged(site, app_name, database)
 
 
 @postgres_only
@@ -320,11 +323,7 @@ def test_kill_9_during_a_restore_leaves_the_store_as_it_was(
 def test_restoring_a_store_in_use_ends_or_updates_the_other_connections(
     site: Site, app_name: str
 ) -> None:
-    app = _app(site, app_name)
-    database = f"{app_name}_main_db"
-    _stamp(site, database, "aaa")
-    taken = backup(app, "main_db")
-    _change(site, database)
+    app, database, taken = _taken_then_changed(site, app_name)
     other = _engine(site, database)
     conn = other.connect()
     try:
