@@ -138,6 +138,20 @@ def test_an_encrypted_backup_round_trips_and_says_so(
     assert _state(site, beside.database) == (["first", "second"], "aaa", ["id", "name"])
 
 
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_an_encrypted_backup_is_never_in_the_directory_format(
+    site: Site, app_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory format would put the plain dump on disk first: refused, not silently
+    changed (``auto`` streams the custom format through the encryption)."""
+    monkeypatch.setenv("STOREKEEPER_SECRET_KEY", KEY)
+    app = _app(site, app_name)
+    with pytest.raises(BadInput, match="the directory format would write the plain dump"):
+        backup(app, "main_db", format="directory")
+    assert backups(app, "main_db") == []
+    assert backup(app, "main_db").format == "custom"
+
+
 def test_encrypt_without_a_key_is_refused(site: Site, app_name: str) -> None:
     app = _app(site, app_name)
     with pytest.raises(ConfigError, match="STOREKEEPER_SECRET_KEY is not set"):

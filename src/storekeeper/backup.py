@@ -22,6 +22,7 @@ over the lines ``NAME\0SIZE\0SHA256\n`` of its files in name order.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import hashlib
@@ -608,7 +609,9 @@ def _feed_tool(
                 crypto.decrypt_stream(src, proc.stdin, data_key, f"backup file {str(path)!r}")
             proc.stdin.close()
         except BrokenPipeError:
-            pass  # pg_restore stopped reading: its exit code and message say why
+            # pg_restore stopped reading: its exit code and message say why.
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
         except BaseException:
             proc.kill()
             proc.wait()
