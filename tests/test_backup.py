@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, String, create_engine, inspect, text
@@ -13,7 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from conftest import run_cli, write_app, write_config
 from storekeeper import App, Store
-from storekeeper.backup import backup, backups, restore
+from storekeeper.backup import Backup, backup, backups, restore
 from storekeeper.errors import BadInput, ServiceUnavailable, StorekeeperError
 from storekeeper.site import Site
 
@@ -82,6 +83,24 @@ def _change(site: Site, database: str) -> None:
             conn.execute(text("UPDATE alembic_version SET version_num = 'bbb'"))
     finally:
         engine.dispose()
+
+
+def _taken_then_changed(site: Site, app_name: str, **options: Any) -> tuple[App, str, Backup]:
+    """App ``app_name`` synced, its store stamped ``aaa`` and backed up (with ``options``),
+    then changed (:func:`_change`): the app, the store's database, the backup."""
+    app = _app(site, app_name)
+    database = f"{app_name}_main_db"
+    _stamp(site, database, "aaa")
+    taken = backup(app, "main_db", **options)
+    _change(site, database)
+    return app, database, taken
+
+
+def _unchanged(site: Site, app_name: str, database: str) -> None:
+    """The store is as :func:`_change` left it, and no database was made beside it."""
+    backend = site.backend(site.service("main"))
+    assert backend.list(prefix=f"{app_name}_") == [database]
+    assert _state(site, database) == (["second", "later"], "bbb", ["id", "name", "extra"])
 
 
 def test_round_trip_in_place_keeps_the_old_database(site: Site, app_name: str) -> None:
@@ -199,7 +218,9 @@ def test_cli_backup_backups_restore(project: Path, service_url: str, app_name: s
 
     made = run_cli("backup", target, "--note", "first one", "--json", cwd=project)
     assert made.returncode == 0, made.stderr
-    taken = json.loads(made.stdout)
+    run = json.loads(made.stdout)
+    assert run["failed"] == []
+    taken = run["stores"][0]["backup"]
     assert (taken["store"], taken["note"], taken["revision"]) == ("main_db", "first one", None)
 
     listed = run_cli("backups", target, cwd=project)

@@ -118,6 +118,13 @@ _TARGETS: dict[str | None, tuple[list[Callable[..., Any]], _Read | None]] = {
         ],
         _read_moves,
     ),
+    "many": (
+        [
+            click.argument("targets", nargs=-1, metavar="[TARGET]..."),
+            click.option("--all", is_flag=True, help="every store"),
+        ],
+        _read_moves,
+    ),
     "target": ([click.argument("target", metavar="APP.STORE")], None),
     "setting": ([click.argument("target", metavar="APP.SETTING")], None),
 }
@@ -136,7 +143,7 @@ def _command(name: str, verb: Verb) -> click.Command:
     for param in reversed(params):
         func = param(func)
     help = verb.help
-    if verb.acts_on in ("targets", "moves"):
+    if verb.acts_on in ("targets", "moves", "many"):
         help += f"; a TARGET is {_TARGETS_HELP}"
         if verb.acts_on == "targets":
             help += " (default: all stores)"

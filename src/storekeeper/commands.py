@@ -152,6 +152,11 @@ OPTIONS: dict[str, Decorator] = {
     ),
     "message": click.option("-m", "--message", help="what the migration changes"),
     "note": click.option("--note", metavar="TEXT", help="a note kept in the backup's manifest"),
+    "encrypt": click.option(
+        "--encrypt",
+        is_flag=True,
+        help="encrypt (needs STOREKEEPER_SECRET_KEY); the default when it is set",
+    ),
     "latest": click.option("--latest", is_flag=True, help="the store's newest backup"),
     "as_name": click.option(
         "--as", "as_name", metavar="NAME", help="restore as a new store NAME beside it"
@@ -568,7 +573,9 @@ def config_show(face: Face, *, as_json: bool) -> int:
 def secret_rotate(
     face: Face, *, old_key_file: str | None, old_key_env: str | None, as_json: bool
 ) -> int:
-    """Re-encrypt every service URL in the catalog under the new key."""
+    """Re-encrypt every service URL in the catalog, and rewrap every encrypted backup's data
+    key, under the new key: all are opened first, and nothing is changed unless all open."""
+    from .backup import plan_key_rotation
     from .catalog.rotate import rotate_secrets
     from .secret import ENV_KEY, secret_key
 
@@ -579,7 +586,10 @@ def secret_rotate(
             "new-key); give the old one with --old-key-file, --old-key-env or on standard input"
         )
     old = _old_key(old_key_file, old_key_env)
-    report.print_rotated(rotate_secrets(face.site.catalog, new, old), as_json=as_json)
+    backups = plan_key_rotation(face.site, face.apps, new, old)
+    rotated = rotate_secrets(face.site.catalog, new, old)
+    rotated.backups = backups.commit()
+    report.print_rotated(rotated, as_json=as_json)
     return 0
 
 
@@ -617,17 +627,42 @@ def secret_new_key(face: Face) -> int:
     return 0
 
 
-def backup(face: Face, *, target: str, note: str | None, as_json: bool) -> int:
-    """Back up one store with its backend's own tool; a manifest with its checksum beside it."""
-    from .backup import backup
+def backup(
+    face: Face,
+    *,
+    targets: Sequence[str],
+    every: bool,
+    jobs: int,
+    note: str | None,
+    encrypt: bool,
+    as_json: bool,
+) -> int:
+    """Back up the stores named, each with its backend's own tool and a manifest with its
+    checksum beside it; in ``--jobs`` worker processes, a failed store not stopping the others."""
+    from .backup import backup_many
+    from .migrate.fanout import resolve_targets
 
-    app, store = one_target(face, target)
-    taken = backup(app, store, note=note or "")
+    if not targets and not every:
+        raise BadInput(
+            "name the stores to back up: APP, APP.STORE, APP.KIND:* or APP.GLOB, or --all"
+        )
+    refs = resolve_targets(face.apps, targets, every=every, with_migrations=False)
+    shown = report.fanout_progress(len(refs), "backup")
+    try:
+        ran = backup_many(
+            refs,
+            jobs=jobs,
+            note=note or "",
+            encrypt=True if encrypt else None,
+            progress=report.backup_progress(shown),
+        )
+    finally:
+        shown.close()
     if as_json:
-        report.emit_json(taken.as_dict())
+        report.emit_json(ran.as_dict())
     else:
-        report.print_backups([taken], target)
-    return 0
+        report.print_backup_run(ran)
+    return ran.exit_code
 
 
 def backups(face: Face, *, targets: Sequence[str], as_json: bool) -> int:
@@ -728,7 +763,8 @@ class Verb:
     options: Sequence[str] = ()
     #: What it acts on, which each face names its own way: ``apps`` (storekeeper's APP...,
     #: flask's one app), ``targets`` (APP.STORE... / [STORE]), ``moves`` (the same, plus
-    #: ``--all``), ``target`` (APP.STORE / [STORE]), ``setting`` (APP.SETTING), or nothing.
+    #: ``--all``: stores with migrations), ``many`` (the same, every store, migrations or
+    #: not), ``target`` (APP.STORE / [STORE]), ``setting`` (APP.SETTING), or nothing.
     acts_on: str | None = None
     #: Arguments that both faces take the same way (``service add NAME URL``).
     arguments: Sequence[Decorator] = ()
@@ -775,9 +811,10 @@ VERBS: dict[str, Verb] = {
     "heads": Verb(heads, "the head revision(s) of a store or kind", ["json"], "target"),
     "backup": Verb(
         backup,
-        "back up one store (a manifest with its checksum beside it)",
-        ["note", "json"],
-        "target",
+        "back up stores (a manifest with its checksum beside each; encrypted when "
+        "STOREKEEPER_SECRET_KEY is set or with --encrypt)",
+        ["note", "encrypt", "jobs", "json"],
+        "many",
     ),
     "backups list": Verb(
         backups,
@@ -847,8 +884,9 @@ VERBS: dict[str, Verb] = {
     ),
     "secret rotate": Verb(
         secret_rotate,
-        "re-encrypt every service URL in the catalog under STOREKEEPER_SECRET_KEY (the new "
-        "key); the old key comes from --old-key-file, --old-key-env or standard input",
+        "re-encrypt every service URL in the catalog, and rewrap every encrypted backup's key, "
+        "under STOREKEEPER_SECRET_KEY (the new key); the old key comes from --old-key-file, "
+        "--old-key-env or standard input",
         ["old_key_file", "old_key_env", "json"],
     ),
     "secret new-key": Verb(secret_new_key, "print a new random key (a Fernet key)"),

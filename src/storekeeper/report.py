@@ -22,7 +22,7 @@ from .secret import mask
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .backup import Backup, PruneReport, RestoreReport
+    from .backup import Backup, BackupResult, BackupRun, PruneReport, RestoreReport
     from .catalog.rotate import RotationReport
     from .migrate import MigrateResult, Revision, Scripts
     from .migrate.commands import Checked, RevisionState
@@ -484,6 +484,51 @@ def _rules(pruned: PruneReport) -> str:
     return " ".join(f"{k}={v}" for k, v in values.items() if v is not None)
 
 
+def _how(b: Backup) -> str:
+    """A backup's format, jobs and encryption, in a few words."""
+    how = b.format + (f" --jobs {b.jobs}" if b.jobs > 1 else "")
+    return how + (f", encrypted (key id {b.key_id})" if b.encrypted else "")
+
+
+def backup_progress(shown: Progress) -> Callable[[BackupResult, int, int], None]:
+    """The ``progress`` callback of :func:`storekeeper.backup.backup_many`: on a terminal the
+    bar, with only the failures printed; else a line per store."""
+
+    def progress(result: BackupResult, done: int, total: int) -> None:
+        outcome = f"ok ({_how(result.backup)})" if result.backup else "FAILED"
+        shown.step(
+            f"{result.app}.{result.store}: backup ({result.seconds:.2f} s) {outcome}",
+            keep=not result.ok,
+        )
+
+    return progress
+
+
+def print_backup_run(run: BackupRun) -> None:
+    """What ``backup`` did over its stores: a table, the failures, a summary."""
+    if not run.results:
+        say("no stores to back up")
+        return
+    show_table(
+        [
+            (
+                f"{r.app}.{r.store}",
+                r.backup.id if r.backup else None,
+                human_size(r.backup.size) if r.backup else None,
+                _how(r.backup) if r.backup else None,
+                f"{r.seconds:.2f}",
+                "ok" if r.ok else "FAILED",
+            )
+            for r in run.results
+        ],
+        ["store", "backup", "size", "format", "seconds", "result"],
+    )
+    for r in run.failed:
+        warn(f"error: {r.app}.{r.store}: {r.error}")
+    ok = len(run.results) - len(run.failed)
+    say(f"backup: {ok} ok, {len(run.failed)} failed")
+
+
 def print_restored(restored: RestoreReport) -> None:
     """What a restore did, in a line or two."""
     where = f"{restored.app}.{restored.store}"
@@ -590,3 +635,6 @@ def print_rotated(report: RotationReport, *, as_json: bool) -> None:
         show_table([(r.service, r.before) for r in report.rotated], ["service", "was"])
     count = len(report.rotated)
     say(f"rotated {count} service URL{'' if count == 1 else 's'} to key id {report.key_id}")
+    if report.backups:
+        n = len(report.backups)
+        say(f"rewrapped the data key of {n} encrypted backup{'' if n == 1 else 's'}")

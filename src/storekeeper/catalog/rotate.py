@@ -34,6 +34,8 @@ class RotationReport:
 
     key_id: str
     rotated: list[RotatedURL] = field(default_factory=list)
+    #: The encrypted backups whose data key was rewrapped (``storekeeper.backup``).
+    backups: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -313,7 +313,7 @@ class _FlaskFace(Face):
     ) -> click.Command:
         """``flask stores NAME``: ``verb`` with ``fixed`` options, on ``[STORE]`` when it acts
         on stores."""
-        one_store = verb.acts_on in ("targets", "moves", "target")
+        one_store = verb.acts_on in ("targets", "moves", "many", "target")
 
         def callback(store: str | None = None, **kw: Any) -> None:
             self.lock_timeout = kw.pop("lock_timeout", None)
@@ -323,6 +323,8 @@ class _FlaskFace(Face):
                     kw["targets"] = [self.target(store)]
                 elif verb.acts_on == "moves":
                     kw.update(targets=[self.target(store)], every=False)
+                elif verb.acts_on == "many":
+                    kw.update(targets=[self.target(store, migrated=False)], every=False)
                 elif verb.acts_on == "target":
                     kw["target"] = self.target(store, migrated=not fixed.get("init"))
                 elif verb.acts_on == "apps":

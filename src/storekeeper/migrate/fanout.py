@@ -11,12 +11,13 @@ leaves each store at a good revision and can simply be run again.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from ..discover import select
 from ..errors import BadInput, MigrationError, NotFound, StorekeeperError, exit_code_of
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 Progress = Callable[[MigrateResult, int, int], None]
 
 _GLOB = set("*?[")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -82,29 +84,42 @@ def _with_migrations(app: App, names: Sequence[str]) -> list[StoreRef]:
 
 
 def resolve_targets(
-    apps: Sequence[App], targets: Sequence[str], *, every: bool = False
+    apps: Sequence[App],
+    targets: Sequence[str],
+    *,
+    every: bool = False,
+    with_migrations: bool = True,
 ) -> list[StoreRef]:
     """The stores ``targets`` name, in order, each once.
 
     A target is ``APP.STORE``, ``APP`` (its stores that have migrations), ``APP.KIND:*`` (the
     stores made from that kind), or ``APP.PATTERN`` with ``*``, ``?`` or ``[...]`` matched
-    against the app's store names; ``every`` adds every store that has migrations.
+    against the app's store names; ``every`` adds every store that has migrations. Without
+    ``with_migrations`` (backups) every store counts, migrations or not.
     """
+
+    def kept(app: App, names: Sequence[str]) -> list[StoreRef]:
+        if with_migrations:
+            return _with_migrations(app, names)
+        return [StoreRef(app, n) for n in names]
+
     chosen: list[StoreRef] = []
     if every:
         for app in apps:
-            chosen += _with_migrations(app, app.list_stores())
+            chosen += kept(app, app.list_stores())
     for target in targets:
         app_name, dot, rest = target.partition(".")
         check_identifier(app_name, "app")
         (app,) = select(list(apps), [app_name])
         if not dot:
-            found = _with_migrations(app, app.list_stores())
-            if not found:
+            found = kept(app, app.list_stores())
+            if not found and with_migrations:
                 raise NotFound(
                     f"app {app_name!r} has no store with migrations; create a script "
                     f"directory with: storekeeper revision {app_name}.STORE --init"
                 )
+            if not found:
+                raise NotFound(f"app {app_name!r} has no stores")
             chosen += found
         elif rest.endswith(":*"):
             kind = app.kind(check_identifier(rest[:-2], "kind")).name
@@ -117,9 +132,16 @@ def resolve_targets(
                     f"{target!r} matches no store of app {app_name!r}; its stores: "
                     f"{', '.join(app.list_stores()) or 'none'}"
                 )
-            chosen += _with_migrations(app, names)
-        else:
+            chosen += kept(app, names)
+        elif with_migrations:
             store_scripts(app, check_identifier(rest, "store")).require()
+            chosen.append(StoreRef(app, rest))
+        else:
+            if check_identifier(rest, "store") not in app.list_stores():
+                raise NotFound(
+                    f"app {app_name!r} has no store {rest!r}; its stores: "
+                    f"{', '.join(app.list_stores()) or 'none'}"
+                )
             chosen.append(StoreRef(app, rest))
     unique: dict[str, StoreRef] = {}
     for ref in chosen:
@@ -151,13 +173,13 @@ def attempt(
 
 
 # The work of a parallel run, set before the workers fork so they inherit it (App objects
-# hold locks and engines and are not sent between processes), and its ``before`` hook.
+# hold locks and engines and are not sent between processes): the stores, and what to do to one.
 _WORK: list[StoreRef] = []
-_BEFORE: list[BeforeMigrating | None] = [None]
+_TASK: list[Callable[[StoreRef], object]] = []
 
 
-def _work(index: int, action: str, to: str) -> MigrateResult:
-    return attempt(_WORK[index], action, to, _BEFORE[0])
+def _work(index: int) -> object:
+    return _TASK[0](_WORK[index])
 
 
 def _preflight(refs: Sequence[StoreRef], action: str, to: str) -> None:
@@ -204,52 +226,71 @@ def migrate_many(
         if progress is not None:
             progress(result, len(report.results), total)
 
-    if jobs == 1 or total <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        _in_turn(refs, action, to, continue_on_error, done, report, before)
-    else:
-        _BEFORE[0] = before
-        try:
-            _in_workers(refs, action, to, min(jobs, total), continue_on_error, done, report)
-        finally:
-            _BEFORE[0] = None
+    report.not_run = run_each(
+        refs,
+        functools.partial(attempt, action=action, to=to, before=before),
+        jobs=jobs,
+        ok=lambda r: r.ok,
+        continue_on_error=continue_on_error,
+        done=done,
+    )
     return report
+
+
+def run_each(
+    refs: Sequence[StoreRef],
+    work: Callable[[StoreRef], R],
+    *,
+    jobs: int,
+    ok: Callable[[R], bool],
+    continue_on_error: bool,
+    done: Callable[[StoreRef, R], None],
+) -> list[str]:
+    """Run ``work`` on every store of ``refs``: one after another in this process, or with
+    ``jobs`` above 1 in that many forked workers. ``work`` reports a failure in its result (it
+    never raises); ``done`` gets each result as it comes. Without ``continue_on_error`` no
+    store is started after a failed one (``ok`` says which): returns those not run."""
+    if jobs < 1:
+        raise BadInput(f"--jobs must be at least 1, got {jobs}")
+    if jobs == 1 or len(refs) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return _in_turn(refs, work, ok, continue_on_error, done)
+    return _in_workers(refs, work, min(jobs, len(refs)), ok, continue_on_error, done)
 
 
 def _in_turn(
     refs: Sequence[StoreRef],
-    action: str,
-    to: str,
+    work: Callable[[StoreRef], R],
+    ok: Callable[[R], bool],
     continue_on_error: bool,
-    done: Callable[[StoreRef, MigrateResult], None],
-    report: FanoutReport,
-    before: BeforeMigrating | None = None,
-) -> None:
-    """Migrate the stores one after another in this process."""
+    done: Callable[[StoreRef, R], None],
+) -> list[str]:
+    """Work on the stores one after another in this process."""
     for index, ref in enumerate(refs):
-        result = attempt(ref, action, to, before)
+        result = work(ref)
         done(ref, result)
-        if not result.ok and not continue_on_error:
-            report.not_run = [r.label for r in refs[index + 1 :]]
-            return
+        if not ok(result) and not continue_on_error:
+            return [r.label for r in refs[index + 1 :]]
+    return []
 
 
 def _in_workers(
     refs: Sequence[StoreRef],
-    action: str,
-    to: str,
+    work: Callable[[StoreRef], R],
     workers: int,
+    ok: Callable[[R], bool],
     continue_on_error: bool,
-    done: Callable[[StoreRef, MigrateResult], None],
-    report: FanoutReport,
-) -> None:
-    """Migrate the stores in ``workers`` forked processes; after a failure (without
+    done: Callable[[StoreRef, R], None],
+) -> list[str]:
+    """Work on the stores in ``workers`` forked processes; after a failure (without
     ``continue_on_error``) the stores not started yet are cancelled."""
     _WORK[:] = refs
+    _TASK[:] = [work]
+    not_run: list[str] = []
     context = multiprocessing.get_context("fork")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     try:
-        pending: dict[Future[MigrateResult], StoreRef] = {
-            pool.submit(_work, i, action, to): ref for i, ref in enumerate(refs)
+        pending: dict[Future[object], StoreRef] = {
+            pool.submit(_work, i): ref for i, ref in enumerate(refs)
         }
         stopping = False
         while pending:
@@ -257,22 +298,24 @@ def _in_workers(
             for future in finished:
                 ref = pending.pop(future)
                 if future.cancelled():
-                    report.not_run.append(ref.label)
+                    not_run.append(ref.label)
                     continue
-                result = future.result()
+                result = cast("R", future.result())
                 done(ref, result)
-                if not result.ok and not continue_on_error and not stopping:
+                if not ok(result) and not continue_on_error and not stopping:
                     stopping = True
                     for other, other_ref in list(pending.items()):
                         if other.cancel():
                             del pending[other]
-                            report.not_run.append(other_ref.label)
+                            not_run.append(other_ref.label)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
         _WORK.clear()
+        _TASK.clear()
     pool.shutdown(wait=True)
+    return not_run
 
 
 def current_many(refs: Sequence[StoreRef]) -> list[RevisionState]:
