@@ -602,11 +602,13 @@ def test_a_driver_on_a_bare_session_needs_a_key_for_after(sqlite_engine: sa.Engi
 
 def test_stream_yields_every_matching_row_as_a_dict(drivers: Drivers) -> None:
     drivers.write.add_many([{"name": f"s{i:03}", "depth": i} for i in range(BIG)])
-    streamed = drivers.read.stream(name__startswith="s", batch_size=16)
+    streamed = drivers.read.stream(name__startswith="s", batch_size=16, order_by="-id")
     assert not isinstance(streamed, list)
     rows = list(streamed)
-    assert rows == drivers.read.rows(name__startswith="s")
-    assert [r["name"] for r in rows] == [f"s{i:03}" for i in range(BIG)]
+    assert rows == drivers.read.rows(name__startswith="s", order_by="-id")
+    assert [r["name"] for r in rows] == [f"s{i:03}" for i in reversed(range(BIG))]
+    unordered = drivers.read.stream(name__startswith="s")  # in no order promised
+    assert sorted(r["name"] for r in unordered) == [f"s{i:03}" for i in range(BIG)]
     with pytest.raises(BadInput, match=r"no column 'nope' \(in filter\)"):
         drivers.read.stream(nope=1)  # at the call, not at the first row
     with pytest.raises(BadInput, match=r"batch_size must be a whole number"):
@@ -618,7 +620,7 @@ def test_stream_reads_through_a_server_side_cursor(drivers: Drivers) -> None:
     assert drivers.session is not None
     drivers.write.add_many([{"name": f"s{i}"} for i in range(BIG)])
     open_cursors = text("SELECT count(*) FROM pg_cursors")
-    streamed = drivers.read.stream(batch_size=10)
+    streamed = drivers.read.stream(batch_size=10, order_by="id")
     first = next(streamed)
     assert first["name"] == "Provo"
     assert drivers.session.execute(open_cursors).scalar_one() == 1  # the rest waits there

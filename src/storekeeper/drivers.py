@@ -15,6 +15,7 @@ Not imported by ``import storekeeper``: SQLAlchemy is loaded when a driver modul
 from __future__ import annotations
 
 import builtins
+import itertools
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -555,9 +556,16 @@ class _Driver(_Shared[M]):
             *(cols[key].desc() if desc else cols[key] for key, desc in self.info.order(order_by))
         )
 
-    def _row_select(self, args: Sequence[Any], filters: Mapping[str, Any], order_by: Any) -> Any:
+    def _row_select(
+        self, args: Sequence[Any], filters: Mapping[str, Any], order_by: Any, *, paged: bool
+    ) -> Any:
+        """A select of the model's columns; ordered when ``order_by`` says, or by primary
+        key when ``paged`` (a limit or offset needs an order to mean anything)."""
         cols = [col.label(key) for key, col in self.info.columns.items()]
-        return self._ordered(select(*cols).where(*self._where(args, filters)), order_by)
+        statement = select(*cols).where(*self._where(args, filters))
+        if order_by is None and not paged:
+            return statement  # no sort: every row as the server reads them, soonest
+        return self._ordered(statement, order_by)
 
 
 class ReadDriver(_Driver[M]):
@@ -660,21 +668,45 @@ class ReadDriver(_Driver[M]):
         offset: int | None = None,
         **filters: Any,
     ) -> builtins.list[dict[str, Any]]:
-        """Matching rows as plain dicts of column values (no ORM objects are built)."""
-        statement = self._row_select(args, filters, order_by).limit(limit).offset(offset)
-        result = self.session.execute(statement)
+        """Matching rows as plain dicts of column values (no ORM objects are built), in
+        ``order_by`` order; without it, by primary key when ``limit`` or ``offset`` is given,
+        else in no order promised (no sort is paid for)."""
+        paged = limit is not None or offset is not None
+        statement = self._row_select(args, filters, order_by, paged=paged)
+        statement = statement.limit(limit).offset(offset)
+        result: Any = self.session.execute(statement)
         keys = builtins.list(result.keys())
-        return [dict(zip(keys, row, strict=True)) for row in result.all()]
+        if self._unprocessed(result):
+            # No column's type converts what the DBAPI gives: its tuples as they come,
+            # without building a Row for each (what makes rows() faster than mappings()).
+            data = result.cursor.fetchall()
+            result.close()
+        else:
+            data = result.all()
+        return builtins.list(map(dict, map(zip, itertools.repeat(keys), data)))
+
+    def _unprocessed(self, result: Any) -> bool:
+        """Whether no column of ``result`` (a select of the model's columns) has a result
+        processor: then the DBAPI's values are the values."""
+        cursor = getattr(result, "cursor", None)
+        description = getattr(cursor, "description", None)
+        if description is None or len(description) != len(self.info.columns):
+            return False
+        dialect = self.session.get_bind().dialect
+        return all(
+            col.type._cached_result_processor(dialect, column[1]) is None
+            for col, column in zip(self.info.columns.values(), description, strict=True)
+        )
 
     def stream(
         self, *args: Any, order_by: Any = None, batch_size: int = 1000, **filters: Any
     ) -> Iterator[dict[str, Any]]:
         """Matching rows as plain dicts, read from a server-side cursor ``batch_size`` rows
-        at a time: for reads larger than memory. Read it to the end, or close it
+        at a time: for reads larger than memory. In ``order_by`` order, else in none. Read it to the end, or close it
         (``with contextlib.closing(reader.stream()) as rows:``) to free the cursor early."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise BadInput(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
-        statement = self._row_select(args, filters, order_by)  # bad filters fail here, now
+        statement = self._row_select(args, filters, order_by, paged=False)  # fails here, now
         return self._streamed(statement, batch_size)
 
     def _streamed(self, statement: Any, batch_size: int) -> Iterator[dict[str, Any]]:
