@@ -702,8 +702,9 @@ class ReadDriver(_Driver[M]):
         self, *args: Any, order_by: Any = None, batch_size: int = 1000, **filters: Any
     ) -> Iterator[dict[str, Any]]:
         """Matching rows as plain dicts, read from a server-side cursor ``batch_size`` rows
-        at a time: for reads larger than memory. In ``order_by`` order, else in none. Read it to the end, or close it
-        (``with contextlib.closing(reader.stream()) as rows:``) to free the cursor early."""
+        at a time: for reads larger than memory. In ``order_by`` order, else in none. Read
+        it to the end, or close it (``with contextlib.closing(reader.stream()) as rows:``)
+        to free the cursor early."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise BadInput(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
         statement = self._row_select(args, filters, order_by, paged=False)  # fails here, now
