@@ -328,7 +328,9 @@ def test_delete_delete_many_and_delete_where(drivers: Drivers) -> None:
     assert drivers.read.count() == 0
 
 
-def test_of_opens_and_ends_its_own_unit_of_work(project: Path) -> None:
+@pytest.fixture
+def gages_app(project: Path) -> Iterator[tuple[App, Site]]:
+    """An app with store gages_db (SQLite) holding SEED, bound to a site of its own."""
     write_config(project, 'default_service = "main"\n[services]\nmain = "sqlite:///stores"\n')
     site = Site.load()
     app = App(f"d{uuid.uuid4().hex[:8]}", stores=[Store("gages_db", metadata=Base.metadata)])
@@ -337,15 +339,20 @@ def test_of_opens_and_ends_its_own_unit_of_work(project: Path) -> None:
         app.sync()
         with GageWriter.of(app, "gages_db") as gages:
             gages.add_many(SEED)
-        with pytest.raises(RuntimeError), GageWriter.of(app, "gages_db") as gages:
-            gages.delete_where(kind="canal")
-            raise RuntimeError("rolled back")
-        with GageReader.of(app, "gages_db") as reader:
-            assert reader.count() == len(SEED)
-            assert reader.session.in_transaction()
-        assert not reader.session.in_transaction()
+        yield app, site
     finally:
         site.close()
+
+
+def test_of_opens_and_ends_its_own_unit_of_work(gages_app: tuple[App, Site]) -> None:
+    app, _ = gages_app
+    with pytest.raises(RuntimeError), GageWriter.of(app, "gages_db") as gages:
+        gages.delete_where(kind="canal")
+        raise RuntimeError("rolled back")
+    with GageReader.of(app, "gages_db") as reader:
+        assert reader.count() == len(SEED)
+        assert reader.session.in_transaction()
+    assert not reader.session.in_transaction()
 
 
 # bulk writes, upserts, update_many --------------------------------------------------------
@@ -633,32 +640,25 @@ def test_multiple_found_lives_in_errors() -> None:
     assert issubclass(errors.BadCursor, BadInput)
 
 
-def test_of_signs_cursors_with_the_key_the_site_keeps_in_its_catalog(project: Path) -> None:
-    write_config(project, 'default_service = "main"\n[services]\nmain = "sqlite:///stores"\n')
-    site = Site.load()
-    app = App(f"d{uuid.uuid4().hex[:8]}", stores=[Store("gages_db", metadata=Base.metadata)])
-    app.bind(site)
+def test_of_signs_cursors_with_the_key_the_site_keeps_in_its_catalog(
+    gages_app: tuple[App, Site],
+) -> None:
+    app, site = gages_app
+    with GageReader.of(app, "gages_db") as reader:
+        cursor = reader.after(None, 2).next_cursor
+    key = site.catalog.cursor_key()
+    assert len(key) == 32
+    with site.catalog.engine.connect() as conn:
+        stored = conn.execute(text("SELECT value FROM storekeeper_meta WHERE key LIKE 'cursor%'"))
+        assert [bytes.fromhex(v) for (v,) in stored] == [key]
+    # another process of the site: a new Site reads the same key, and takes the cursor
+    other = Site.load()
+    app.bind(other)
     try:
-        app.sync()
-        with GageWriter.of(app, "gages_db") as gages:
-            gages.add_many(SEED)
-        with GageReader.of(app, "gages_db") as reader:
-            cursor = reader.after(None, 2).next_cursor
-        key = site.catalog.cursor_key()
-        assert len(key) == 32
-        with site.catalog.engine.connect() as conn:
-            stored = conn.execute(
-                text("SELECT value FROM storekeeper_meta WHERE key LIKE 'cursor%'")
-            )
-            assert [bytes.fromhex(v) for (v,) in stored] == [key]
-        # another process of the site: a new Site reads the same key, and takes the cursor
-        other = Site.load()
-        app.bind(other)
         with GageReader.of(app, "gages_db") as reader:
             assert [g.name for g in reader.after(cursor, 2).items] == ["Weber", "Ogden_50%"]
         assert other.catalog.cursor_key() == key
         with app.session("gages_db") as session, pytest.raises(errors.BadCursor):
             GageReader(session, cursor_key=b"not the site's").after(cursor, 2)
-        other.close()
     finally:
-        site.close()
+        other.close()

@@ -20,7 +20,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
 
 from sqlalchemy import (
@@ -452,6 +452,55 @@ def last_wins(
     return [rows[i] for i in positions], positions
 
 
+@dataclass(frozen=True)
+class UpdateMany:
+    """An ``update_many`` call, checked: values by id (``by_id``), or ``values`` on the rows
+    matching ``args`` and ``filters``."""
+
+    by_id: builtins.list[tuple[Any, Mapping[str, Any]]] | None
+    args: Sequence[Any] = ()
+    filters: Mapping[str, Any] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(
+        cls,
+        info: ModelInfo,
+        values_by_id: Mapping[Any, Mapping[str, Any]] | None,
+        where: Any,
+        values: Mapping[str, Any],
+    ) -> UpdateMany:
+        """BadInput for a call that asks both ways, or neither, or names unknown columns."""
+        if values_by_id is not None:
+            if where is not None or values:
+                raise BadInput(
+                    "update_many takes values by id, or where= and the values to set; not both"
+                )
+            changes = builtins.list(values_by_id.items())
+            for id, given in changes:
+                if not isinstance(given, Mapping):
+                    raise BadInput(
+                        f"update_many: the values of {info.pk} {id!r} must be a dict of "
+                        f"column: value, not {type(given).__name__}"
+                    )
+                info.check_values(given)
+                if info.pk in given:
+                    raise BadInput(f"update_many cannot change {info.name}.{info.pk} (of {id!r})")
+            return cls(changes)
+        if where is None:
+            raise BadInput(
+                "update_many needs values by id ({id: {column: value}}) or where= and the "
+                "values to set; to update every row, say so: where=sqlalchemy.true()"
+            )
+        if not values:
+            raise BadInput("update_many(where=...) needs the values to set (column=value)")
+        info.check_values(values)
+        if isinstance(where, Mapping):
+            return cls(None, (), where, values)
+        listed = where if isinstance(where, (builtins.list, tuple)) else [where]
+        return cls(None, tuple(listed), {}, values)
+
+
 class _Shared(Generic[M]):
     """What the real drivers and the fakes share, on top of each one's own queries."""
 
@@ -509,6 +558,25 @@ class _Shared(Generic[M]):
             last = [getattr(items[-1], key) for key in keys]
             next_cursor = make_cursor(self._signing_key(), query, keys, last)
         return KeysetPage(items, size, next_cursor)
+
+
+class _Writes(Generic[M]):
+    """What the write driver and its fake share."""
+
+    def upsert_many(  # pragma: no cover - each writer has its own
+        self,
+        rows: Iterable[M | Mapping[str, Any]],
+        *,
+        on: str | Sequence[str] | None = None,
+        returning: bool = False,
+    ) -> builtins.list[M] | None:
+        raise NotImplementedError
+
+    def upsert(self, row: M | Mapping[str, Any], *, on: str | Sequence[str] | None = None) -> M:
+        """Add ``row``, or update the row it matches by ``on`` (a unique column or columns;
+        the primary key by default) with the columns it gives; returns the instance."""
+        (obj,) = cast("builtins.list[M]", self.upsert_many([row], on=on, returning=True))
+        return obj
 
 
 class _Driver(_Shared[M]):
@@ -721,7 +789,7 @@ class ReadDriver(_Driver[M]):
             result.close()
 
 
-class WriteDriver(_Driver[M]):
+class WriteDriver(_Driver[M], _Writes[M]):
     """Every write a controller needs on one model. Writes are flushed, not committed: the
     unit of work (the session's owner, or ``of()``) commits."""
 
@@ -818,12 +886,6 @@ class WriteDriver(_Driver[M]):
                 for v in values
             ]
         return names, values
-
-    def upsert(self, row: M | Mapping[str, Any], *, on: str | Sequence[str] | None = None) -> M:
-        """Add ``row``, or update the row it matches by ``on`` (a unique column or columns;
-        the primary key by default) with the columns it gives; returns the instance."""
-        (obj,) = cast("builtins.list[M]", self.upsert_many([row], on=on, returning=True))
-        return obj
 
     def upsert_many(
         self,
@@ -942,46 +1004,19 @@ class WriteDriver(_Driver[M]):
         ...})`` (each row its own values; ids not there are left out), or
         ``update_many(where=..., column=value, ...)`` (the same values on every row matching
         ``where``: a dict of keyword filters, or SQLAlchemy expressions). All or nothing."""
-        if values_by_id is not None:
-            if where is not None or values:
-                raise BadInput(
-                    "update_many takes values by id, or where= and the values to set; not both"
-                )
-            return self._update_by_id(values_by_id)
-        if where is None:
-            raise BadInput(
-                "update_many needs values by id ({id: {column: value}}) or where= and the "
-                "values to set; to update every row, say so: where=sqlalchemy.true()"
-            )
-        if not values:
-            raise BadInput("update_many(where=...) needs the values to set (column=value)")
-        self.info.check_values(values)
-        if isinstance(where, Mapping):
-            clauses = self._where((), where)
-        else:
-            clauses = self._where(
-                where if isinstance(where, (builtins.list, tuple)) else [where], {}
-            )
+        asked = UpdateMany.read(self.info, values_by_id, where, values)
+        if asked.by_id is not None:
+            return self._update_by_id(asked.by_id)
+        clauses = self._where(asked.args, asked.filters)
         self.session.flush()
         result: Any = self.session.execute(
-            update(self.model).where(*clauses).values(**values),
+            update(self.model).where(*clauses).values(**asked.values),
             execution_options={"synchronize_session": "fetch"},
         )
         return int(result.rowcount)
 
-    def _update_by_id(self, values_by_id: Mapping[Any, Mapping[str, Any]]) -> int:
-        pk = self.info.pk
-        dicts: builtins.list[Mapping[str, Any]] = []
-        for id, values in values_by_id.items():
-            if not isinstance(values, Mapping):
-                raise BadInput(
-                    f"update_many: the values of {self.info.pk} {id!r} must be a dict of "
-                    f"column: value, not {type(values).__name__}"
-                )
-            self.info.check_values(values)
-            if pk in values:
-                raise BadInput(f"update_many cannot change {self.info.name}.{pk} (of {id!r})")
-            dicts.append({"storekeeper_id": id, **values})
+    def _update_by_id(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> int:
+        dicts = [{"storekeeper_id": id, **values} for id, values in changes]
         if not dicts:
             return 0
         self.session.flush()

@@ -18,17 +18,19 @@ import builtins
 import operator
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ColumnClause, True_
 
 from ..drivers import (
     CursorKey,
     ModelInfo,
+    UpdateMany,
     _check_page,
     _default_value,
     _describe,
     _Shared,
+    _Writes,
     last_wins,
     model_info,
 )
@@ -287,7 +289,7 @@ class FakeReadDriver(_FakeDriver[M]):
         return iter(self.rows(*args, order_by=order_by, **filters))
 
 
-class FakeWriteDriver(_FakeDriver[M]):
+class FakeWriteDriver(_FakeDriver[M], _Writes[M]):
     """WriteDriver's contract on an in-memory table."""
 
     def add(self, row: M | Mapping[str, Any]) -> M:
@@ -306,10 +308,6 @@ class FakeWriteDriver(_FakeDriver[M]):
             restore()  # all or nothing
             raise
         return added if returning else None
-
-    def upsert(self, row: M | Mapping[str, Any], *, on: str | Sequence[str] | None = None) -> M:
-        (obj,) = cast("builtins.list[M]", self.upsert_many([row], on=on, returning=True))
-        return obj
 
     def upsert_many(
         self,
@@ -358,39 +356,11 @@ class FakeWriteDriver(_FakeDriver[M]):
         where: Any = None,
         **values: Any,
     ) -> int:
-        if values_by_id is not None:
-            if where is not None or values:
-                raise BadInput(
-                    "update_many takes values by id, or where= and the values to set; not both"
-                )
-            changes = builtins.list(values_by_id.items())
-            for id, given in changes:
-                if not isinstance(given, Mapping):
-                    raise BadInput(
-                        f"update_many: the values of {self.info.pk} {id!r} must be a dict of "
-                        f"column: value, not {type(given).__name__}"
-                    )
-                self.info.check_values(given)
-                if self.info.pk in given:
-                    raise BadInput(
-                        f"update_many cannot change {self.info.name}.{self.info.pk} (of {id!r})"
-                    )
-        elif where is None:
-            raise BadInput(
-                "update_many needs values by id ({id: {column: value}}) or where= and the "
-                "values to set; to update every row, say so: where=sqlalchemy.true()"
-            )
-        elif not values:
-            raise BadInput("update_many(where=...) needs the values to set (column=value)")
-        else:
-            self.info.check_values(values)
-            if isinstance(where, Mapping):
-                found = self._select((), where)
-            else:
-                found = self._select(
-                    where if isinstance(where, (builtins.list, tuple)) else [where], {}
-                )
-            changes = [(getattr(obj, self.info.pk), values) for obj in found]
+        asked = UpdateMany.read(self.info, values_by_id, where, values)
+        changes = asked.by_id
+        if changes is None:
+            found = self._select(asked.args, asked.filters)
+            changes = [(getattr(obj, self.info.pk), asked.values) for obj in found]
         restore = self.table.keep()
         count = 0
         try:
