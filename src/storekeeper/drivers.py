@@ -324,6 +324,7 @@ class ModelInfo:
         out: builtins.list[Mapping[str, Any]] = []
         known: Any = None  # the last key set seen, checked once per run of rows like it
         not_null: builtins.list[str] = []
+        values_of: Callable[[Mapping[str, Any]], Any] = tuple
         for i, row in enumerate(rows):
             if type(row) is not dict or row.keys() != known:
                 row = self.as_row(row, i)
@@ -332,9 +333,10 @@ class ModelInfo:
                         raise BadInput(f"row {i}: no value for {self.name}.{key} (NOT NULL)")
                 known = row.keys() if type(row) is dict else None
                 not_null = [k for k in row if k in self._not_null]
-            for key in not_null:
-                if row[key] is None:
-                    raise BadInput(f"row {i}: NULL in {self.name}.{key} (NOT NULL)")
+                values_of = operator.itemgetter(*not_null, *not_null[:1]) if not_null else tuple
+            if None in values_of(row):
+                key = next(k for k in not_null if row[k] is None)
+                raise BadInput(f"row {i}: NULL in {self.name}.{key} (NOT NULL)")
             out.append(row)
         return out
 
@@ -389,18 +391,16 @@ def _default_value(default: Any) -> Any:
     return default.arg(None) if default.is_callable else default.arg
 
 
-def _groups(
-    dicts: Sequence[Mapping[str, Any]],
-) -> Iterator[builtins.list[tuple[int, Mapping[str, Any]]]]:
-    """Runs of consecutive rows that give the same columns, with each row's index."""
-    run: builtins.list[tuple[int, Mapping[str, Any]]] = []
+def _groups(dicts: Sequence[Mapping[str, Any]]) -> Iterator[Sequence[Mapping[str, Any]]]:
+    """Runs of consecutive rows that give the same columns (slices: no object per row)."""
+    start = 0
+    keys = dicts[0].keys() if dicts else None
     for i, row in enumerate(dicts):
-        if run and row.keys() != run[0][1].keys():
-            yield run
-            run = []
-        run.append((i, row))
-    if run:
-        yield run
+        if row.keys() != keys:
+            yield dicts[start:i]
+            start, keys = i, row.keys()
+    if dicts:
+        yield dicts[start:] if start else dicts
 
 
 _INFO: dict[type[Any], ModelInfo] = {}
@@ -817,16 +817,13 @@ class WriteDriver(_Driver[M], _Writes[M]):
         if returning:
             statement = insert(self.model).returning(self.model, sort_by_parameter_order=True)
             runs = self._batch(
-                dicts, lambda conn, run: self.session.scalars(statement, [r for _, r in run]).all()
+                dicts, lambda conn, run: self.session.scalars(statement, builtins.list(run)).all()
             )
             return [obj for run in runs for obj in run]
         self._batch(dicts, self._insert_run)
         return None
 
-    def _insert_run(
-        self, connection: Connection, run: Sequence[tuple[int, Mapping[str, Any]]]
-    ) -> None:
-        rows = [row for _, row in run]
+    def _insert_run(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         keys = builtins.list(rows[0])
         if bulk.is_copy_connection(connection):
             if len(rows) >= bulk.COPY_MIN_ROWS and self.info.copyable(keys):
@@ -844,7 +841,7 @@ class WriteDriver(_Driver[M], _Writes[M]):
         connection: Connection,
         table: Table,
         names: Sequence[str],
-        values: Sequence[Sequence[Any]],
+        values: Callable[[], Iterable[Sequence[Any]]],
     ) -> None:
         """COPY ``values`` into the columns ``names`` of ``table`` (the model's, or a staging
         table with its types): binary when psycopg can write every value so, else as text
@@ -855,36 +852,44 @@ class WriteDriver(_Driver[M], _Writes[M]):
             binary = bulk.copy_statement(connection, table, names, binary=True)
             try:
                 with self.session.begin_nested():
-                    bulk.copy_rows(self.session.connection(), binary, oids, values)
+                    bulk.copy_rows(self.session.connection(), binary, oids, values())
                     return
             except bulk.RowFailed:
                 pass
         text = bulk.copy_statement(connection, table, names, binary=False)
-        bulk.copy_rows(connection, text, None, values)
+        bulk.copy_rows(connection, text, None, values())
 
     def _copy_values(
         self, connection: Connection, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]
-    ) -> tuple[builtins.list[str], builtins.list[Sequence[Any]]]:
-        """The column names and value tuples COPY writes: the given columns, then those with
-        a Python-side default, values passed through their types' bind processors."""
+    ) -> tuple[builtins.list[str], Callable[[], Iterable[Sequence[Any]]]]:
+        """The column names COPY writes (the given columns, then those with a Python-side
+        default), and a function giving the value tuples one by one, passed through their
+        types' bind processors: made as COPY writes them, not held all at once (a list of
+        100,000 tuples costs more in garbage collection than in making it)."""
         defaults = self.info.python_defaults(keys)
         every = [*keys, *(key for key, _ in defaults)]
         names = [self.info.columns[key].name for key in every]
         processors = [
             self.info.columns[key].type._cached_bind_processor(connection.dialect) for key in every
         ]
-        getter = operator.itemgetter(*keys)
+        getter: Callable[[Mapping[str, Any]], Sequence[Any]]
         if len(keys) == 1:
-            values: builtins.list[Sequence[Any]] = [(getter(row),) for row in rows]
+            (only,) = keys
+            getter = lambda row: (row[only],)  # noqa: E731
         else:
-            values = builtins.list(map(getter, rows))
-        if defaults:
-            values = [(*v, *(_default_value(d) for _, d in defaults)) for v in values]
-        if any(processors):
-            values = [
-                tuple(p(x) if p is not None else x for p, x in zip(processors, v, strict=True))
-                for v in values
-            ]
+            getter = operator.itemgetter(*keys)
+
+        def values() -> Iterable[Sequence[Any]]:
+            made: Iterable[Sequence[Any]] = map(getter, rows)
+            if defaults:
+                made = ((*v, *(_default_value(d) for _, d in defaults)) for v in made)
+            if any(processors):
+                made = (
+                    tuple(p(x) if p is not None else x for p, x in zip(processors, v, strict=True))
+                    for v in made
+                )
+            return made
+
         return names, values
 
     def upsert_many(
@@ -944,9 +949,8 @@ class WriteDriver(_Driver[M], _Writes[M]):
         )
 
     def _upsert_returning(
-        self, run: Sequence[tuple[int, Mapping[str, Any]]], target: Sequence[str]
+        self, rows: Sequence[Mapping[str, Any]], target: Sequence[str]
     ) -> Sequence[M]:
-        rows = [row for _, row in run]
         statement = self._upsert_statement(self.model, builtins.list(rows[0]), target)
         statement = statement.returning(self.model, sort_by_parameter_order=True)
         return self.session.scalars(
@@ -956,10 +960,9 @@ class WriteDriver(_Driver[M], _Writes[M]):
     def _upsert_run(
         self,
         connection: Connection,
-        run: Sequence[tuple[int, Mapping[str, Any]]],
+        rows: Sequence[Mapping[str, Any]],
         target: Sequence[str],
     ) -> None:
-        rows = [row for _, row in run]
         keys = builtins.list(rows[0])
         table = self.info.table
         if (
@@ -1024,10 +1027,8 @@ class WriteDriver(_Driver[M], _Writes[M]):
         self._expire_loaded([d["storekeeper_id"] for d in dicts])
         return sum(counts)
 
-    def _update_run(
-        self, connection: Connection, run: Sequence[tuple[int, Mapping[str, Any]]]
-    ) -> int:
-        keys = [k for k in run[0][1] if k != "storekeeper_id"]
+    def _update_run(self, connection: Connection, run: Sequence[Mapping[str, Any]]) -> int:
+        keys = [k for k in run[0] if k != "storekeeper_id"]
         cols = self.info.columns
         statement = (
             update(self.info.table)
@@ -1036,7 +1037,7 @@ class WriteDriver(_Driver[M], _Writes[M]):
         )
         params = [
             {"storekeeper_id": row["storekeeper_id"], **{f"storekeeper_{k}": row[k] for k in keys}}
-            for _, row in run
+            for row in run
         ]
         result: Any = connection.execute(statement, params)
         return int(result.rowcount)
@@ -1078,7 +1079,7 @@ class WriteDriver(_Driver[M], _Writes[M]):
     def _batch(
         self,
         dicts: Sequence[Mapping[str, Any]],
-        write: Callable[[Connection, Sequence[tuple[int, Mapping[str, Any]]]], Any],
+        write: Callable[[Connection, Sequence[Mapping[str, Any]]], Any],
         positions: Sequence[int] | None = None,
     ) -> builtins.list[Any]:
         """``write`` each run of rows giving the same columns, in one savepoint: all or
@@ -1106,7 +1107,7 @@ class WriteDriver(_Driver[M], _Writes[M]):
     def _first_refused(
         self,
         dicts: Sequence[Mapping[str, Any]],
-        write: Callable[[Connection, Sequence[tuple[int, Mapping[str, Any]]]], Any],
+        write: Callable[[Connection, Sequence[Mapping[str, Any]]], Any],
         failure: BaseException,
     ) -> tuple[int, BaseException]:
         """The first row whose writing fails, and its error: named by COPY when it can
