@@ -384,6 +384,16 @@ def test_a_big_add_many_is_one_copy_and_the_server_fills_the_rest(drivers: Drive
         assert not [s for s in seen if s.startswith("INSERT")]  # ... nor did it INSERT
 
 
+def test_a_small_add_many_is_one_insert_of_many_rows(drivers: Drivers) -> None:
+    seen = statements(drivers)
+    drivers.write.add_many([{"name": f"small {i}"} for i in range(20)])
+    assert drivers.read.count(name__startswith="small ") == 20
+    if drivers.session is not None:
+        (insert,) = [s for s in seen if s.startswith("INSERT")]
+        if drivers.backend == "postgresql":  # insertmanyvalues: one VALUES list of 20 rows
+            assert insert.count("), (") == 19
+
+
 def test_a_bad_row_in_a_big_batch_names_its_index_and_column(drivers: Drivers) -> None:
     (weber,) = ids(drivers, "Weber")
     batch: list[dict[str, Any]] = [{"name": f"b{i}", "code": f"c{i}"} for i in range(BIG)]
