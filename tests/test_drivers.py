@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from conftest import write_config
-from storekeeper import App, BadInput, NotFound, Store
+from storekeeper import App, BadInput, NotFound, Store, errors
 from storekeeper.backends.sqlite import take_over_transactions
 from storekeeper.drivers import MultipleFound, ReadDriver, WriteDriver
 from storekeeper.site import Site
@@ -36,6 +36,7 @@ class Gage(Base):
     depth: Mapped[float | None]
     kind: Mapped[str] = mapped_column(String(20), default="river")
     status: Mapped[str] = mapped_column(String(20), server_default="active")
+    code: Mapped[str | None] = mapped_column(String(20), unique=True)
 
 
 class GageReader(ReadDriver[Gage]):
@@ -46,14 +47,15 @@ class GageWriter(WriteDriver[Gage]):
     model = Gage
 
 
-COLUMNS = "id, name, depth, kind, status"
+COLUMNS = "id, name, depth, kind, status, code"
 SEED: list[dict[str, Any]] = [
-    {"name": "Provo", "depth": 3.5},
-    {"name": "provo river", "depth": None, "kind": "canal"},
-    {"name": "Weber", "depth": 1.0},
-    {"name": "Ogden_50%", "depth": 7.25, "kind": "canal"},
-    {"name": "OgdenX5", "depth": 2.0},
+    {"name": "Provo", "depth": 3.5, "code": "PRV"},
+    {"name": "provo river", "depth": None, "kind": "canal", "code": "PRR"},
+    {"name": "Weber", "depth": 1.0, "code": "WEB"},
+    {"name": "Ogden_50%", "depth": 7.25, "kind": "canal", "code": "OGD"},
+    {"name": "OgdenX5", "depth": 2.0, "code": "OGX"},
 ]
+KEY = b"a key of the test's own, 32 byte"
 
 
 @dataclass
@@ -105,7 +107,8 @@ def drivers(request: pytest.FixtureRequest) -> Iterator[Drivers]:
         session = Session(bind=connection, join_transaction_mode="create_savepoint")
         writer = GageWriter(session)
         writer.add_many(SEED)
-        yield Drivers(request.param, GageReader(session), writer, session)
+        reader = GageReader(session, cursor_key=KEY)
+        yield Drivers(request.param, reader, writer, session)
         session.close()
         outer.rollback()
 
@@ -225,8 +228,8 @@ def test_rows_are_plain_dicts(drivers: Drivers) -> None:
     rows = drivers.read.rows(kind="canal", order_by="-id")
     assert [type(r) for r in rows] == [dict, dict]
     assert [{k: v for k, v in r.items() if k != "id"} for r in rows] == [
-        {"name": "Ogden_50%", "depth": 7.25, "kind": "canal", "status": "active"},
-        {"name": "provo river", "depth": None, "kind": "canal", "status": "active"},
+        {"name": "Ogden_50%", "depth": 7.25, "kind": "canal", "status": "active", "code": "OGD"},
+        {"name": "provo river", "depth": None, "kind": "canal", "status": "active", "code": "PRR"},
     ]
     assert list(rows[0]) == COLUMNS.split(", ")
     assert [r["name"] for r in drivers.read.rows(limit=1, offset=2)] == ["Weber"]
@@ -290,7 +293,7 @@ def test_a_bad_row_in_add_many_writes_nothing_and_names_the_row(drivers: Drivers
 def test_a_row_postgresql_refuses_in_copy_is_named_and_nothing_is_written(
     drivers: Drivers,
 ) -> None:
-    with pytest.raises(BadInput, match=r"row 2: .*double precision"):
+    with pytest.raises(BadInput, match=r"row 2, column depth: .*double precision"):
         drivers.write.add_many(
             [{"name": "a", "depth": 1}, {"name": "b", "depth": 2}, {"name": "c", "depth": "deep"}]
         )
@@ -325,7 +328,9 @@ def test_delete_delete_many_and_delete_where(drivers: Drivers) -> None:
     assert drivers.read.count() == 0
 
 
-def test_of_opens_and_ends_its_own_unit_of_work(project: Path) -> None:
+@pytest.fixture
+def gages_app(project: Path) -> Iterator[tuple[App, Site]]:
+    """An app with store gages_db (SQLite) holding SEED, bound to a site of its own."""
     write_config(project, 'default_service = "main"\n[services]\nmain = "sqlite:///stores"\n')
     site = Site.load()
     app = App(f"d{uuid.uuid4().hex[:8]}", stores=[Store("gages_db", metadata=Base.metadata)])
@@ -334,12 +339,336 @@ def test_of_opens_and_ends_its_own_unit_of_work(project: Path) -> None:
         app.sync()
         with GageWriter.of(app, "gages_db") as gages:
             gages.add_many(SEED)
-        with pytest.raises(RuntimeError), GageWriter.of(app, "gages_db") as gages:
-            gages.delete_where(kind="canal")
-            raise RuntimeError("rolled back")
-        with GageReader.of(app, "gages_db") as reader:
-            assert reader.count() == len(SEED)
-            assert reader.session.in_transaction()
-        assert not reader.session.in_transaction()
+        yield app, site
     finally:
         site.close()
+
+
+def test_of_opens_and_ends_its_own_unit_of_work(gages_app: tuple[App, Site]) -> None:
+    app, _ = gages_app
+    with pytest.raises(RuntimeError), GageWriter.of(app, "gages_db") as gages:
+        gages.delete_where(kind="canal")
+        raise RuntimeError("rolled back")
+    with GageReader.of(app, "gages_db") as reader:
+        assert reader.count() == len(SEED)
+        assert reader.session.in_transaction()
+    assert not reader.session.in_transaction()
+
+
+# bulk writes, upserts, update_many --------------------------------------------------------
+
+BIG = 250  # over bulk.COPY_MIN_ROWS: COPY on PostgreSQL
+
+
+def statements(d: Drivers) -> list[str]:
+    """The SQL statements the session runs from now on (not a COPY's rows: those go around
+    SQLAlchemy's cursor)."""
+    seen: list[str] = []
+    if d.session is not None:
+        event.listen(d.session.connection(), "before_cursor_execute", lambda *a: seen.append(a[2]))
+    return seen
+
+
+def test_a_big_add_many_is_one_copy_and_the_server_fills_the_rest(drivers: Drivers) -> None:
+    seen = statements(drivers)
+    batch: list[Any] = [{"name": f"bulk {i}", "depth": i / 4} for i in range(BIG)]
+    batch[7] = Gage(name="bulk 7", depth=1.75)  # instances and dicts in one batch
+    assert drivers.write.add_many(batch) is None
+    rows = drivers.read.rows(name__startswith="bulk ", order_by="id")
+    assert [r["name"] for r in rows] == [f"bulk {i}" for i in range(BIG)]
+    assert rows[9]["depth"] == 2.25
+    assert {(r["kind"], r["status"]) for r in rows} == {("river", "active")}  # Python, server
+    assert len({r["id"] for r in rows}) == BIG  # identity filled by the server
+    if drivers.backend == "postgresql":
+        assert any(s.startswith("COPY") for s in seen) is False  # COPY is not a statement
+        assert not [s for s in seen if s.startswith("INSERT")]  # ... nor did it INSERT
+
+
+def test_a_small_add_many_is_one_insert_of_many_rows(drivers: Drivers) -> None:
+    seen = statements(drivers)
+    drivers.write.add_many([{"name": f"small {i}"} for i in range(20)])
+    assert drivers.read.count(name__startswith="small ") == 20
+    if drivers.session is not None:
+        (insert,) = [s for s in seen if s.startswith("INSERT")]
+        if drivers.backend == "postgresql":  # insertmanyvalues: one VALUES list of 20 rows
+            assert insert.count("), (") == 19
+
+
+def test_a_bad_row_in_a_big_batch_names_its_index_and_column(drivers: Drivers) -> None:
+    (weber,) = ids(drivers, "Weber")
+    batch: list[dict[str, Any]] = [{"name": f"b{i}", "code": f"c{i}"} for i in range(BIG)]
+    batch[180] = {"name": "again", "code": "WEB"}  # Weber's code: a duplicate key
+    duplicate = r"(duplicate key|UNIQUE constraint failed)"
+    with pytest.raises(BadInput, match=rf"Gage: row 180, column code: {duplicate}"):
+        drivers.write.add_many(batch)
+    batch[180] = {"name": "twin", "code": "c3"}  # a duplicate within the batch
+    with pytest.raises(BadInput, match=rf"row 180, column code: {duplicate}"):
+        drivers.write.add_many(batch)
+    batch[180] = {"name": "same id", "code": "c180", "id": weber}
+    with pytest.raises(BadInput, match=rf"row 180, column id: {duplicate}.*nothing was written"):
+        drivers.write.add_many(batch)
+    assert drivers.read.count() == len(SEED)
+    assert drivers.read.get_or_raise(weber).name == "Weber"
+
+
+@pytest.mark.parametrize("drivers", ["postgresql"], indirect=True)
+def test_a_value_of_the_wrong_type_in_a_copy_is_named_by_row_and_column(
+    drivers: Drivers,
+) -> None:
+    batch: list[dict[str, Any]] = [{"name": f"t{i}", "depth": float(i)} for i in range(BIG)]
+    batch[150] = {"name": "t150", "depth": "deep"}
+    with pytest.raises(BadInput, match=r"row 150, column depth: .*double precision.*\"deep\""):
+        drivers.write.add_many(batch)
+    batch[150] = {"name": "x" * 60, "depth": 1.0}  # too long for String(50)
+    with pytest.raises(BadInput, match=r"row 150, column name: value too long"):
+        drivers.write.add_many(batch)
+    assert drivers.read.count() == len(SEED)
+    # what binary COPY cannot write, text COPY can: the server parses it as INSERT would
+    batch[150] = {"name": "t150", "depth": "2.5"}
+    drivers.write.add_many(batch)
+    assert drivers.read.one(name="t150").depth == 2.5
+
+
+def test_upsert_adds_or_updates_by_a_unique_column(drivers: Drivers) -> None:
+    (weber,) = ids(drivers, "Weber")
+    updated = drivers.write.upsert({"code": "WEB", "name": "Weber", "depth": 4.5}, on="code")
+    assert (updated.id, updated.name, updated.depth) == (weber, "Weber", 4.5)
+    assert drivers.read.get_or_raise(weber).depth == 4.5
+    added = drivers.write.upsert({"code": "NEW", "name": "Bear"}, on="code")
+    assert (added.name, added.kind, added.status) == ("Bear", "river", "active")
+    assert drivers.read.count() == len(SEED) + 1
+    by_key = drivers.write.upsert({"id": weber, "name": "Weber River"})  # on the primary key
+    assert by_key.id == weber and drivers.read.get_or_raise(weber).name == "Weber River"
+
+
+@pytest.mark.parametrize("size", [6, BIG])  # insertmanyvalues; COPY to a staging table
+def test_upsert_many_half_existing(drivers: Drivers, size: int) -> None:
+    half = size // 2
+    drivers.write.add_many(
+        [{"name": f"u{i}", "code": f"u{i}", "kind": "canal"} for i in range(half)]
+    )
+    seen = statements(drivers)
+    rows = [{"name": f"U{i}", "code": f"u{i}", "depth": float(i)} for i in range(size)]
+    assert drivers.write.upsert_many(rows, on="code") is None
+    found = drivers.read.rows(code__startswith="u", order_by="id")
+    assert [(r["name"], r["depth"]) for r in found] == [(f"U{i}", float(i)) for i in range(size)]
+    # given columns are set; the others kept (updated rows) or defaulted (new ones)
+    assert {r["kind"] for r in found[:half]} == {"canal"}
+    assert {r["kind"] for r in found[half:]} == {"river"}
+    if drivers.backend == "postgresql" and size == BIG:
+        assert any("FROM storekeeper_stage_" in s for s in seen)
+    written = drivers.write.upsert_many(rows[:3], on="code", returning=True)
+    assert [g.code for g in written] == ["u0", "u1", "u2"]
+
+
+def test_of_rows_with_the_same_key_the_last_wins(drivers: Drivers) -> None:
+    rows = [
+        {"code": "Z", "name": "first"},
+        {"code": "Y", "name": "y"},
+        {"code": "Z", "name": "last"},
+    ]
+    drivers.write.upsert_many(rows, on="code")
+    assert drivers.read.one(code="Z").name == "last"
+    assert drivers.read.count(code__in=["Y", "Z"]) == 2
+
+
+def test_upsert_on_columns_without_a_unique_constraint_is_refused(drivers: Drivers) -> None:
+    unique = r"Gage's unique columns: \(id\); \(code\)"
+    with pytest.raises(BadInput, match=rf"upsert on=\(name\) names no unique constraint.*{unique}"):
+        drivers.write.upsert_many([{"name": "Weber", "depth": 1.0}], on="name")
+    with pytest.raises(BadInput, match=r"upsert on=\(code, name\) names no unique constraint"):
+        drivers.write.upsert({"name": "Weber", "code": "WEB"}, on=["code", "name"])
+    with pytest.raises(BadInput, match=r"no column 'nope' \(in upsert on=\)"):
+        drivers.write.upsert({"name": "Weber"}, on="nope")
+    with pytest.raises(BadInput, match=r"row 1: upsert matches rows by code: give Gage\.code"):
+        drivers.write.upsert_many([{"name": "a", "code": "A"}, {"name": "b"}], on="code")
+    assert drivers.read.count() == len(SEED)
+
+
+def test_a_bad_row_in_upsert_many_names_its_index_and_writes_nothing(drivers: Drivers) -> None:
+    (provo,) = ids(drivers, "Provo")
+    rows: list[dict[str, Any]] = [{"name": f"v{i}", "code": f"v{i}"} for i in range(BIG)]
+    rows[120] = {"name": "v120", "code": "v120", "id": provo}  # Provo's id, another code
+    duplicate = r"(duplicate key|UNIQUE constraint failed)"
+    with pytest.raises(BadInput, match=rf"row 120, column id: {duplicate}"):
+        drivers.write.upsert_many(rows, on="code")
+    with pytest.raises(BadInput, match=r"row 3: NULL in Gage\.name \(NOT NULL\)"):
+        drivers.write.upsert_many([*rows[:3], {"name": None, "code": "v3"}], on="code")
+    assert drivers.read.count() == len(SEED)
+    assert drivers.read.get_or_raise(provo).code == "PRV"
+
+
+def test_update_many_by_id_or_where(drivers: Drivers) -> None:
+    provo, weber = ids(drivers, "Provo", "Weber")
+    assert drivers.read.get_or_raise(weber).depth == 1.0  # loaded before: must not go stale
+    changes = {weber: {"depth": 9.0}, provo: {"depth": 8.0, "kind": "canal"}, 10**9: {"depth": 0}}
+    assert drivers.write.update_many(changes) == 2
+    assert drivers.read.get_or_raise(weber).depth == 9.0
+    assert drivers.read.get_or_raise(provo).kind == "canal"
+    assert drivers.write.update_many(where={"kind": "canal"}, status="closed") == 3
+    assert drivers.write.update_many(where=Gage.depth > 8.5, kind="deep") == 1
+    assert drivers.read.get_or_raise(weber).kind == "deep"
+    assert drivers.read.count(status="closed") == 3
+    assert drivers.write.update_many({}) == 0
+
+
+def test_update_many_refuses_what_it_cannot_do(drivers: Drivers) -> None:
+    provo, weber = ids(drivers, "Provo", "Weber")
+    with pytest.raises(BadInput, match=r"update_many needs values by id .* or where="):
+        drivers.write.update_many(depth=1.0)
+    with pytest.raises(BadInput, match=r"not both"):
+        drivers.write.update_many({weber: {"depth": 1.0}}, where={"kind": "canal"})
+    with pytest.raises(BadInput, match=r"needs the values to set"):
+        drivers.write.update_many(where={"kind": "canal"})
+    with pytest.raises(BadInput, match=r"no column 'nope' \(in update\)"):
+        drivers.write.update_many({weber: {"nope": 1}})
+    with pytest.raises(BadInput, match=r"no column 'nope' \(in filter\)"):
+        drivers.write.update_many(where={"nope": 1}, depth=1.0)
+    duplicate = r"(duplicate key|UNIQUE constraint failed)"
+    with pytest.raises(BadInput, match=rf"row 1 \(id {weber}\), column code: {duplicate}"):
+        drivers.write.update_many({provo: {"depth": 0.5}, weber: {"code": "PRV"}})
+    assert drivers.read.get_or_raise(provo).depth == 3.5  # nothing was written
+    assert drivers.read.get_or_raise(weber).code == "WEB"
+
+
+# keyset pagination and streaming ----------------------------------------------------------
+
+
+def every_page(d: Drivers, size: int, **query: Any) -> list[list[str]]:
+    pages, cursor = [], None
+    while True:
+        page = d.read.after(cursor, size, **query)
+        pages.append([g.name for g in page.items])
+        if page.next_cursor is None:
+            return pages
+        assert page.has_next
+        cursor = page.next_cursor
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({}, ["Provo", "provo river", "Weber", "Ogden_50%", "OgdenX5"]),
+        # NULLs last ascending, first descending, on every backend
+        ({"order_by": "depth"}, ["Weber", "OgdenX5", "Provo", "Ogden_50%", "provo river"]),
+        ({"order_by": "-depth"}, ["provo river", "Ogden_50%", "Provo", "OgdenX5", "Weber"]),
+        ({"order_by": ["kind", "-id"]}, ["Ogden_50%", "provo river", "OgdenX5", "Weber", "Provo"]),
+        ({"kind": "river", "order_by": "-name"}, ["Weber", "Provo", "OgdenX5"]),
+    ],
+    ids=["by-id", "depth", "-depth", "kind,-id", "filtered"],
+)
+def test_after_walks_every_row_once_in_order(
+    drivers: Drivers, query: dict[str, Any], expected: list[str]
+) -> None:
+    pages = every_page(drivers, 2, **query)
+    assert [name for page in pages for name in page] == expected
+    assert [len(p) for p in pages[:-1]] == [2] * (len(pages) - 1)
+    assert every_page(drivers, 10, **query) == [expected]
+
+
+def test_after_with_rows_sharing_a_sort_value_keeps_each_once(drivers: Drivers) -> None:
+    drivers.write.add_many([{"name": f"same {i}", "depth": 5.0} for i in range(7)])
+    names = [n for page in every_page(drivers, 3, order_by="depth") for n in page]
+    assert names == [
+        "Weber",
+        "OgdenX5",
+        "Provo",
+        *[f"same {i}" for i in range(7)],
+        "Ogden_50%",
+        "provo river",
+    ]
+
+
+def test_a_cursor_tampered_with_or_from_another_query_is_refused(drivers: Drivers) -> None:
+    cursor = drivers.read.after(None, 2, order_by="-depth").next_cursor
+    assert cursor is not None and "Ogden" not in cursor
+    drivers.read.after(cursor, 2, order_by="-depth")  # its own query takes it
+    payload, signature = cursor.split(".")
+    forged = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB") + "." + signature
+    for bad in (forged, cursor[:-3], "not a cursor", cursor + "x"):
+        with pytest.raises(errors.BadCursor, match=r"was not made by this site"):
+            drivers.read.after(bad, 2, order_by="-depth")
+    for other in ({"order_by": "depth"}, {"order_by": "-depth", "kind": "canal"}, {}):
+        with pytest.raises(errors.BadCursor, match=r"belongs to another query"):
+            drivers.read.after(cursor, 2, **other)
+    with pytest.raises(BadInput, match=r"no column 'deep' \(in order_by\); its columns"):
+        drivers.read.after(None, 2, order_by="deep")
+
+
+def test_a_cursor_signed_with_another_key_is_refused(drivers: Drivers) -> None:
+    if drivers.session is None:
+        other, _ = fake_drivers(Gage, SEED, cursor_key=b"another key")
+    else:
+        other = GageReader(drivers.session, cursor_key=b"another key")
+    cursor = other.after(None, 2).next_cursor
+    with pytest.raises(errors.BadCursor, match=r"signed with another key"):
+        drivers.read.after(cursor, 2)
+
+
+def test_a_driver_on_a_bare_session_needs_a_key_for_after(sqlite_engine: sa.Engine) -> None:
+    with (
+        Session(sqlite_engine) as session,
+        pytest.raises(
+            BadInput,
+            match=r"GageReader.after\(\) signs its cursors with the site's key: build "
+            r"the driver with GageReader.of\(app, store\), or pass cursor_key=",
+        ),
+    ):
+        GageReader(session).after(None, 10)
+
+
+def test_stream_yields_every_matching_row_as_a_dict(drivers: Drivers) -> None:
+    drivers.write.add_many([{"name": f"s{i:03}", "depth": i} for i in range(BIG)])
+    streamed = drivers.read.stream(name__startswith="s", batch_size=16, order_by="-id")
+    assert not isinstance(streamed, list)
+    rows = list(streamed)
+    assert rows == drivers.read.rows(name__startswith="s", order_by="-id")
+    assert [r["name"] for r in rows] == [f"s{i:03}" for i in reversed(range(BIG))]
+    unordered = drivers.read.stream(name__startswith="s")  # in no order promised
+    assert sorted(r["name"] for r in unordered) == [f"s{i:03}" for i in range(BIG)]
+    with pytest.raises(BadInput, match=r"no column 'nope' \(in filter\)"):
+        drivers.read.stream(nope=1)  # at the call, not at the first row
+    with pytest.raises(BadInput, match=r"batch_size must be a whole number"):
+        drivers.read.stream(batch_size=0)
+
+
+@pytest.mark.parametrize("drivers", ["postgresql"], indirect=True)
+def test_stream_reads_through_a_server_side_cursor(drivers: Drivers) -> None:
+    assert drivers.session is not None
+    drivers.write.add_many([{"name": f"s{i}"} for i in range(BIG)])
+    open_cursors = text("SELECT count(*) FROM pg_cursors")
+    streamed = drivers.read.stream(batch_size=10, order_by="id")
+    first = next(streamed)
+    assert first["name"] == "Provo"
+    assert drivers.session.execute(open_cursors).scalar_one() == 1  # the rest waits there
+    assert len(list(streamed)) == len(SEED) + BIG - 1
+    assert drivers.session.execute(open_cursors).scalar_one() == 0
+
+
+def test_multiple_found_lives_in_errors() -> None:
+    assert MultipleFound is errors.MultipleFound
+    assert issubclass(errors.BadCursor, BadInput)
+
+
+def test_of_signs_cursors_with_the_key_the_site_keeps_in_its_catalog(
+    gages_app: tuple[App, Site],
+) -> None:
+    app, site = gages_app
+    with GageReader.of(app, "gages_db") as reader:
+        cursor = reader.after(None, 2).next_cursor
+    key = site.catalog.cursor_key()
+    assert len(key) == 32
+    with site.catalog.engine.connect() as conn:
+        stored = conn.execute(text("SELECT value FROM storekeeper_meta WHERE key LIKE 'cursor%'"))
+        assert [bytes.fromhex(v) for (v,) in stored] == [key]
+    # another process of the site: a new Site reads the same key, and takes the cursor
+    other = Site.load()
+    app.bind(other)
+    try:
+        with GageReader.of(app, "gages_db") as reader:
+            assert [g.name for g in reader.after(cursor, 2).items] == ["Weber", "Ogden_50%"]
+        assert other.catalog.cursor_key() == key
+        with app.session("gages_db") as session, pytest.raises(errors.BadCursor):
+            GageReader(session, cursor_key=b"not the site's").after(cursor, 2)
+    finally:
+        other.close()

@@ -13,6 +13,7 @@ Declare stores in code, plug them into database servers, sync them, and get sess
 from .declarations import Kind, ServerSetting, Store
 from .declare import App
 from .errors import (
+    BadCursor,
     BadInput,
     BadRevision,
     ConfigError,
@@ -20,6 +21,7 @@ from .errors import (
     InvalidName,
     LockTimeout,
     MigrationError,
+    MultipleFound,
     NotAssigned,
     NotFound,
     ProvisionError,
@@ -31,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "BadCursor",
     "BadInput",
     "BadRevision",
     "ConfigError",
@@ -39,6 +42,7 @@ __all__ = [
     "Kind",
     "LockTimeout",
     "MigrationError",
+    "MultipleFound",
     "NotAssigned",
     "NotFound",
     "ProvisionError",

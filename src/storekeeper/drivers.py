@@ -6,39 +6,60 @@ built on a session (``GageReader(session)``) or on a store (``with GageReader.of
 keyword, Django-style lookups (``depth__gt=3``) and SQLAlchemy expressions as positional
 arguments. ``storekeeper.testing.fakes`` has in-memory drivers that obey the same contract.
 
+Bulk writes (``add_many``, ``upsert_many``) go through PostgreSQL's COPY (:mod:`.bulk`); keyset
+pages (``after``) carry cursors signed with the site's key (:mod:`.cursors`).
+
 Not imported by ``import storekeeper``: SQLAlchemy is loaded when a driver module is.
 """
 
 from __future__ import annotations
 
 import builtins
+import itertools
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
 
-from sqlalchemy import ColumnElement, Select, delete, exists, func, insert, inspect, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    false,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Mapper
 
-from .errors import BadInput, NotFound, StorekeeperError
-from .pagination import Page
+from . import bulk
+from .cursors import make_cursor, query_fingerprint, read_cursor
+from .errors import BadInput, MultipleFound, NotFound
+from .pagination import KeysetPage, Page
 
 if TYPE_CHECKING:
     from typing import Self
 
-    from sqlalchemy import Column, Table
+    from sqlalchemy import Column, Connection, Table
     from sqlalchemy.orm import Session
 
     from .declare import App
 
+__all__ = ["LOOKUPS", "MultipleFound", "ReadDriver", "WriteDriver"]
+
 M = TypeVar("M")
 
-
-class MultipleFound(StorekeeperError):
-    """``one()`` matched more than one row."""
+#: A key to sign keyset cursors with: the bytes, text, or a function giving them on first use.
+CursorKey = bytes | str | Callable[[], bytes]
 
 
 def _like_regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
@@ -118,7 +139,8 @@ LOOKUPS: dict[str, Lookup] = {
 
 
 class ModelInfo:
-    """What the drivers need to know of a mapped model: its columns and primary key."""
+    """What the drivers need to know of a mapped model: its columns, primary key and unique
+    column sets."""
 
     def __init__(self, model: type[Any]):
         mapper: Mapper[Any] = inspect(model)
@@ -133,6 +155,28 @@ class ModelInfo:
             raise BadInput(f"{self.name}: drivers need a primary key of exactly one column")
         pk = mapper.primary_key[0]
         self.pk = next(key for key, col in self.columns.items() if col is pk)
+        key_of = {col: key for key, col in self.columns.items()}
+        #: Attribute keys to Core column keys, where they differ (``x = mapped_column("y")``).
+        self.core_keys = {key: col.key for key, col in self.columns.items() if col.key != key}
+        self.unique_sets: builtins.list[tuple[str, ...]] = []
+        for constraint in self.table.constraints:
+            if type(constraint).__name__ in ("PrimaryKeyConstraint", "UniqueConstraint"):
+                self._add_unique([key_of[c] for c in constraint.columns if c in key_of])  # type: ignore[attr-defined]
+        for index in self.table.indexes:
+            partial = any(
+                index.dialect_options[d].get("where") is not None for d in ("postgresql", "sqlite")
+            )
+            if index.unique and not partial and all(c in key_of for c in index.columns):
+                self._add_unique([key_of[c] for c in index.columns])
+        # table.constraints is a set: the primary key first, then by name, for messages
+        self.unique_sets.sort(key=lambda keys: (keys != (self.pk,), keys))
+        self._required = self._required_columns()
+        self._not_null = frozenset(k for k, c in self.columns.items() if not c.nullable)
+
+    def _add_unique(self, keys: builtins.list[str]) -> None:
+        found = tuple(keys)
+        if found and found not in self.unique_sets:
+            self.unique_sets.append(found)
 
     def column_list(self) -> str:
         return ", ".join(self.columns)
@@ -184,8 +228,57 @@ class ModelInfo:
             pairs.append((key, desc))
         return pairs
 
-    def as_row(self, row: Any, index: int) -> dict[str, Any]:
-        """A dict or an instance of the model as a dict of column values (only those given)."""
+    def keyset_order(self, order_by: Any) -> builtins.list[tuple[str, bool]]:
+        """``order`` with the primary key last, so every row has a place of its own."""
+        pairs = self.order(order_by)
+        if all(key != self.pk for key, _ in pairs):
+            pairs.append((self.pk, False))
+        return pairs
+
+    def keyset_sort(self, order: Sequence[tuple[str, bool]]) -> builtins.list[Any]:
+        """ORDER BY for a keyset: NULLs last ascending, first descending, on every backend
+        (PostgreSQL's default, which the cursor's condition and the fakes follow)."""
+        clauses = []
+        for key, desc in order:
+            col = self.columns[key]
+            if not col.nullable:
+                clauses.append(col.desc() if desc else col.asc())
+            else:
+                clauses.append(col.desc().nulls_first() if desc else col.asc().nulls_last())
+        return clauses
+
+    def keyset_after(self, order: Sequence[tuple[str, bool]], values: Sequence[Any]) -> Any:
+        """The rows after the one whose sort columns hold ``values``, in ``keyset_sort``."""
+        if len(values) != len(order):
+            raise BadInput("the cursor does not fit this query's order_by")
+        cols = [self.columns[key] for key, _ in order]
+        directions = {desc for _, desc in order}
+        if len(directions) == 1 and all(
+            not c.nullable and v is not None for c, v in zip(cols, values, strict=True)
+        ):
+            # one row-value comparison: what an index on the sort columns serves
+            (desc,) = directions
+            left = cols[0] if len(cols) == 1 else tuple_(*cols)
+            right = values[0] if len(cols) == 1 else tuple_(*values)
+            return left < right if desc else left > right
+        branches = []
+        for i, ((_, desc), col, value) in enumerate(zip(order, cols, values, strict=True)):
+            same = [
+                c.is_(None) if v is None else c == v
+                for c, v in zip(cols[:i], values[:i], strict=True)
+            ]
+            if value is None:
+                beyond: Any = col.is_not(None) if desc else false()
+            elif desc:
+                beyond = col < value
+            else:
+                beyond = or_(col > value, col.is_(None)) if col.nullable else col > value
+            branches.append(and_(*same, beyond))
+        return or_(*branches)
+
+    def as_row(self, row: Any, index: int) -> Mapping[str, Any]:
+        """A dict or an instance of the model as a mapping of column values (only those
+        given). A dict is checked, not copied."""
         if isinstance(row, self.model):
             state: Any = inspect(row)
             return {k: state.dict[k] for k in self.columns if k in state.dict}
@@ -197,9 +290,9 @@ class ModelInfo:
                     f"row {index}: {self.name} has no column {key!r}; its columns: "
                     f"{self.column_list()}"
                 )
-        return dict(row)
+        return row
 
-    def required(self) -> builtins.list[str]:
+    def _required_columns(self) -> builtins.list[str]:
         """Columns that must be given a value: NOT NULL, no default of any kind."""
         return [
             key
@@ -215,6 +308,9 @@ class ModelInfo:
             and col.identity is None
         ]
 
+    def required(self) -> builtins.list[str]:
+        return builtins.list(self._required)
+
     def check_values(self, values: Mapping[str, Any]) -> None:
         """The values of an update: known columns, no NULL in a NOT NULL one."""
         for key, value in values.items():
@@ -222,32 +318,89 @@ class ModelInfo:
             if value is None and not column.nullable:
                 raise BadInput(f"NULL in {self.name}.{key} (NOT NULL)")
 
-    def check_rows(self, rows: Iterable[Any]) -> builtins.list[dict[str, Any]]:
-        """Rows as dicts, checked before anything is written: known columns, and no NULL in
-        a NOT NULL column. BadInput names the row's index."""
-        out = [self.as_row(row, i) for i, row in enumerate(rows)]
-        required = self.required()
-        not_null = [k for k, c in self.columns.items() if not c.nullable]
-        for i, row in enumerate(out):
-            for key in required:
-                if key not in row:
-                    raise BadInput(f"row {i}: no value for {self.name}.{key} (NOT NULL)")
-            for key in not_null:
-                if key in row and row[key] is None:
-                    raise BadInput(f"row {i}: NULL in {self.name}.{key} (NOT NULL)")
+    def check_rows(self, rows: Iterable[Any]) -> builtins.list[Mapping[str, Any]]:
+        """Rows as mappings, checked before anything is written: known columns, and no NULL
+        in a NOT NULL column. BadInput names the row's index."""
+        out: builtins.list[Mapping[str, Any]] = []
+        known: Any = None  # the last key set seen, checked once per run of rows like it
+        not_null: builtins.list[str] = []
+        values_of: Callable[[Mapping[str, Any]], Any] = tuple
+        for i, row in enumerate(rows):
+            if type(row) is not dict or row.keys() != known:
+                row = self.as_row(row, i)
+                for key in self._required:
+                    if key not in row:
+                        raise BadInput(f"row {i}: no value for {self.name}.{key} (NOT NULL)")
+                known = row.keys() if type(row) is dict else None
+                not_null = [k for k in row if k in self._not_null]
+                values_of = operator.itemgetter(*not_null, *not_null[:1]) if not_null else tuple
+            if None in values_of(row):
+                key = next(k for k in not_null if row[k] is None)
+                raise BadInput(f"row {i}: NULL in {self.name}.{key} (NOT NULL)")
+            out.append(row)
         return out
 
+    def conflict_target(self, on: str | Sequence[str] | None) -> tuple[str, ...]:
+        """``upsert``'s ``on=`` (a column, or several) as column keys, checked to be the
+        primary key or a unique constraint of the model; the primary key when not given."""
+        if on is None:
+            return (self.pk,)
+        keys = (on,) if isinstance(on, str) else tuple(on)
+        for key in keys:
+            self.column(key, "upsert on=")
+        for unique in self.unique_sets:
+            if set(unique) == set(keys):
+                return unique
+        shown = "; ".join(f"({', '.join(u)})" for u in self.unique_sets)
+        raise BadInput(
+            f"{self.name}: upsert on=({', '.join(keys)}) names no unique constraint, so rows "
+            f"cannot be matched by it; {self.name}'s unique columns: {shown}"
+        )
 
-def _groups(dicts: Sequence[dict[str, Any]]) -> Iterator[builtins.list[tuple[int, dict[str, Any]]]]:
-    """Runs of consecutive rows that give the same columns, with each row's index."""
-    run: builtins.list[tuple[int, dict[str, Any]]] = []
+    def python_defaults(self, given: Iterable[str]) -> builtins.list[tuple[str, Any]]:
+        """Columns not ``given`` that have a Python-side default (scalar or callable)."""
+        have = set(given)
+        return [
+            (key, col.default)
+            for key, col in self.columns.items()
+            if key not in have and col.default is not None and not col.default.is_sequence
+        ]
+
+    def copyable(self, given: Iterable[str]) -> bool:
+        """Whether COPY of columns ``given`` writes what ``INSERT`` would: every column left
+        out is filled by the server, or by a Python default we can compute (not a SQL
+        expression, not a sequence the server does not call by itself)."""
+        have = set(given)
+        for key, col in self.columns.items():
+            default: Any = col.default
+            if key in have or default is None:
+                continue
+            if default.is_sequence or default.is_clause_element:
+                return False
+        return True
+
+    def core_row(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A row's attribute keys as the table's column keys, for Core statements."""
+        if not self.core_keys:
+            return row
+        return {self.core_keys.get(k, k): v for k, v in row.items()}
+
+
+def _default_value(default: Any) -> Any:
+    """The value of a Python-side default (SQLAlchemy wraps callables to take a context)."""
+    return default.arg(None) if default.is_callable else default.arg
+
+
+def _groups(dicts: Sequence[Mapping[str, Any]]) -> Iterator[Sequence[Mapping[str, Any]]]:
+    """Runs of consecutive rows that give the same columns (slices: no object per row)."""
+    start = 0
+    keys = dicts[0].keys() if dicts else None
     for i, row in enumerate(dicts):
-        if run and row.keys() != run[0][1].keys():
-            yield run
-            run = []
-        run.append((i, row))
-    if run:
-        yield run
+        if row.keys() != keys:
+            yield dicts[start:i]
+            start, keys = i, row.keys()
+    if dicts:
+        yield dicts[start:] if start else dicts
 
 
 _INFO: dict[type[Any], ModelInfo] = {}
@@ -277,7 +430,156 @@ def model_of(cls: type[Any]) -> type[Any] | None:
     return None
 
 
-class _Driver(Generic[M]):
+def last_wins(
+    rows: Sequence[Mapping[str, Any]], on: Sequence[str], name: str
+) -> tuple[builtins.list[Mapping[str, Any]], builtins.list[int]]:
+    """Upsert rows with one row per ``on`` value (of several, the last given wins), and the
+    index each kept row had. Every row must give the ``on`` columns."""
+    kept: dict[tuple[Any, ...], int] = {}
+    for i, row in enumerate(rows):
+        try:
+            key = tuple(row[k] for k in on)
+        except KeyError:
+            key = (None,)
+        if any(v is None for v in key):
+            raise BadInput(
+                f"row {i}: upsert matches rows by {', '.join(on)}: give {name}."
+                f"{', '.join(on)} a value (or add the row with add_many)"
+            )
+        kept.pop(key, None)
+        kept[key] = i
+    positions = sorted(kept.values())
+    return [rows[i] for i in positions], positions
+
+
+@dataclass(frozen=True)
+class UpdateMany:
+    """An ``update_many`` call, checked: values by id (``by_id``), or ``values`` on the rows
+    matching ``args`` and ``filters``."""
+
+    by_id: builtins.list[tuple[Any, Mapping[str, Any]]] | None
+    args: Sequence[Any] = ()
+    filters: Mapping[str, Any] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(
+        cls,
+        info: ModelInfo,
+        values_by_id: Mapping[Any, Mapping[str, Any]] | None,
+        where: Any,
+        values: Mapping[str, Any],
+    ) -> UpdateMany:
+        """BadInput for a call that asks both ways, or neither, or names unknown columns."""
+        if values_by_id is not None:
+            if where is not None or values:
+                raise BadInput(
+                    "update_many takes values by id, or where= and the values to set; not both"
+                )
+            changes = builtins.list(values_by_id.items())
+            for id, given in changes:
+                if not isinstance(given, Mapping):
+                    raise BadInput(
+                        f"update_many: the values of {info.pk} {id!r} must be a dict of "
+                        f"column: value, not {type(given).__name__}"
+                    )
+                info.check_values(given)
+                if info.pk in given:
+                    raise BadInput(f"update_many cannot change {info.name}.{info.pk} (of {id!r})")
+            return cls(changes)
+        if where is None:
+            raise BadInput(
+                "update_many needs values by id ({id: {column: value}}) or where= and the "
+                "values to set; to update every row, say so: where=sqlalchemy.true()"
+            )
+        if not values:
+            raise BadInput("update_many(where=...) needs the values to set (column=value)")
+        info.check_values(values)
+        if isinstance(where, Mapping):
+            return cls(None, (), where, values)
+        listed = where if isinstance(where, (builtins.list, tuple)) else [where]
+        return cls(None, tuple(listed), {}, values)
+
+
+class _Shared(Generic[M]):
+    """What the real drivers and the fakes share, on top of each one's own queries."""
+
+    info: ModelInfo
+    _cursor_key: CursorKey | None
+
+    def get(self, id: Any) -> M | None:  # pragma: no cover - each driver has its own
+        raise NotImplementedError
+
+    def _not_found(self, id: Any) -> NotFound:
+        return NotFound(f"no {self.info.name} with {self.info.pk} {id!r}")
+
+    def get_or_raise(self, id: Any) -> M:
+        """The row with primary key ``id``; NotFound naming the model and the id."""
+        found = self.get(id)
+        if found is None:
+            raise self._not_found(id)
+        return found
+
+    def _signing_key(self) -> bytes:
+        key = self._cursor_key
+        if key is None:
+            raise BadInput(
+                f"{type(self).__name__}.after() signs its cursors with the site's key: build "
+                f"the driver with {type(self).__name__}.of(app, store), or pass "
+                "cursor_key=app.site.catalog.cursor_key"
+            )
+        if callable(key):
+            key = self._cursor_key = key()
+        return key.encode() if isinstance(key, str) else key
+
+    def _keyset_query(
+        self, order: Sequence[tuple[str, bool]], args: Sequence[Any], filters: Mapping[str, Any]
+    ) -> str:
+        return query_fingerprint(self.info.table.fullname, order, args, filters)
+
+    def _keyset_values(
+        self, cursor: str | None, order: Sequence[tuple[str, bool]], query: str
+    ) -> builtins.list[Any] | None:
+        if cursor is None:
+            self._signing_key()  # the first page too must be able to sign its cursor
+            return None
+        values = read_cursor(self._signing_key(), query, cursor)
+        if len(values) != len(order):
+            raise BadInput("the cursor does not fit this query's order_by")
+        return values
+
+    def _keyset_page(
+        self, found: Sequence[M], size: int, order: Sequence[tuple[str, bool]], query: str
+    ) -> KeysetPage:
+        items = builtins.list(found[:size])
+        next_cursor = None
+        if len(found) > size:
+            keys = [key for key, _ in order]
+            last = [getattr(items[-1], key) for key in keys]
+            next_cursor = make_cursor(self._signing_key(), query, keys, last)
+        return KeysetPage(items, size, next_cursor)
+
+
+class _Writes(Generic[M]):
+    """What the write driver and its fake share."""
+
+    def upsert_many(  # pragma: no cover - each writer has its own
+        self,
+        rows: Iterable[M | Mapping[str, Any]],
+        *,
+        on: str | Sequence[str] | None = None,
+        returning: bool = False,
+    ) -> builtins.list[M] | None:
+        raise NotImplementedError
+
+    def upsert(self, row: M | Mapping[str, Any], *, on: str | Sequence[str] | None = None) -> M:
+        """Add ``row``, or update the row it matches by ``on`` (a unique column or columns;
+        the primary key by default) with the columns it gives; returns the instance."""
+        (obj,) = cast("builtins.list[M]", self.upsert_many([row], on=on, returning=True))
+        return obj
+
+
+class _Driver(_Shared[M]):
     """What both drivers share: the model, the session, filters."""
 
     model: ClassVar[type[Any]]
@@ -288,7 +590,10 @@ class _Driver(Generic[M]):
         if model is not None:
             cls.model = model
 
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, *, cursor_key: CursorKey | None = None):
+        """A driver on ``session``. ``cursor_key`` signs the cursors of ``after()``: the
+        site's (``app.site.catalog.cursor_key``, which :meth:`of` passes), or a key of
+        your own."""
         if getattr(type(self), "model", None) is None:
             raise BadInput(
                 f"{type(self).__name__} names no model: declare it as "
@@ -296,14 +601,15 @@ class _Driver(Generic[M]):
             )
         self.session = session
         self.info = model_info(self.model)
+        self._cursor_key = cursor_key
 
     @classmethod
     @contextmanager
     def of(cls, app: App, store: str) -> Iterator[Self]:
         """A driver on its own unit of work on ``store``: committed when the block ends,
-        rolled back if it raises."""
+        rolled back if it raises. Its cursors are signed with the site's key."""
         with app.session(store) as session:
-            yield cls(session)
+            yield cls(session, cursor_key=app.site.catalog.cursor_key)
 
     @property
     def dialect(self) -> str:
@@ -318,6 +624,17 @@ class _Driver(Generic[M]):
             *(cols[key].desc() if desc else cols[key] for key, desc in self.info.order(order_by))
         )
 
+    def _row_select(
+        self, args: Sequence[Any], filters: Mapping[str, Any], order_by: Any, *, paged: bool
+    ) -> Any:
+        """A select of the model's columns; ordered when ``order_by`` says, or by primary
+        key when ``paged`` (a limit or offset needs an order to mean anything)."""
+        cols = [col.label(key) for key, col in self.info.columns.items()]
+        statement = select(*cols).where(*self._where(args, filters))
+        if order_by is None and not paged:
+            return statement  # no sort: every row as the server reads them, soonest
+        return self._ordered(statement, order_by)
+
 
 class ReadDriver(_Driver[M]):
     """Every query a controller needs on one model."""
@@ -329,13 +646,6 @@ class ReadDriver(_Driver[M]):
         """The row with primary key ``id``, or None."""
         return self.session.get(self.model, id)
 
-    def get_or_raise(self, id: Any) -> M:
-        """The row with primary key ``id``; NotFound naming the model and the id."""
-        found = self.get(id)
-        if found is None:
-            raise NotFound(f"no {self.info.name} with {self.info.pk} {id!r}")
-        return found
-
     def get_many(self, ids: Iterable[Any]) -> builtins.list[M]:
         """The rows with these primary keys, in one query, in the order given (missing ids
         are left out)."""
@@ -343,8 +653,9 @@ class ReadDriver(_Driver[M]):
         if not wanted:
             return []
         pk = self.info.columns[self.info.pk]
+        key = self.info.pk
         found = {
-            getattr(obj, self.info.pk): obj
+            getattr(obj, key): obj
             for obj in self.session.scalars(select(self.model).where(pk.in_(wanted)))
         }
         return [found[i] for i in wanted if i in found]
@@ -389,6 +700,24 @@ class ReadDriver(_Driver[M]):
         items = self.session.scalars(statement.limit(size).offset((number - 1) * size)).all()
         return Page(items, number, size, self.count(*args, **filters))
 
+    def after(
+        self, cursor: str | None, size: int, *args: Any, order_by: Any = None, **filters: Any
+    ) -> KeysetPage:
+        """Keyset pagination: ``size`` rows after ``cursor`` (None for the first page) in
+        ``order_by`` order (the primary key breaks ties), and ``next_cursor`` for the page
+        after them (None at the end). Each page costs the same, however deep: the cursor
+        holds the last row's sort values, signed, and the next page starts after them. A
+        cursor tampered with or made by another query is a BadCursor."""
+        _check_page(1, size)
+        order = self.info.keyset_order(order_by)
+        query = self._keyset_query(order, args, filters)
+        values = self._keyset_values(cursor, order, query)
+        statement = self._select(args, filters)
+        if values is not None:
+            statement = statement.where(self.info.keyset_after(order, values))
+        statement = statement.order_by(*self.info.keyset_sort(order)).limit(size + 1)
+        return self._keyset_page(self.session.scalars(statement).all(), size, order, query)
+
     def count(self, *args: Any, **filters: Any) -> int:
         """How many rows match the filters."""
         statement = select(func.count()).select_from(self.info.table)
@@ -407,14 +736,60 @@ class ReadDriver(_Driver[M]):
         offset: int | None = None,
         **filters: Any,
     ) -> builtins.list[dict[str, Any]]:
-        """Matching rows as plain dicts of column values (no ORM objects are built)."""
-        cols = [col.label(key) for key, col in self.info.columns.items()]
-        statement = self._ordered(select(*cols).where(*self._where(args, filters)), order_by)
-        result = self.session.execute(statement.limit(limit).offset(offset))
-        return [dict(row) for row in result.mappings()]
+        """Matching rows as plain dicts of column values (no ORM objects are built), in
+        ``order_by`` order; without it, by primary key when ``limit`` or ``offset`` is given,
+        else in no order promised (no sort is paid for)."""
+        paged = limit is not None or offset is not None
+        statement = self._row_select(args, filters, order_by, paged=paged)
+        statement = statement.limit(limit).offset(offset)
+        result: Any = self.session.execute(statement)
+        keys = builtins.list(result.keys())
+        if self._unprocessed(result):
+            # No column's type converts what the DBAPI gives: its tuples as they come,
+            # without building a Row for each (what makes rows() faster than mappings()).
+            data = result.cursor.fetchall()
+            result.close()
+        else:
+            data = result.all()
+        return builtins.list(map(dict, map(zip, itertools.repeat(keys), data)))
+
+    def _unprocessed(self, result: Any) -> bool:
+        """Whether no column of ``result`` (a select of the model's columns) has a result
+        processor: then the DBAPI's values are the values."""
+        cursor = getattr(result, "cursor", None)
+        description = getattr(cursor, "description", None)
+        if description is None or len(description) != len(self.info.columns):
+            return False
+        dialect = self.session.get_bind().dialect
+        return all(
+            col.type._cached_result_processor(dialect, column[1]) is None
+            for col, column in zip(self.info.columns.values(), description, strict=True)
+        )
+
+    def stream(
+        self, *args: Any, order_by: Any = None, batch_size: int = 1000, **filters: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Matching rows as plain dicts, read from a server-side cursor ``batch_size`` rows
+        at a time: for reads larger than memory. In ``order_by`` order, else in none. Read
+        it to the end, or close it (``with contextlib.closing(reader.stream()) as rows:``)
+        to free the cursor early."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise BadInput(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
+        statement = self._row_select(args, filters, order_by, paged=False)  # fails here, now
+        return self._streamed(statement, batch_size)
+
+    def _streamed(self, statement: Any, batch_size: int) -> Iterator[dict[str, Any]]:
+        result = self.session.execute(statement, execution_options={"yield_per": batch_size})
+        try:
+            keys = builtins.list(result.keys())
+            for batch in result.partitions():
+                for row in batch:
+                    yield dict(zip(keys, row, strict=True))
+        finally:
+            result.close()
 
 
-class WriteDriver(_Driver[M]):
+class WriteDriver(_Driver[M], _Writes[M]):
     """Every write a controller needs on one model. Writes are flushed, not committed: the
     unit of work (the session's owner, or ``of()``) commits."""
 
@@ -428,99 +803,250 @@ class WriteDriver(_Driver[M]):
     def add_many(
         self, rows: Iterable[M | Mapping[str, Any]], *, returning: bool = False
     ) -> builtins.list[M] | None:
-        """Add many rows (dicts or instances) in bulk: all or nothing. On PostgreSQL (psycopg)
-        without ``returning``, through ``COPY`` of the given columns (the server fills defaults
-        and identity columns); elsewhere one ``INSERT`` executemany. A bad row (a NULL in a
-        NOT NULL column, columns unlike the first row's) is a BadInput naming its index, and
-        nothing is written. With ``returning``, the new instances."""
+        """Add many rows (dicts or instances) in bulk: all or nothing. On PostgreSQL
+        (psycopg) without ``returning``, batches of 100 rows or more go through binary
+        ``COPY`` (types from the table; the server fills defaults and identity columns,
+        Python-side defaults are filled here); smaller ones, and other databases, one
+        ``INSERT`` of many rows. A bad row (a NULL in a NOT NULL column, a value of the
+        wrong type, a duplicate key) is a BadInput naming its index and column, and nothing
+        is written. With ``returning``, the new instances, in the order given."""
         dicts = self.info.check_rows(rows)
         if not dicts:
             return [] if returning else None
         self.session.flush()
-        with self.session.begin_nested():
-            if returning:
-                statement = insert(self.model).returning(self.model)
-                try:
-                    return builtins.list(self.session.scalars(statement, dicts))
-                except IntegrityError as error:
-                    raise BadInput(f"{self.info.name}: {error.orig}") from error
-            connection = self.session.connection()
-            copy = connection.dialect.name == "postgresql" and connection.dialect.driver == (
-                "psycopg"
+        if returning:
+            statement = insert(self.model).returning(self.model, sort_by_parameter_order=True)
+            runs = self._batch(
+                dicts, lambda conn, run: self.session.scalars(statement, builtins.list(run)).all()
             )
-            for run in _groups(dicts):
-                given = self._with_python_defaults([row for _, row in run])
-                try:
-                    if copy:
-                        self._copy(connection, given)
-                    else:
-                        connection.execute(insert(self.info.table), given)
-                except Exception as error:
-                    line = _line_of(error)
-                    where = f"row {run[line][0]}: " if line is not None else ""
-                    if isinstance(error, IntegrityError):
-                        raise BadInput(f"{self.info.name}: {where}{error.orig}") from error
-                    if _is_psycopg_bad_data(error):
-                        raise BadInput(f"{self.info.name}: {where}{error}") from error
-                    raise
+            return [obj for run in runs for obj in run]
+        self._batch(dicts, self._insert_run)
         return None
 
-    def _with_python_defaults(
-        self, dicts: builtins.list[dict[str, Any]]
-    ) -> builtins.list[dict[str, Any]]:
-        # COPY knows only the server's defaults; Python-side ones are filled here, as insert()
-        # would (scalars and plain callables).
-        missing = [
-            (key, col.default)
-            for key, col in self.info.columns.items()
-            if col.default is not None
-            and key not in dicts[0]
-            and not getattr(col.default, "is_sequence", False)
+    def _insert_run(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        keys = builtins.list(rows[0])
+        if bulk.is_copy_connection(connection):
+            if len(rows) >= bulk.COPY_MIN_ROWS and self.info.copyable(keys):
+                names, values = self._copy_values(connection, keys, rows)
+                self._copy(connection, self.info.table, names, values)
+                return
+            # insertmanyvalues: one INSERT of many VALUES (it needs a RETURNING)
+            statement: Any = insert(self.info.table).returning(self.info.columns[self.info.pk])
+        else:
+            statement = insert(self.info.table)
+        connection.execute(statement, [self.info.core_row(r) for r in rows])
+
+    def _copy(
+        self,
+        connection: Connection,
+        table: Table,
+        names: Sequence[str],
+        values: Callable[[], Iterable[Sequence[Any]]],
+    ) -> None:
+        """COPY ``values`` into the columns ``names`` of ``table`` (the model's, or a staging
+        table with its types): binary when psycopg can write every value so, else as text
+        (the binary try undone in a savepoint), which the server parses as INSERT would."""
+        types = bulk.table_types(connection, self.info.table)
+        if types.binary:
+            oids = [types.columns[name].oid for name in names]
+            binary = bulk.copy_statement(connection, table, names, binary=True)
+            try:
+                with self.session.begin_nested():
+                    bulk.copy_rows(self.session.connection(), binary, oids, values())
+                    return
+            except bulk.RowFailed:
+                pass
+        text = bulk.copy_statement(connection, table, names, binary=False)
+        bulk.copy_rows(connection, text, None, values())
+
+    def _copy_values(
+        self, connection: Connection, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]
+    ) -> tuple[builtins.list[str], Callable[[], Iterable[Sequence[Any]]]]:
+        """The column names COPY writes (the given columns, then those with a Python-side
+        default), and a function giving the value tuples one by one, passed through their
+        types' bind processors: made as COPY writes them, not held all at once (a list of
+        100,000 tuples costs more in garbage collection than in making it)."""
+        defaults = self.info.python_defaults(keys)
+        every = [*keys, *(key for key, _ in defaults)]
+        names = [self.info.columns[key].name for key in every]
+        processors = [
+            self.info.columns[key].type._cached_bind_processor(connection.dialect) for key in every
         ]
-        if not missing:
-            return dicts
-        filled = []
-        for row in dicts:
-            row = dict(row)
-            for key, default in missing:
-                arg: Any = getattr(default, "arg", None)
-                row[key] = arg(None) if getattr(default, "is_callable", False) else arg
-            filled.append(row)
-        return filled
+        getter: Callable[[Mapping[str, Any]], Sequence[Any]]
+        if len(keys) == 1:
+            (only,) = keys
+            getter = lambda row: (row[only],)  # noqa: E731
+        else:
+            getter = operator.itemgetter(*keys)
 
-    def _copy(self, connection: Any, dicts: builtins.list[dict[str, Any]]) -> None:
-        from psycopg import sql
+        def values() -> Iterable[Sequence[Any]]:
+            made: Iterable[Sequence[Any]] = map(getter, rows)
+            if defaults:
+                made = ((*v, *(_default_value(d) for _, d in defaults)) for v in made)
+            if any(processors):
+                made = (
+                    tuple(p(x) if p is not None else x for p, x in zip(processors, v, strict=True))
+                    for v in made
+                )
+            return made
 
-        keys = builtins.list(dicts[0])
-        names = [self.info.columns[k].name for k in keys]
+        return names, values
+
+    def upsert_many(
+        self,
+        rows: Iterable[M | Mapping[str, Any]],
+        *,
+        on: str | Sequence[str] | None = None,
+        returning: bool = False,
+    ) -> builtins.list[M] | None:
+        """Add each row, or update the row it matches by ``on`` (the primary key by default,
+        or columns with a unique constraint) with the columns it gives; all or nothing. Of
+        rows with the same ``on`` values, the last wins. On PostgreSQL, batches of 100 rows
+        or more are copied into a temporary table and merged with one ``INSERT ... SELECT
+        ... ON CONFLICT DO UPDATE``; smaller ones, and SQLite, ``INSERT ... ON CONFLICT`` of
+        many rows. With ``returning``, the instances written."""
+        target = self.info.conflict_target(on)
+        dicts, positions = last_wins(self.info.check_rows(rows), target, self.info.name)
+        if not dicts:
+            return [] if returning else None
+        self.session.flush()
+        if returning:
+            runs = self._batch(dicts, lambda c, run: self._upsert_returning(run, target), positions)
+            self._expire_loaded()
+            return [obj for run in runs for obj in run]
+        self._batch(dicts, lambda c, run: self._upsert_run(c, run, target), positions)
+        self._expire_loaded()
+        return None
+
+    def _upsert_statement(self, table: Any, given: Sequence[str], target: Sequence[str]) -> Any:
+        dialect = self.session.get_bind().dialect.name
+        statement: Any
+        if dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            statement = postgresql.insert(table)
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects import sqlite
+
+            statement = sqlite.insert(table)
+        else:
+            raise BadInput(f"upsert is not written for {dialect} yet")
+        cols = self.info.columns
+        set_: dict[str, Any] = {
+            cols[k].name: statement.excluded[cols[k].name] for k in given if k not in target
+        }
+        for key, col in cols.items():
+            onupdate: Any = col.onupdate
+            if key not in given and onupdate is not None and not onupdate.is_sequence:
+                set_[col.name] = (
+                    onupdate.arg if onupdate.is_clause_element else _default_value(onupdate)
+                )
+        if not set_:  # only the matching columns given: touch the row, so it is returned
+            name = cols[target[0]].name
+            set_[name] = statement.excluded[name]
+        return statement.on_conflict_do_update(
+            index_elements=[cols[k].name for k in target], set_=set_
+        )
+
+    def _upsert_returning(
+        self, rows: Sequence[Mapping[str, Any]], target: Sequence[str]
+    ) -> Sequence[M]:
+        statement = self._upsert_statement(self.model, builtins.list(rows[0]), target)
+        statement = statement.returning(self.model, sort_by_parameter_order=True)
+        return self.session.scalars(
+            statement, rows, execution_options={"populate_existing": True}
+        ).all()
+
+    def _upsert_run(
+        self,
+        connection: Connection,
+        rows: Sequence[Mapping[str, Any]],
+        target: Sequence[str],
+    ) -> None:
+        keys = builtins.list(rows[0])
         table = self.info.table
-        target = (
-            sql.Identifier(table.schema, table.name) if table.schema else sql.Identifier(table.name)
-        )
-        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            target, sql.SQL(", ").join(map(sql.Identifier, names))
-        )
-        raw = connection.connection.dbapi_connection
-        with raw.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in dicts:
-                copy.write_row([row[k] for k in keys])
+        if (
+            bulk.is_copy_connection(connection)
+            and len(rows) >= bulk.COPY_MIN_ROWS
+            and self.info.copyable(keys)
+        ):
+            names, values = self._copy_values(connection, keys, rows)
+            every = [*keys, *(key for key, _ in self.info.python_defaults(keys))]
+            columns = [self.info.columns[key] for key in every]
+            staged = bulk.stage(connection, table, columns)
+            self._copy(connection, staged, names, values)
+            statement = self._upsert_statement(table, keys, target)
+            connection.execute(statement.from_select(columns, select(*staged.c)))
+            bulk.drop_stage(connection, staged)
+            return
+        statement = self._upsert_statement(table, keys, target)
+        if bulk.is_copy_connection(connection):
+            statement = statement.returning(self.info.columns[self.info.pk])
+        connection.execute(statement, [self.info.core_row(r) for r in rows])
 
     def update(self, id: Any, **values: Any) -> M:
         """Set ``values`` on the row with primary key ``id`` (NotFound if none); returns it."""
         self.info.check_values(values)
         obj = self.session.get(self.model, id)
         if obj is None:
-            raise NotFound(f"no {self.info.name} with {self.info.pk} {id!r}")
+            raise self._not_found(id)
         for key, value in values.items():
             setattr(obj, key, value)
         self.session.flush()
         return obj  # type: ignore[no-any-return]
 
+    def update_many(
+        self,
+        values_by_id: Mapping[Any, Mapping[str, Any]] | None = None,
+        /,
+        *,
+        where: Any = None,
+        **values: Any,
+    ) -> int:
+        """Update many rows; how many there were. Either ``update_many({id: {column: value},
+        ...})`` (each row its own values; ids not there are left out), or
+        ``update_many(where=..., column=value, ...)`` (the same values on every row matching
+        ``where``: a dict of keyword filters, or SQLAlchemy expressions). All or nothing."""
+        asked = UpdateMany.read(self.info, values_by_id, where, values)
+        if asked.by_id is not None:
+            return self._update_by_id(asked.by_id)
+        clauses = self._where(asked.args, asked.filters)
+        self.session.flush()
+        result: Any = self.session.execute(
+            update(self.model).where(*clauses).values(**asked.values),
+            execution_options={"synchronize_session": "fetch"},
+        )
+        return int(result.rowcount)
+
+    def _update_by_id(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> int:
+        dicts = [{"storekeeper_id": id, **values} for id, values in changes]
+        if not dicts:
+            return 0
+        self.session.flush()
+        counts = self._batch(dicts, self._update_run)
+        self._expire_loaded([d["storekeeper_id"] for d in dicts])
+        return sum(counts)
+
+    def _update_run(self, connection: Connection, run: Sequence[Mapping[str, Any]]) -> int:
+        keys = [k for k in run[0] if k != "storekeeper_id"]
+        cols = self.info.columns
+        statement = (
+            update(self.info.table)
+            .where(cols[self.info.pk] == bindparam("storekeeper_id"))
+            .values({cols[k].key: bindparam(f"storekeeper_{k}") for k in keys})
+        )
+        params = [
+            {"storekeeper_id": row["storekeeper_id"], **{f"storekeeper_{k}": row[k] for k in keys}}
+            for row in run
+        ]
+        result: Any = connection.execute(statement, params)
+        return int(result.rowcount)
+
     def delete(self, id: Any) -> None:
         """Delete the row with primary key ``id`` (NotFound if none)."""
         obj = self.session.get(self.model, id)
         if obj is None:
-            raise NotFound(f"no {self.info.name} with {self.info.pk} {id!r}")
+            raise self._not_found(id)
         self.session.delete(obj)
         self.session.flush()
 
@@ -548,6 +1074,79 @@ class WriteDriver(_Driver[M]):
         )
         return int(result.rowcount)
 
+    # all or nothing, and the bad row named ----------------------------------------------
+
+    def _batch(
+        self,
+        dicts: Sequence[Mapping[str, Any]],
+        write: Callable[[Connection, Sequence[Mapping[str, Any]]], Any],
+        positions: Sequence[int] | None = None,
+    ) -> builtins.list[Any]:
+        """``write`` each run of rows giving the same columns, in one savepoint: all or
+        nothing. A row the database refuses is a BadInput naming its index (its place in
+        ``positions``, when rows were left out) and the column, and nothing is written."""
+        try:
+            with self.session.begin_nested():
+                # asked for inside the savepoint: the session emits SAVEPOINT when it is
+                connection = self.session.connection()
+                return [write(connection, run) for run in _groups(dicts)]
+        except Exception as error:
+            if not _refused(error):
+                raise
+            failure: BaseException = error
+        index, failure = self._first_refused(dicts, write, failure)
+        at = positions[index] if positions is not None else index
+        row = dicts[index]
+        found = bulk.refusal(failure.error if isinstance(failure, bulk.RowFailed) else failure, row)
+        which = f" ({self.info.pk} {row['storekeeper_id']!r})" if "storekeeper_id" in row else ""
+        column = f", column {found.column}" if found.column else ""
+        raise BadInput(
+            f"{self.info.name}: row {at}{which}{column}: {found.message}; nothing was written"
+        ) from failure
+
+    def _first_refused(
+        self,
+        dicts: Sequence[Mapping[str, Any]],
+        write: Callable[[Connection, Sequence[Mapping[str, Any]]], Any],
+        failure: BaseException,
+    ) -> tuple[int, BaseException]:
+        """The first row whose writing fails, and its error: named by COPY when it can
+        (its line, or the row psycopg could not write), else found by writing ever shorter
+        prefixes of the batch, each in a savepoint rolled back."""
+        if len(dicts) == 1:
+            return 0, failure
+        good, bad = 0, len(dicts)  # writing dicts[:good] works, dicts[:bad] fails
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            savepoint = self.session.begin_nested()
+            try:
+                connection = self.session.connection()
+                for run in _groups(dicts[:middle]):
+                    write(connection, run)
+            except Exception as error:
+                savepoint.rollback()
+                if not _refused(error):
+                    raise
+                bad, failure = middle, error
+            else:
+                savepoint.rollback()
+                good = middle
+        return bad - 1, failure
+
+    def _expire_loaded(self, ids: Iterable[Any] | None = None) -> None:
+        """Expire this model's instances in the session after a write that went around it
+        (Core, COPY), so they are read again; only those with ``ids`` when given."""
+        wanted = set(ids) if ids is not None else None
+        for obj in builtins.list(self.session.identity_map.values()):
+            if isinstance(obj, self.model) and (
+                wanted is None or getattr(obj, self.info.pk) in wanted
+            ):
+                self.session.expire(obj)
+
+
+def _refused(error: BaseException) -> bool:
+    return isinstance(error, bulk.RowFailed) or bulk.is_row_refusal(error)
+
 
 def _check_page(number: int, size: int) -> None:
     for what, value in (("number", number), ("size", size)):
@@ -558,19 +1157,3 @@ def _check_page(number: int, size: int) -> None:
 def _describe(args: Sequence[Any], filters: Mapping[str, Any]) -> str:
     shown = [str(a) for a in args] + [f"{k}={v!r}" for k, v in filters.items()]
     return ", ".join(shown) or "(no filter)"
-
-
-def _is_psycopg_bad_data(error: Exception) -> bool:
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - psycopg is a dependency
-        return False
-    return isinstance(error, (psycopg.errors.IntegrityError, psycopg.errors.DataError))
-
-
-def _line_of(error: Exception) -> int | None:
-    """The failed row's index in a COPY, from PostgreSQL's error context (``line N``)."""
-    orig = getattr(error, "orig", error)
-    context = getattr(getattr(orig, "diag", None), "context", None) or ""
-    found = re.search(r"COPY \S+, line (\d+)", context)
-    return int(found.group(1)) - 1 if found else None

@@ -33,6 +33,15 @@ class NotFound(BadInput):
     """An app, store, setting, kind or service that does not exist."""
 
 
+class MultipleFound(StorekeeperError):
+    """A query that must match one row (a driver's ``one()``) matched more than one."""
+
+
+class BadCursor(BadInput):
+    """A keyset pagination cursor that was tampered with, signed with another key, or made by
+    another query (other filters, order or model)."""
+
+
 class NotAssigned(ConfigError):
     """A store or server setting that no service is plugged into."""
 

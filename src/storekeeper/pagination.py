@@ -55,6 +55,24 @@ class Page:
         return iter(self.items)
 
 
+@dataclass(frozen=True)
+class KeysetPage:
+    """``size`` items after a keyset cursor (a driver's ``after()``), and the cursor of the
+    page after them: ``None`` when there is none."""
+
+    items: Sequence[Any]
+    size: int
+    next_cursor: str | None
+
+    @property
+    def has_next(self) -> bool:
+        """Whether there is a page after this one."""
+        return self.next_cursor is not None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
+
+
 def paginate(
     session: Session,
     statement: Select[Any],

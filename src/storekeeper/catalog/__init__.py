@@ -8,6 +8,7 @@ Its schema carries a version, so later releases can change it (see :mod:`.tables
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ __all__ = ["BackupRecord", "Catalog", "Event", "RuntimeStore"]
 
 # Advisory lock key held while a PostgreSQL catalog's schema is made or upgraded.
 _CATALOG_LOCK = 0x73746F72656B6565  # "storekee"
+
+# The storekeeper_meta row holding the key that signs keyset pagination cursors.
+_CURSOR_KEY = "cursor_signing_key"
 
 
 def _sqlite_journal(dbapi_conn: Any, _record: Any) -> None:
@@ -142,6 +146,7 @@ class Catalog:
                 "check STOREKEEPER_CATALOG or 'catalog' in storekeeper.toml"
             )
         self._engine: Engine | None = None
+        self._cursor_key: bytes | None = None
 
     def __repr__(self) -> str:
         return f"Catalog({self.display_url!r})"
@@ -218,6 +223,21 @@ class Catalog:
                 select(t.meta.c.value).where(t.meta.c.key == "schema_version")
             ).scalar()
         return int(raw or 0)
+
+    def cursor_key(self) -> bytes:
+        """The key this site signs keyset pagination cursors with (``after()`` of the read
+        drivers): 32 random bytes, made on first use and kept in ``storekeeper_meta``, so
+        every process of the site signs and checks alike. Read once per catalog object."""
+        if self._cursor_key is None:
+            made = secrets.token_hex(32)
+            with self.engine.begin() as conn:
+                # Two processes making it at once: one insert wins, both read the winner.
+                _insert(conn, t.meta, {"key": _CURSOR_KEY, "value": made}, replace=())
+                kept = conn.execute(
+                    select(t.meta.c.value).where(t.meta.c.key == _CURSOR_KEY)
+                ).scalar_one()
+            self._cursor_key = bytes.fromhex(kept)
+        return self._cursor_key
 
     def close(self) -> None:
         """Close the catalog's connections."""

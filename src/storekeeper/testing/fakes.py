@@ -7,21 +7,35 @@ tests/test_drivers.py, runs on both), for any mapped model, without a database::
 
 What they cannot do: run SQL. A positional filter may be a simple comparison of a column
 with a value (``StreamGage.value > 3``); anything else is a BadInput. Server defaults are
-filled only when they are a plain string.
+filled only when they are a plain string; ``onupdate`` only when it is a value or a function.
+Unique constraints the model declares are kept; types are not checked (as SQLite does not).
+Cursors of ``after()`` are signed with a key of the fake table's own (or ``cursor_key=``).
 """
 
 from __future__ import annotations
 
 import builtins
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ColumnClause, True_
 
-from ..drivers import ModelInfo, MultipleFound, _check_page, _describe, model_info
-from ..errors import BadInput, NotFound
-from ..pagination import Page
+from ..drivers import (
+    CursorKey,
+    ModelInfo,
+    UpdateMany,
+    _check_page,
+    _default_value,
+    _describe,
+    _Shared,
+    _Writes,
+    last_wins,
+    model_info,
+)
+from ..errors import BadInput, MultipleFound, NotFound
+from ..pagination import KeysetPage, Page
 
 M = TypeVar("M")
 
@@ -38,23 +52,30 @@ _OPERATORS: dict[Any, Callable[[Any, Any], Any]] = {
 class FakeTable(Generic[M]):
     """The rows of one model, by primary key: what a fake reader and writer share."""
 
-    def __init__(self, model: type[M], rows: Iterable[M | Mapping[str, Any]] = ()):
+    def __init__(
+        self,
+        model: type[M],
+        rows: Iterable[M | Mapping[str, Any]] = (),
+        *,
+        cursor_key: CursorKey | None = None,
+    ):
         self.model = model
         self.info: ModelInfo = model_info(model)
         self.rows: dict[Any, M] = {}
-        for row in rows:
-            self.insert(row, 0)
+        self.cursor_key: CursorKey = cursor_key or secrets.token_bytes(32)
+        for i, row in enumerate(rows):
+            self.insert(row, i)
 
     def new(self, row: M | Mapping[str, Any], index: int) -> M:
         """``row`` as an instance, with the defaults a database would fill."""
-        values = self.info.as_row(row, index)
+        values = dict(self.info.as_row(row, index))
         for key, col in self.info.columns.items():
             if key in values:
                 continue
             default: Any = col.default
             server: Any = col.server_default
-            if default is not None and not getattr(default, "is_sequence", False):
-                values[key] = default.arg(None) if default.is_callable else default.arg
+            if default is not None and not default.is_sequence and not default.is_clause_element:
+                values[key] = _default_value(default)
             elif server is not None and isinstance(getattr(server, "arg", None), str):
                 values[key] = server.arg
             elif key == self.info.pk and values.get(key) is None:
@@ -66,26 +87,77 @@ class FakeTable(Generic[M]):
             setattr(obj, key, value)
         return obj
 
+    def clash(self, obj: M, row: int | str) -> None:
+        """BadInput when ``obj`` has the values of another row in a unique column set, as
+        the database's duplicate key error; ``row`` names it (its index)."""
+        for unique in self.info.unique_sets:
+            mine = tuple(getattr(obj, k) for k in unique)
+            if any(v is None for v in mine):
+                continue  # NULLs are never equal, in a unique constraint too
+            for other in self.rows.values():
+                if other is not obj and tuple(getattr(other, k) for k in unique) == mine:
+                    shown = ", ".join(unique)
+                    raise BadInput(
+                        f"{self.info.name}: row {row}, column {shown}: duplicate key "
+                        f"({shown})=({', '.join(map(str, mine))}); nothing was written"
+                    )
+
     def insert(self, row: M | Mapping[str, Any], index: int) -> M:
         obj = self.new(row, index)
-        key = getattr(obj, self.info.pk)
-        if key in self.rows:
-            raise BadInput(f"{self.info.name}: row {index}: duplicate {self.info.pk} {key!r}")
-        self.rows[key] = obj
+        self.clash(obj, index)
+        self.rows[getattr(obj, self.info.pk)] = obj
         return obj
 
+    def set(self, obj: M, values: Mapping[str, Any], row: int | str) -> None:
+        """Set ``values`` on ``obj``, and the ``onupdate`` of the columns not given; checked
+        for duplicate keys first (nothing is set then)."""
+        every = dict(values)
+        for key, col in self.info.columns.items():
+            onupdate: Any = col.onupdate
+            if (
+                key not in every
+                and onupdate is not None
+                and not onupdate.is_sequence
+                and not onupdate.is_clause_element
+            ):
+                every[key] = _default_value(onupdate)
+        before = {key: getattr(obj, key) for key in every}
+        for key, value in every.items():
+            setattr(obj, key, value)
+        try:
+            self.clash(obj, row)
+        except BadInput:
+            for key, value in before.items():
+                setattr(obj, key, value)
+            raise
 
-class _FakeDriver(Generic[M]):
+    def keep(self) -> Callable[[], None]:
+        """A function that puts every row back as it is now (all or nothing)."""
+        rows = dict(self.rows)
+        values = {id(obj): {k: getattr(obj, k) for k in self.info.columns} for obj in rows.values()}
+
+        def restore() -> None:
+            self.rows = rows
+            for obj in rows.values():
+                for key, value in values[id(obj)].items():
+                    setattr(obj, key, value)
+
+        return restore
+
+
+class _FakeDriver(_Shared[M]):
     def __init__(
         self,
         model: type[M],
         rows: Iterable[M | Mapping[str, Any]] = (),
         *,
         table: FakeTable[M] | None = None,
+        cursor_key: CursorKey | None = None,
     ):
         self.model = model
-        self.table = table if table is not None else FakeTable(model, rows)
+        self.table = table if table is not None else FakeTable(model, rows, cursor_key=cursor_key)
         self.info = self.table.info
+        self._cursor_key = cursor_key or self.table.cursor_key
 
     def _select(
         self, args: Sequence[Any], filters: Mapping[str, Any], order_by: Any = None
@@ -102,6 +174,21 @@ class _FakeDriver(Generic[M]):
         for key, desc in reversed(order):
             found.sort(key=_sort_key(key), reverse=desc)
         return found
+
+
+def _is_after(obj: Any, order: Sequence[tuple[str, bool]], values: Sequence[Any]) -> bool:
+    """Whether ``obj`` sorts after the row whose sort columns hold ``values`` (NULLs last
+    ascending, first descending, as the real drivers' keyset sort)."""
+    for (key, desc), value in zip(order, values, strict=True):
+        mine = getattr(obj, key)
+        if mine == value or (mine is None and value is None):
+            continue
+        if mine is None:
+            return not desc
+        if value is None:
+            return desc
+        return bool(mine < value) if desc else bool(mine > value)
+    return False
 
 
 def _sort_key(key: str) -> Callable[[Any], tuple[bool, Any]]:
@@ -130,12 +217,6 @@ class FakeReadDriver(_FakeDriver[M]):
 
     def get(self, id: Any) -> M | None:
         return self.table.rows.get(id)
-
-    def get_or_raise(self, id: Any) -> M:
-        found = self.get(id)
-        if found is None:
-            raise NotFound(f"no {self.info.name} with {self.info.pk} {id!r}")
-        return found
 
     def get_many(self, ids: Iterable[Any]) -> builtins.list[M]:
         return [self.table.rows[i] for i in ids if i in self.table.rows]
@@ -170,6 +251,18 @@ class FakeReadDriver(_FakeDriver[M]):
         found = self._select(args, filters, order_by)
         return Page(found[(number - 1) * size : number * size], number, size, len(found))
 
+    def after(
+        self, cursor: str | None, size: int, *args: Any, order_by: Any = None, **filters: Any
+    ) -> KeysetPage:
+        _check_page(1, size)
+        order = self.info.keyset_order(order_by)
+        query = self._keyset_query(order, args, filters)
+        values = self._keyset_values(cursor, order, query)
+        found = self._select(args, filters, [f"-{k}" if desc else k for k, desc in order])
+        if values is not None:
+            found = [obj for obj in found if _is_after(obj, order, values)]
+        return self._keyset_page(found[: size + 1], size, order, query)
+
     def count(self, *args: Any, **filters: Any) -> int:
         return len(self._select(args, filters))
 
@@ -188,8 +281,15 @@ class FakeReadDriver(_FakeDriver[M]):
         found = found if limit is None else found[:limit]
         return [{k: getattr(o, k) for k in self.info.columns} for o in found]
 
+    def stream(
+        self, *args: Any, order_by: Any = None, batch_size: int = 1000, **filters: Any
+    ) -> Iterator[dict[str, Any]]:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise BadInput(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
+        return iter(self.rows(*args, order_by=order_by, **filters))
 
-class FakeWriteDriver(_FakeDriver[M]):
+
+class FakeWriteDriver(_FakeDriver[M], _Writes[M]):
     """WriteDriver's contract on an in-memory table."""
 
     def add(self, row: M | Mapping[str, Any]) -> M:
@@ -201,26 +301,82 @@ class FakeWriteDriver(_FakeDriver[M]):
     ) -> builtins.list[M] | None:
         given = builtins.list(rows)
         self.info.check_rows(given)
-        before = dict(self.table.rows)
+        restore = self.table.keep()
         try:
             added = [self.table.insert(row, i) for i, row in enumerate(given)]
         except BadInput:
-            self.table.rows = before  # all or nothing
+            restore()  # all or nothing
             raise
         return added if returning else None
+
+    def upsert_many(
+        self,
+        rows: Iterable[M | Mapping[str, Any]],
+        *,
+        on: str | Sequence[str] | None = None,
+        returning: bool = False,
+    ) -> builtins.list[M] | None:
+        target = self.info.conflict_target(on)
+        dicts, positions = last_wins(self.info.check_rows(rows), target, self.info.name)
+        restore = self.table.keep()
+        written = []
+        try:
+            for row, index in zip(dicts, positions, strict=True):
+                match = next(
+                    (
+                        obj
+                        for obj in self.table.rows.values()
+                        if all(getattr(obj, k) == row[k] for k in target)
+                    ),
+                    None,
+                )
+                if match is None:
+                    written.append(self.table.insert(dict(row), index))
+                else:
+                    self.table.set(match, {k: v for k, v in row.items() if k not in target}, index)
+                    written.append(match)
+        except BadInput:
+            restore()
+            raise
+        return written if returning else None
 
     def update(self, id: Any, **values: Any) -> M:
         self.info.check_values(values)
         obj = self.table.rows.get(id)
         if obj is None:
-            raise NotFound(f"no {self.info.name} with {self.info.pk} {id!r}")
-        for key, value in values.items():
-            setattr(obj, key, value)
+            raise self._not_found(id)
+        self.table.set(obj, values, 0)
         return obj
+
+    def update_many(
+        self,
+        values_by_id: Mapping[Any, Mapping[str, Any]] | None = None,
+        /,
+        *,
+        where: Any = None,
+        **values: Any,
+    ) -> int:
+        asked = UpdateMany.read(self.info, values_by_id, where, values)
+        changes = asked.by_id
+        if changes is None:
+            found = self._select(asked.args, asked.filters)
+            changes = [(getattr(obj, self.info.pk), asked.values) for obj in found]
+        restore = self.table.keep()
+        count = 0
+        try:
+            for index, (id, given) in enumerate(changes):
+                obj = self.table.rows.get(id)
+                if obj is not None:
+                    self.table.set(obj, given, f"{index} ({self.info.pk} {id!r})")
+                    count += 1
+        except BadInput:
+            restore()
+            raise
+        return count
 
     def delete(self, id: Any) -> None:
         if id not in self.table.rows:
-            raise NotFound(f"no {self.info.name} with {self.info.pk} {id!r}")
+            raise self._not_found(id)
         del self.table.rows[id]
 
     def delete_many(self, ids: Iterable[Any]) -> int:
@@ -240,8 +396,11 @@ class FakeWriteDriver(_FakeDriver[M]):
 
 
 def fake_drivers(
-    model: type[M], rows: Iterable[M | Mapping[str, Any]] = ()
+    model: type[M],
+    rows: Iterable[M | Mapping[str, Any]] = (),
+    *,
+    cursor_key: CursorKey | None = None,
 ) -> tuple[FakeReadDriver[M], FakeWriteDriver[M]]:
     """A fake reader and writer of ``model`` sharing one in-memory table of ``rows``."""
-    table = FakeTable(model, rows)
+    table = FakeTable(model, rows, cursor_key=cursor_key)
     return FakeReadDriver(model, table=table), FakeWriteDriver(model, table=table)
