@@ -1,12 +1,15 @@
-"""The drivers' contract, one suite run three times: ReadDriver/WriteDriver on a real
-PostgreSQL (through COPY for add_many) and on SQLite, and the in-memory fakes of
-storekeeper.testing.fakes. A controller unit-tested with the fakes behaves the same on the
-database."""
+"""The drivers' contract, one suite run five times: ReadDriver/WriteDriver on a real
+PostgreSQL (through COPY for add_many) and on SQLite, their async twins (AsyncReadDriver/
+AsyncWriteDriver on psycopg's async mode and aiosqlite, called through a small adapter), and
+the in-memory fakes of storekeeper.testing.fakes. A controller unit-tested with the fakes
+behaves the same on the database, sync or async."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +18,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import String, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from conftest import write_config
 from storekeeper import App, BadInput, NotFound, Store
 from storekeeper.backends.sqlite import take_over_transactions
 from storekeeper.drivers import MultipleFound, ReadDriver, WriteDriver
+from storekeeper.drivers_async import AsyncReadDriver, AsyncWriteDriver
 from storekeeper.site import Site
 from storekeeper.testing.fakes import fake_drivers
 
@@ -43,6 +48,14 @@ class GageReader(ReadDriver[Gage]):
 
 
 class GageWriter(WriteDriver[Gage]):
+    model = Gage
+
+
+class AsyncGageReader(AsyncReadDriver[Gage]):
+    pass
+
+
+class AsyncGageWriter(AsyncWriteDriver[Gage]):
     model = Gage
 
 
@@ -91,7 +104,34 @@ def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engin
     engine.dispose()
 
 
-@pytest.fixture(params=["postgresql", "sqlite", "fake"])
+class Blocking:
+    """An async driver called from sync test code: each coroutine method is run to its end
+    on the test's event loop, an async generator's items are collected in a list."""
+
+    def __init__(self, driver: Any, runner: asyncio.Runner) -> None:
+        self._driver, self._runner = driver, runner
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._driver, name)
+        if inspect.isasyncgenfunction(method):
+            return lambda *a, **kw: self._runner.run(_collect(method(*a, **kw)))
+        if inspect.iscoroutinefunction(method):
+            return lambda *a, **kw: self._runner.run(method(*a, **kw))
+        return method
+
+
+async def _collect(items: AsyncIterator[Any]) -> list[Any]:
+    return [item async for item in items]
+
+
+def async_twin_url(engine: sa.Engine) -> sa.URL:
+    """``engine``'s database through psycopg's async mode or aiosqlite."""
+    url = engine.url
+    sqlite = url.get_backend_name() == "sqlite"
+    return url.set(drivername="sqlite+aiosqlite" if sqlite else url.drivername)
+
+
+@pytest.fixture(params=["postgresql", "sqlite", "fake", "postgresql-async", "sqlite-async"])
 def drivers(request: pytest.FixtureRequest) -> Iterator[Drivers]:
     """A reader and a writer of Gage seeded with SEED; what a test writes is rolled back."""
     if request.param == "fake":
@@ -99,7 +139,11 @@ def drivers(request: pytest.FixtureRequest) -> Iterator[Drivers]:
         write.add_many(SEED)
         yield Drivers("fake", read, write)
         return
-    engine: sa.Engine = request.getfixturevalue(f"{request.param}_engine")
+    backend, _, mode = request.param.partition("-")
+    engine: sa.Engine = request.getfixturevalue(f"{backend}_engine")
+    if mode == "async":
+        yield from async_drivers(engine, request.param)
+        return
     with engine.connect() as connection:
         outer = connection.begin()
         session = Session(bind=connection, join_transaction_mode="create_savepoint")
@@ -108,6 +152,35 @@ def drivers(request: pytest.FixtureRequest) -> Iterator[Drivers]:
         yield Drivers(request.param, GageReader(session), writer, session)
         session.close()
         outer.rollback()
+
+
+def async_drivers(engine: sa.Engine, name: str) -> Iterator[Drivers]:
+    """The async twins on an AsyncSession in a transaction rolled back after the test, on
+    one event loop per test."""
+    with asyncio.Runner() as runner:
+        async_engine = create_async_engine(async_twin_url(engine))
+        if engine.dialect.name == "sqlite":
+            take_over_transactions(async_engine.sync_engine)
+
+        async def begin() -> AsyncSession:
+            connection = await async_engine.connect()
+            await connection.begin()
+            return AsyncSession(bind=connection, join_transaction_mode="create_savepoint")
+
+        session = runner.run(begin())
+        writer = AsyncGageWriter(session)
+        runner.run(writer.add_many(SEED))
+        read = Blocking(AsyncGageReader(session), runner)
+        yield Drivers(name, read, Blocking(writer, runner), session.sync_session)
+
+        async def end() -> None:
+            connection = session.bind
+            await session.close()
+            await connection.rollback()  # type: ignore[union-attr]
+            await connection.close()  # type: ignore[union-attr]
+            await async_engine.dispose()
+
+        runner.run(end())
 
 
 def ids(d: Drivers, *names: str) -> list[int]:
@@ -286,7 +359,7 @@ def test_a_bad_row_in_add_many_writes_nothing_and_names_the_row(drivers: Drivers
 
 
 # Only PostgreSQL: SQLite and the fakes take any value in a REAL column.
-@pytest.mark.parametrize("drivers", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("drivers", ["postgresql", "postgresql-async"], indirect=True)
 def test_a_row_postgresql_refuses_in_copy_is_named_and_nothing_is_written(
     drivers: Drivers,
 ) -> None:
@@ -341,5 +414,145 @@ def test_of_opens_and_ends_its_own_unit_of_work(project: Path) -> None:
             assert reader.count() == len(SEED)
             assert reader.session.in_transaction()
         assert not reader.session.in_transaction()
+    finally:
+        site.close()
+
+
+# The async twins ---------------------------------------------------------------------
+
+
+def public_methods(cls: type) -> set[str]:
+    return {n for n, _ in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")}
+
+
+def typed_declarations(cls: type) -> set[str]:
+    """The names a twin declares for mypy (``name = Awaiting(sync.name)`` under
+    ``if TYPE_CHECKING:``), read from its source."""
+    import ast
+
+    tree = ast.parse(inspect.getsource(cls))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            called = node.value.func
+            if isinstance(called, ast.Name) and called.id in ("Awaiting", "Streaming"):
+                found |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return found
+
+
+@pytest.mark.parametrize(
+    ("twin", "sync"), [(AsyncReadDriver, ReadDriver), (AsyncWriteDriver, WriteDriver)]
+)
+def test_every_sync_method_has_an_async_twin_typed_for_mypy(twin: type, sync: type) -> None:
+    methods = public_methods(sync)
+    assert methods <= public_methods(twin)
+    for name in methods:
+        assert inspect.iscoroutinefunction(getattr(twin, name)), name
+        assert getattr(twin, name).__doc__ == getattr(sync, name).__doc__
+    missing = methods - typed_declarations(twin)
+    assert not missing, (
+        f"{twin.__name__} has no typed declaration for {sorted(missing)}: add "
+        f"`NAME = Awaiting(sync.NAME)` (Streaming for an iterator) to its TYPE_CHECKING block"
+    )
+
+
+def test_an_async_driver_without_a_model_says_how_to_name_one(
+    sqlite_engine: sa.Engine,
+) -> None:
+    class Nameless(AsyncWriteDriver[Any]):
+        pass
+
+    engine = create_async_engine(async_twin_url(sqlite_engine))
+    with pytest.raises(
+        BadInput, match=r"Nameless names no model: declare it as class Nameless\(AsyncWriteDriver"
+    ):
+        Nameless(AsyncSession(engine))
+    with pytest.raises(BadInput, match=r"Wrong.sync_driver must be a ReadDriver class"):
+
+        class Wrong(AsyncReadDriver[Gage]):
+            sync_driver = GageWriter  # type: ignore[assignment]
+
+
+class GageNames(ReadDriver[Gage]):
+    """A sync driver with methods of its own; its twin gets them too."""
+
+    closed: list[str] = []
+
+    def names(self, **filters: Any) -> Iterator[str]:
+        statement = sa.select(Gage.name).where(*self._where((), filters)).order_by(Gage.id)
+        try:
+            for row in self.session.execute(statement.execution_options(yield_per=2)):
+                yield row.name
+        finally:
+            self.closed.append("names")
+
+    def deepest(self) -> Gage:
+        return self.one(depth=sa.select(sa.func.max(Gage.depth)).scalar_subquery())
+
+
+class AsyncGageNames(AsyncReadDriver[Gage]):
+    sync_driver = GageNames
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_a_twin_of_a_sync_driver_of_ones_own_streams_its_iterators(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    from contextlib import aclosing
+
+    engine: sa.Engine = request.getfixturevalue(f"{backend}_engine")
+    GageNames.closed.clear()
+
+    async def run() -> None:
+        async_engine = create_async_engine(async_twin_url(engine))
+        if backend == "sqlite":
+            take_over_transactions(async_engine.sync_engine)
+        try:
+            async with AsyncSession(async_engine) as session:
+                await AsyncGageWriter(session).add_many(SEED)
+                gages = AsyncGageNames(session)
+                assert inspect.isasyncgenfunction(AsyncGageNames.names)
+                assert [n async for n in gages.names()] == [r["name"] for r in SEED]
+                assert [n async for n in gages.names(kind="canal")] == ["provo river", "Ogden_50%"]
+                assert GageNames.closed == ["names", "names"]
+                async with aclosing(gages.names()) as names:
+                    async for name in names:
+                        assert name == "Provo"
+                        break
+                # Left early, the sync generator (and its cursor) was closed at once.
+                assert GageNames.closed == ["names"] * 3
+                assert (await gages.deepest()).name == "Ogden_50%"  # its own method, awaited
+                assert await gages.count() == len(SEED)  # and ReadDriver's
+                await session.rollback()
+        finally:
+            await async_engine.dispose()
+
+    asyncio.run(run())
+
+
+def test_async_of_opens_and_ends_its_own_unit_of_work(project: Path) -> None:
+    write_config(project, 'default_service = "main"\n[services]\nmain = "sqlite:///stores"\n')
+    site = Site.load()
+    app = App(f"d{uuid.uuid4().hex[:8]}", stores=[Store("gages_db", metadata=Base.metadata)])
+    app.bind(site)
+
+    async def run() -> None:
+        async with AsyncGageWriter.of(app, "gages_db") as gages:
+            await gages.add_many(SEED)
+        with pytest.raises(RuntimeError):
+            async with AsyncGageWriter.of(app, "gages_db") as gages:
+                assert await gages.delete_where(kind="canal") == 2
+                raise RuntimeError("rolled back")
+        async with AsyncGageReader.of(app, "gages_db") as reader:
+            assert await reader.count() == len(SEED)
+            assert reader.session.in_transaction()
+            found = await reader.get_or_raise(1)
+            assert isinstance(found, Gage) and found.name == "Provo"
+        assert not reader.session.in_transaction()
+        await site.dispose_async_engines()
+
+    try:
+        app.sync()
+        asyncio.run(run())
     finally:
         site.close()

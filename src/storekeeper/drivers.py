@@ -29,7 +29,7 @@ from .pagination import Page
 if TYPE_CHECKING:
     from typing import Self
 
-    from sqlalchemy import Column, Table
+    from sqlalchemy import Column, Connection, Table
     from sqlalchemy.orm import Session
 
     from .declare import App
@@ -305,6 +305,11 @@ class _Driver(Generic[M]):
         with app.session(store) as session:
             yield cls(session)
 
+    def _dbapi_connection(self, connection: Connection) -> Any:
+        """The DBAPI connection under ``connection``, for driver-level calls (COPY); the async
+        twins (drivers_async) give psycopg's AsyncConnection with a sync interface."""
+        return connection.connection.dbapi_connection
+
     @property
     def dialect(self) -> str:
         return self.session.get_bind().dialect.name
@@ -500,7 +505,7 @@ class WriteDriver(_Driver[M]):
         statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
             target, sql.SQL(", ").join(map(sql.Identifier, names))
         )
-        raw = connection.connection.dbapi_connection
+        raw = self._dbapi_connection(connection)
         with raw.cursor() as cursor, cursor.copy(statement) as copy:
             for row in dicts:
                 copy.write_row([row[k] for k in keys])
