@@ -398,24 +398,31 @@ def test_delete_delete_many_and_delete_where(drivers: Drivers) -> None:
     assert drivers.read.count() == 0
 
 
-def test_of_opens_and_ends_its_own_unit_of_work(project: Path) -> None:
+@pytest.fixture
+def gages_app(project: Path) -> Iterator[App]:
+    """An app with store gages_db (Gage's table) on SQLite files, synced."""
     write_config(project, 'default_service = "main"\n[services]\nmain = "sqlite:///stores"\n')
     site = Site.load()
     app = App(f"d{uuid.uuid4().hex[:8]}", stores=[Store("gages_db", metadata=Base.metadata)])
     app.bind(site)
     try:
         app.sync()
-        with GageWriter.of(app, "gages_db") as gages:
-            gages.add_many(SEED)
-        with pytest.raises(RuntimeError), GageWriter.of(app, "gages_db") as gages:
-            gages.delete_where(kind="canal")
-            raise RuntimeError("rolled back")
-        with GageReader.of(app, "gages_db") as reader:
-            assert reader.count() == len(SEED)
-            assert reader.session.in_transaction()
-        assert not reader.session.in_transaction()
+        yield app
     finally:
         site.close()
+
+
+def test_of_opens_and_ends_its_own_unit_of_work(gages_app: App) -> None:
+    app = gages_app
+    with GageWriter.of(app, "gages_db") as gages:
+        gages.add_many(SEED)
+    with pytest.raises(RuntimeError), GageWriter.of(app, "gages_db") as gages:
+        gages.delete_where(kind="canal")
+        raise RuntimeError("rolled back")
+    with GageReader.of(app, "gages_db") as reader:
+        assert reader.count() == len(SEED)
+        assert reader.session.in_transaction()
+    assert not reader.session.in_transaction()
 
 
 # The async twins ---------------------------------------------------------------------
@@ -530,11 +537,8 @@ def test_a_twin_of_a_sync_driver_of_ones_own_streams_its_iterators(
     asyncio.run(run())
 
 
-def test_async_of_opens_and_ends_its_own_unit_of_work(project: Path) -> None:
-    write_config(project, 'default_service = "main"\n[services]\nmain = "sqlite:///stores"\n')
-    site = Site.load()
-    app = App(f"d{uuid.uuid4().hex[:8]}", stores=[Store("gages_db", metadata=Base.metadata)])
-    app.bind(site)
+def test_async_of_opens_and_ends_its_own_unit_of_work(gages_app: App) -> None:
+    app = gages_app
 
     async def run() -> None:
         async with AsyncGageWriter.of(app, "gages_db") as gages:
@@ -549,13 +553,9 @@ def test_async_of_opens_and_ends_its_own_unit_of_work(project: Path) -> None:
             found = await reader.get_or_raise(1)
             assert isinstance(found, Gage) and found.name == "Provo"
         assert not reader.session.in_transaction()
-        await site.dispose_async_engines()
+        await app.site.dispose_async_engines()
 
-    try:
-        app.sync()
-        asyncio.run(run())
-    finally:
-        site.close()
+    asyncio.run(run())
 
 
 @pytest.mark.xfail(
@@ -566,18 +566,10 @@ def test_async_of_opens_and_ends_its_own_unit_of_work(project: Path) -> None:
     "passes there)",
 )
 def test_add_many_is_rolled_back_with_its_unit_of_work_on_an_apps_sqlite_store(
-    project: Path,
+    gages_app: App,
 ) -> None:
-    write_config(project, 'default_service = "main"\n[services]\nmain = "sqlite:///stores"\n')
-    site = Site.load()
-    app = App(f"d{uuid.uuid4().hex[:8]}", stores=[Store("gages_db", metadata=Base.metadata)])
-    app.bind(site)
-    try:
-        app.sync()
-        with pytest.raises(RuntimeError), GageWriter.of(app, "gages_db") as gages:
-            gages.add_many(SEED)
-            raise RuntimeError("rolled back")
-        with GageReader.of(app, "gages_db") as reader:
-            assert reader.count() == 0
-    finally:
-        site.close()
+    with pytest.raises(RuntimeError), GageWriter.of(gages_app, "gages_db") as gages:
+        gages.add_many(SEED)
+        raise RuntimeError("rolled back")
+    with GageReader.of(gages_app, "gages_db") as reader:
+        assert reader.count() == 0
