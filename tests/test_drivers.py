@@ -537,6 +537,42 @@ def test_a_twin_of_a_sync_driver_of_ones_own_streams_its_iterators(
     asyncio.run(run())
 
 
+def test_psycopgs_async_connection_serves_sync_driver_code_in_the_greenlet(
+    postgresql_engine: sa.Engine,
+) -> None:
+    """What a sync driver's COPY helper does with the connection a twin gives it: cursors,
+    COPY FROM with types, COPY TO read back, all awaited inside SQLAlchemy's greenlet."""
+
+    def sync_code(session: Session) -> tuple[Any, list[Any], list[Any]]:
+        raw = AsyncGageWriter.sync_driver(session)._dbapi_connection(session.connection())
+        with raw.cursor() as cursor:
+            cursor.execute("CREATE TEMPORARY TABLE copied (n int, t text)")
+            with cursor.copy("COPY copied (n, t) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["int4", "text"])
+                for n in range(3):
+                    copy.write_row([n, f"row {n}"])
+            cursor.execute("SELECT count(*), max(t) FROM copied")
+            counted = cursor.fetchone()
+            with cursor.copy("COPY (SELECT n FROM copied ORDER BY n) TO STDOUT") as copy:
+                rows = list(copy.rows())
+            with cursor.copy("COPY (SELECT 7) TO STDOUT") as copy:
+                chunks = [bytes(chunk) for chunk in copy]
+        return counted, rows, chunks
+
+    async def run() -> tuple[Any, list[Any], list[Any]]:
+        async_engine = create_async_engine(async_twin_url(postgresql_engine))
+        try:
+            async with AsyncSession(async_engine) as session:
+                return await session.run_sync(sync_code)
+        finally:
+            await async_engine.dispose()
+
+    counted, rows, chunks = asyncio.run(run())
+    assert tuple(counted) == (3, "row 2")
+    assert rows == [("0",), ("1",), ("2",)]
+    assert b"".join(chunks) == b"7\n"
+
+
 def test_async_of_opens_and_ends_its_own_unit_of_work(gages_app: App) -> None:
     app = gages_app
 

@@ -193,9 +193,7 @@ def _blocking(result: Any, enter: bool = True) -> Any:
 
     if inspect.isawaitable(result) and not hasattr(result, "__aenter__"):
         result = await_only(result)
-    kind = type(result).__module__
-    iterates = kind.startswith("psycopg") and hasattr(result, "__aiter__")
-    if hasattr(result, "__aenter__") or iterates:
+    if hasattr(result, "__aenter__") or hasattr(result, "__aiter__"):
         return _Blocking(result)
     return result
 
