@@ -3,14 +3,15 @@ drivers' methods have the sync ones' parameters and results, the model included.
 
 from __future__ import annotations
 
-from typing import Any, assert_type
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, assert_type, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from storekeeper import App
 from storekeeper.drivers import ReadDriver, WriteDriver
-from storekeeper.drivers_async import AsyncReadDriver, AsyncWriteDriver
+from storekeeper.drivers_async import AsyncReadDriver, AsyncWriteDriver, Awaiting, Streaming
 from storekeeper.pagination import Page
 
 
@@ -30,6 +31,30 @@ class GageReader(AsyncReadDriver[Gage]):
 
 class GageWriter(AsyncWriteDriver[Gage]):
     pass
+
+
+class HighGages(ReadDriver[Gage]):
+    def highest(self) -> Gage | None:
+        return self.first(order_by="-value")
+
+    def values(self) -> Iterator[int]:
+        yield from (g.value for g in self.find())
+
+
+class AsyncHighGages(AsyncReadDriver[Gage]):
+    sync_driver = HighGages
+
+    if TYPE_CHECKING:  # its own methods, for mypy, as AsyncReadDriver declares ReadDriver's
+        sync: HighGages = cast("HighGages", None)
+        highest = Awaiting(sync.highest)
+        values = Streaming(sync.values)
+
+
+async def a_twins_own_methods_are_typed_too(session: AsyncSession) -> None:
+    gages = AsyncHighGages(session)
+    assert_type(await gages.highest(), Gage | None)
+    assert_type([v async for v in gages.values()], list[int])
+    assert_type(await gages.count(), int)
 
 
 async def each_method_returns_what_its_sync_twin_does(session: AsyncSession, app: App) -> None:
