@@ -32,6 +32,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar, cast
 
+from sqlalchemy.util import await_only
+
 from .drivers import ReadDriver, WriteDriver, _Driver, model_of
 from .errors import BadInput
 
@@ -168,18 +170,12 @@ class _Blocking:
         return call
 
     def __enter__(self) -> Any:
-        from sqlalchemy.util import await_only
-
-        return _blocking(await_only(self._target.__aenter__()), enter=False)
+        return _blocking(await_only(self._target.__aenter__()))
 
     def __exit__(self, *exc: Any) -> Any:
-        from sqlalchemy.util import await_only
-
         return await_only(self._target.__aexit__(*exc))
 
     def __iter__(self) -> Iterator[Any]:
-        from sqlalchemy.util import await_only
-
         iterator = self._target.__aiter__()
         while True:
             try:
@@ -188,9 +184,9 @@ class _Blocking:
                 return
 
 
-def _blocking(result: Any, enter: bool = True) -> Any:
-    from sqlalchemy.util import await_only
-
+def _blocking(result: Any) -> Any:
+    """A psycopg call's result for sync code: awaited if it is a coroutine, wrapped if it is
+    an async context manager or iterator."""
     if inspect.isawaitable(result) and not hasattr(result, "__aenter__"):
         result = await_only(result)
     if hasattr(result, "__aenter__") or hasattr(result, "__aiter__"):
