@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chat.model import Chat, Message, Score
+from integration_checks import ChatWriter, GameWriter
 from storekeeper import App, BadInput, InvalidName
 from storekeeper.celery import StoreKeeper
 from storekeeper.testing.redis import RedisServer
@@ -153,8 +154,11 @@ def test_tasks_given_drivers_commit_or_roll_back_their_unit_of_work(
     assert isinstance(worker.wait(failed), ValueError)
     with chat_app.session("chat_db") as chat:
         assert set(chat.scalars(select(Chat.channel))) == {"general", "a", "b"}
+    stores = StoreKeeper(worker.client, chat_app)
     with pytest.raises(BadInput, match=r"stores.task needs a store, drivers="):
-        StoreKeeper(worker.client, chat_app).task()
+        stores.task()
+    with pytest.raises(BadInput, match=r"the drivers chats work on chat_db too"):
+        stores.task("chat_db", drivers={"chats": ChatWriter, "games": GameWriter})
 
 
 def test_celery_checks_task_arguments_against_the_real_signature(chat_app: App) -> None:

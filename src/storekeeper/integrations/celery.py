@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from celery import signals
 
 from ..errors import BadInput
-from ..sessions import with_drivers, with_store
+from ..sessions import driver_store, with_drivers, with_store
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -68,9 +68,17 @@ class StoreKeeper:
         """``@stores.task("chat_db", bind=True)``: a Celery task given store ``store``'s
         session as the keyword argument of that name (``arg=`` names it otherwise).
         ``drivers={"messages": MessageWriter}`` gives it drivers as keyword arguments too, or
-        instead: each on its store's session, drivers of one store sharing it."""
+        instead: each on its store's session, drivers of one store sharing it (not on
+        ``store``'s, which would be a second unit of work: refused)."""
         if store is None and not drivers:
             raise BadInput("stores.task needs a store, drivers={keyword: DriverClass}, or both")
+        shared = [k for k, cls in (drivers or {}).items() if driver_store(self.app, cls) == store]
+        if shared:
+            raise BadInput(
+                f"stores.task({store!r}, drivers=...): the drivers {', '.join(shared)} work on "
+                f"{store} too, which would be a second unit of work; ask for the drivers only "
+                "(a driver's .session is its session)"
+            )
         wrappers = []
         if drivers:
             wrappers.append(with_drivers(self.app, **drivers))
