@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from chat.model import ChatBase, GameBase, Message, Score
+from integration_checks import ChatReader, ChatWriter, GameWriter
 from storekeeper import App, Store
 from storekeeper.celery import StoreKeeper, with_store
 
@@ -85,3 +86,22 @@ def record(self: Any, n: int, chat_db: Session, scores_db: Session) -> int:
 def backend(chat_db: Session) -> int | None:
     """The PostgreSQL backend serving this worker process's session."""
     return backend_pid(chat_db)
+
+
+@stores.task(
+    name="celery_chat.open_channels",
+    drivers={"chats": ChatWriter, "reader": ChatReader, "games": GameWriter},
+)
+def open_channels(
+    channels: list[str], chats: ChatWriter, reader: ChatReader, games: GameWriter
+) -> dict[str, Any]:
+    """Opens channels through drivers; fails after writing when a channel is called fail."""
+    for channel in channels:
+        chats.add({"channel": channel})
+    if "fail" in channels:
+        raise ValueError("fails after writing")
+    return {
+        "channels": reader.count(),
+        "one_unit_of_work": reader.session is chats.session,
+        "games_db": games.session.get_bind().url.database != chats.session.get_bind().url.database,
+    }

@@ -1,5 +1,6 @@
 """What the integrations' tests drive and check: a request's work on the chat example's two
-stores, the final state after many requests, and the connections engines hand out."""
+stores, the final state after many requests, the connections engines hand out, and drivers of
+the chat models (sync and async) for the per-request drivers."""
 
 from __future__ import annotations
 
@@ -9,12 +10,34 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session
 
-from chat.model import Message, Score
+from chat.model import Chat, Game, Message, Score
 from storekeeper import App
+from storekeeper.drivers import ReadDriver, WriteDriver
+from storekeeper.drivers_async import AsyncReadDriver, AsyncWriteDriver
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
     from starlette.testclient import TestClient
+
+
+class ChatReader(ReadDriver[Chat]):
+    pass
+
+
+class ChatWriter(WriteDriver[Chat]):
+    pass
+
+
+class GameWriter(WriteDriver[Game]):  # in store scores_db, found from the model
+    pass
+
+
+class AsyncChatReader(AsyncReadDriver[Chat]):
+    pass
+
+
+class AsyncChatWriter(AsyncWriteDriver[Chat]):
+    pass
 
 
 class PoolWatch:

@@ -20,7 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chat.model import Chat, Message, Score
-from storekeeper import App, InvalidName
+from integration_checks import ChatWriter, GameWriter
+from storekeeper import App, BadInput, InvalidName
 from storekeeper.celery import StoreKeeper
 from storekeeper.testing.redis import RedisServer
 
@@ -142,6 +143,22 @@ def test_worker_processes_use_fresh_pools_and_return_every_connection(
     if dialect == "postgresql":
         assert parent["backend"] is not None and parent["backend"] not in backends
     assert worker.tasks_run_returning_every_connection() == 1
+
+
+def test_tasks_given_drivers_commit_or_roll_back_their_unit_of_work(
+    chat_app: App, worker: Worker
+) -> None:
+    done = worker.wait(worker.client.send_task("celery_chat.open_channels", args=[["a", "b"]]))
+    assert done == {"channels": 3, "one_unit_of_work": True, "games_db": True}
+    failed = worker.client.send_task("celery_chat.open_channels", args=[["c", "fail"]])
+    assert isinstance(worker.wait(failed), ValueError)
+    with chat_app.session("chat_db") as chat:
+        assert set(chat.scalars(select(Chat.channel))) == {"general", "a", "b"}
+    stores = StoreKeeper(worker.client, chat_app)
+    with pytest.raises(BadInput, match=r"stores.task needs a store, drivers="):
+        stores.task()
+    with pytest.raises(BadInput, match=r"the drivers chats work on chat_db too"):
+        stores.task("chat_db", drivers={"chats": ChatWriter, "games": GameWriter})
 
 
 def test_celery_checks_task_arguments_against_the_real_signature(chat_app: App) -> None:

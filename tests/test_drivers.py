@@ -1,12 +1,15 @@
-"""The drivers' contract, one suite run three times: ReadDriver/WriteDriver on a real
-PostgreSQL (through COPY for add_many) and on SQLite, and the in-memory fakes of
-storekeeper.testing.fakes. A controller unit-tested with the fakes behaves the same on the
-database."""
+"""The drivers' contract, one suite run five times: ReadDriver/WriteDriver on a real
+PostgreSQL (through COPY for add_many) and on SQLite, their async twins (AsyncReadDriver/
+AsyncWriteDriver on psycopg's async mode and aiosqlite, called through a small adapter), and
+the in-memory fakes of storekeeper.testing.fakes. A controller unit-tested with the fakes
+behaves the same on the database, sync or async."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +18,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import String, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_session, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from conftest import write_config
 from storekeeper import App, BadInput, NotFound, Store, errors
 from storekeeper.backends.sqlite import take_over_transactions
 from storekeeper.drivers import MultipleFound, ReadDriver, WriteDriver
+from storekeeper.drivers_async import AsyncReadDriver, AsyncWriteDriver
 from storekeeper.site import Site
 from storekeeper.testing.fakes import fake_drivers
 
@@ -44,6 +49,14 @@ class GageReader(ReadDriver[Gage]):
 
 
 class GageWriter(WriteDriver[Gage]):
+    model = Gage
+
+
+class AsyncGageReader(AsyncReadDriver[Gage]):
+    pass
+
+
+class AsyncGageWriter(AsyncWriteDriver[Gage]):
     model = Gage
 
 
@@ -93,7 +106,55 @@ def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engin
     engine.dispose()
 
 
-@pytest.fixture(params=["postgresql", "sqlite", "fake"])
+class Blocking:
+    """An async driver called from sync test code: each coroutine method is run to its end
+    on the test's event loop; an async iterator is read one item per step of the loop."""
+
+    def __init__(self, driver: Any, runner: asyncio.Runner) -> None:
+        self._driver, self._runner = driver, runner
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._driver, name)
+        if inspect.iscoroutinefunction(method):
+            return lambda *a, **kw: self._runner.run(method(*a, **kw))
+        if not callable(method):
+            return method
+
+        def call(*a: Any, **kw: Any) -> Any:
+            out = method(*a, **kw)
+            return _pull(out, self._runner) if hasattr(out, "__anext__") else out
+
+        return call
+
+
+def _pull(items: AsyncIterator[Any], runner: asyncio.Runner) -> Iterator[Any]:
+    async def step() -> tuple[bool, Any]:
+        try:
+            return True, await items.__anext__()
+        except StopAsyncIteration:
+            return False, None
+
+    async def close() -> None:
+        await items.aclose()  # type: ignore[attr-defined]
+
+    try:
+        while True:
+            more, item = runner.run(step())
+            if not more:
+                return
+            yield item
+    finally:
+        runner.run(close())
+
+
+def async_twin_url(engine: sa.Engine) -> sa.URL:
+    """``engine``'s database through psycopg's async mode or aiosqlite."""
+    url = engine.url
+    sqlite = url.get_backend_name() == "sqlite"
+    return url.set(drivername="sqlite+aiosqlite" if sqlite else url.drivername)
+
+
+@pytest.fixture(params=["postgresql", "sqlite", "fake", "postgresql-async", "sqlite-async"])
 def drivers(request: pytest.FixtureRequest) -> Iterator[Drivers]:
     """A reader and a writer of Gage seeded with SEED; what a test writes is rolled back."""
     if request.param == "fake":
@@ -101,7 +162,11 @@ def drivers(request: pytest.FixtureRequest) -> Iterator[Drivers]:
         write.add_many(SEED)
         yield Drivers("fake", read, write)
         return
-    engine: sa.Engine = request.getfixturevalue(f"{request.param}_engine")
+    backend, _, mode = request.param.partition("-")
+    engine: sa.Engine = request.getfixturevalue(f"{backend}_engine")
+    if mode == "async":
+        yield from async_drivers(engine, request.param)
+        return
     with engine.connect() as connection:
         outer = connection.begin()
         session = Session(bind=connection, join_transaction_mode="create_savepoint")
@@ -111,6 +176,35 @@ def drivers(request: pytest.FixtureRequest) -> Iterator[Drivers]:
         yield Drivers(request.param, reader, writer, session)
         session.close()
         outer.rollback()
+
+
+def async_drivers(engine: sa.Engine, name: str) -> Iterator[Drivers]:
+    """The async twins on an AsyncSession in a transaction rolled back after the test, on
+    one event loop per test."""
+    with asyncio.Runner() as runner:
+        async_engine = create_async_engine(async_twin_url(engine))
+        if engine.dialect.name == "sqlite":
+            take_over_transactions(async_engine.sync_engine)
+
+        async def begin() -> AsyncSession:
+            connection = await async_engine.connect()
+            await connection.begin()
+            return AsyncSession(bind=connection, join_transaction_mode="create_savepoint")
+
+        session = runner.run(begin())
+        writer = AsyncGageWriter(session)
+        runner.run(writer.add_many(SEED))
+        read = Blocking(AsyncGageReader(session, cursor_key=KEY), runner)
+        yield Drivers(name, read, Blocking(writer, runner), session.sync_session)
+
+        async def end() -> None:
+            connection = session.bind
+            await session.close()
+            await connection.rollback()  # type: ignore[union-attr]
+            await connection.close()  # type: ignore[union-attr]
+            await async_engine.dispose()
+
+        runner.run(end())
 
 
 def ids(d: Drivers, *names: str) -> list[int]:
@@ -289,7 +383,7 @@ def test_a_bad_row_in_add_many_writes_nothing_and_names_the_row(drivers: Drivers
 
 
 # Only PostgreSQL: SQLite and the fakes take any value in a REAL column.
-@pytest.mark.parametrize("drivers", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("drivers", ["postgresql", "postgresql-async"], indirect=True)
 def test_a_row_postgresql_refuses_in_copy_is_named_and_nothing_is_written(
     drivers: Drivers,
 ) -> None:
@@ -329,23 +423,23 @@ def test_delete_delete_many_and_delete_where(drivers: Drivers) -> None:
 
 
 @pytest.fixture
-def gages_app(project: Path) -> Iterator[tuple[App, Site]]:
-    """An app with store gages_db (SQLite) holding SEED, bound to a site of its own."""
+def gages_app(project: Path) -> Iterator[App]:
+    """An app with store gages_db (Gage's table) on SQLite files, synced."""
     write_config(project, 'default_service = "main"\n[services]\nmain = "sqlite:///stores"\n')
     site = Site.load()
     app = App(f"d{uuid.uuid4().hex[:8]}", stores=[Store("gages_db", metadata=Base.metadata)])
     app.bind(site)
     try:
         app.sync()
-        with GageWriter.of(app, "gages_db") as gages:
-            gages.add_many(SEED)
-        yield app, site
+        yield app
     finally:
         site.close()
 
 
-def test_of_opens_and_ends_its_own_unit_of_work(gages_app: tuple[App, Site]) -> None:
-    app, _ = gages_app
+def test_of_opens_and_ends_its_own_unit_of_work(gages_app: App) -> None:
+    app = gages_app
+    with GageWriter.of(app, "gages_db") as gages:
+        gages.add_many(SEED)
     with pytest.raises(RuntimeError), GageWriter.of(app, "gages_db") as gages:
         gages.delete_where(kind="canal")
         raise RuntimeError("rolled back")
@@ -596,8 +690,12 @@ def test_a_cursor_tampered_with_or_from_another_query_is_refused(drivers: Driver
 
 
 def test_a_cursor_signed_with_another_key_is_refused(drivers: Drivers) -> None:
+    other: Any
     if drivers.session is None:
         other, _ = fake_drivers(Gage, SEED, cursor_key=b"another key")
+    elif isinstance(drivers.read, Blocking):
+        twin = AsyncGageReader(async_session(drivers.session), cursor_key=b"another key")
+        other = Blocking(twin, drivers.read._runner)
     else:
         other = GageReader(drivers.session, cursor_key=b"another key")
     cursor = other.after(None, 2).next_cursor
@@ -650,10 +748,10 @@ def test_multiple_found_lives_in_errors() -> None:
     assert issubclass(errors.BadCursor, BadInput)
 
 
-def test_of_signs_cursors_with_the_key_the_site_keeps_in_its_catalog(
-    gages_app: tuple[App, Site],
-) -> None:
-    app, site = gages_app
+def test_of_signs_cursors_with_the_key_the_site_keeps_in_its_catalog(gages_app: App) -> None:
+    app, site = gages_app, gages_app.site
+    with GageWriter.of(app, "gages_db") as gages:
+        gages.add_many(SEED)
     with GageReader.of(app, "gages_db") as reader:
         cursor = reader.after(None, 2).next_cursor
     key = site.catalog.cursor_key()
@@ -672,3 +770,192 @@ def test_of_signs_cursors_with_the_key_the_site_keeps_in_its_catalog(
             GageReader(session, cursor_key=b"not the site's").after(cursor, 2)
     finally:
         other.close()
+
+
+# The async twins ---------------------------------------------------------------------
+
+
+def public_methods(cls: type) -> set[str]:
+    return {n for n, _ in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")}
+
+
+def typed_declarations(cls: type) -> set[str]:
+    """The names a twin declares for mypy (``name = Awaiting(sync.name)`` under
+    ``if TYPE_CHECKING:``), read from its source."""
+    import ast
+
+    tree = ast.parse(inspect.getsource(cls))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            called = node.value.func
+            if isinstance(called, ast.Name) and called.id in ("Awaiting", "Streaming"):
+                found |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return found
+
+
+@pytest.mark.parametrize(
+    ("twin", "sync"), [(AsyncReadDriver, ReadDriver), (AsyncWriteDriver, WriteDriver)]
+)
+def test_every_sync_method_has_an_async_twin_typed_for_mypy(twin: type, sync: type) -> None:
+    methods = public_methods(sync)
+    assert methods <= public_methods(twin)
+    for name in methods:
+        streams = inspect.isgeneratorfunction(getattr(sync, name)) or name == "stream"
+        assert streams or inspect.iscoroutinefunction(getattr(twin, name)), name
+        assert getattr(twin, name).__doc__ == getattr(sync, name).__doc__
+    missing = methods - typed_declarations(twin)
+    assert not missing, (
+        f"{twin.__name__} has no typed declaration for {sorted(missing)}: add "
+        f"`NAME = Awaiting(sync.NAME)` (Streaming for an iterator) to its TYPE_CHECKING block"
+    )
+
+
+def test_an_async_driver_without_a_model_says_how_to_name_one(
+    sqlite_engine: sa.Engine,
+) -> None:
+    class Nameless(AsyncWriteDriver[Any]):
+        pass
+
+    engine = create_async_engine(async_twin_url(sqlite_engine))
+    with pytest.raises(
+        BadInput, match=r"Nameless names no model: declare it as class Nameless\(AsyncWriteDriver"
+    ):
+        Nameless(AsyncSession(engine))
+    with pytest.raises(BadInput, match=r"Wrong.sync_driver must be a ReadDriver class"):
+
+        class Wrong(AsyncReadDriver[Gage]):
+            sync_driver = GageWriter  # type: ignore[assignment]
+
+
+class GageNames(ReadDriver[Gage]):
+    """A sync driver with methods of its own; its twin gets them too."""
+
+    closed: list[str] = []
+
+    def names(self, **filters: Any) -> Iterator[str]:
+        statement = sa.select(Gage.name).where(*self._where((), filters)).order_by(Gage.id)
+        try:
+            for row in self.session.execute(statement.execution_options(yield_per=2)):
+                yield row.name
+        finally:
+            self.closed.append("names")
+
+    def deepest(self) -> Gage:
+        return self.one(depth=sa.select(sa.func.max(Gage.depth)).scalar_subquery())
+
+
+class AsyncGageNames(AsyncReadDriver[Gage]):
+    sync_driver = GageNames
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_a_twin_of_a_sync_driver_of_ones_own_streams_its_iterators(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    from contextlib import aclosing
+
+    engine: sa.Engine = request.getfixturevalue(f"{backend}_engine")
+    GageNames.closed.clear()
+
+    async def run() -> None:
+        async_engine = create_async_engine(async_twin_url(engine))
+        if backend == "sqlite":
+            take_over_transactions(async_engine.sync_engine)
+        try:
+            async with AsyncSession(async_engine) as session:
+                await AsyncGageWriter(session).add_many(SEED)
+                gages = AsyncGageNames(session)
+                started = gages.names()  # an async iterator, not a coroutine
+                assert inspect.isasyncgen(started)
+                await started.aclose()
+                assert [n async for n in gages.names()] == [r["name"] for r in SEED]
+                assert [n async for n in gages.names(kind="canal")] == ["provo river", "Ogden_50%"]
+                assert GageNames.closed == ["names", "names"]
+                async with aclosing(gages.names()) as names:
+                    async for name in names:
+                        assert name == "Provo"
+                        break
+                # Left early, the sync generator (and its cursor) was closed at once.
+                assert GageNames.closed == ["names"] * 3
+                assert (await gages.deepest()).name == "Ogden_50%"  # its own method, awaited
+                assert await gages.count() == len(SEED)  # and ReadDriver's
+                await session.rollback()
+        finally:
+            await async_engine.dispose()
+
+    asyncio.run(run())
+
+
+def test_psycopgs_async_connection_serves_sync_driver_code_in_the_greenlet(
+    postgresql_engine: sa.Engine,
+) -> None:
+    """What a sync driver's COPY helper does with the connection a twin gives it: cursors,
+    COPY FROM with types, COPY TO read back, all awaited inside SQLAlchemy's greenlet."""
+
+    def sync_code(session: Session) -> tuple[Any, list[Any], list[Any]]:
+        raw = AsyncGageWriter.sync_driver(session)._dbapi_connection(session.connection())
+        with raw.cursor() as cursor:
+            cursor.execute("CREATE TEMPORARY TABLE copied (n int, t text)")
+            with cursor.copy("COPY copied (n, t) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["int4", "text"])
+                for n in range(3):
+                    copy.write_row([n, f"row {n}"])
+            cursor.execute("SELECT count(*), max(t) FROM copied")
+            counted = cursor.fetchone()
+            with cursor.copy("COPY (SELECT n FROM copied ORDER BY n) TO STDOUT") as copy:
+                rows = list(copy.rows())
+            with cursor.copy("COPY (SELECT 7) TO STDOUT") as copy:
+                chunks = [bytes(chunk) for chunk in copy]
+        return counted, rows, chunks
+
+    async def run() -> tuple[Any, list[Any], list[Any]]:
+        async_engine = create_async_engine(async_twin_url(postgresql_engine))
+        try:
+            async with AsyncSession(async_engine) as session:
+                return await session.run_sync(sync_code)
+        finally:
+            await async_engine.dispose()
+
+    counted, rows, chunks = asyncio.run(run())
+    assert tuple(counted) == (3, "row 2")
+    assert rows == [("0",), ("1",), ("2",)]
+    assert b"".join(chunks) == b"7\n"
+
+
+def test_async_of_opens_and_ends_its_own_unit_of_work(gages_app: App) -> None:
+    app = gages_app
+
+    async def run() -> None:
+        async with AsyncGageWriter.of(app, "gages_db") as gages:
+            await gages.add_many(SEED)
+        with pytest.raises(RuntimeError):
+            async with AsyncGageWriter.of(app, "gages_db") as gages:
+                assert await gages.delete_where(kind="canal") == 2
+                raise RuntimeError("rolled back")
+        async with AsyncGageReader.of(app, "gages_db") as reader:
+            assert await reader.count() == len(SEED)
+            assert reader.session.in_transaction()
+            found = await reader.get_or_raise(1)
+            assert isinstance(found, Gage) and found.name == "Provo"
+        assert not reader.session.in_transaction()
+        await app.site.dispose_async_engines()
+
+    asyncio.run(run())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect, for drivers.py's owner: on an app's SQLite store pysqlite begins no "
+    "transaction before add_many's SAVEPOINT, so its RELEASE commits and the unit of work's "
+    "rollback keeps the rows (the contract suite's engines take over transactions, so it "
+    "passes there)",
+)
+def test_add_many_is_rolled_back_with_its_unit_of_work_on_an_apps_sqlite_store(
+    gages_app: App,
+) -> None:
+    with pytest.raises(RuntimeError), GageWriter.of(gages_app, "gages_db") as gages:
+        gages.add_many(SEED)
+        raise RuntimeError("rolled back")
+    with GageReader.of(gages_app, "gages_db") as reader:
+        assert reader.count() == 0

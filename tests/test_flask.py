@@ -12,11 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from flask import Flask
+from flask import Flask, request
 from sqlalchemy import func, select
 
 from chat.model import Chat, Game, Message, User
-from integration_checks import PoolWatch, assert_kept, write_pair
+from integration_checks import (
+    ChatReader,
+    ChatWriter,
+    GameWriter,
+    PoolWatch,
+    assert_kept,
+    write_pair,
+)
 from storekeeper import App, BadInput, NotFound
 from storekeeper.flask import StoreKeeper
 from storekeeper.site import Site
@@ -128,6 +135,32 @@ def test_flask_sqlalchemy_conveniences(chat_app: App) -> None:
     bad = client.get("/messages?page=abc")
     assert bad.status_code == 404
     assert "?page= must be a whole number of at least 1, not 'abc'" in html.unescape(bad.text)
+
+
+def test_drivers_on_the_app_contexts_sessions(chat_app: App) -> None:
+    flask_app, stores = make_flask(chat_app)
+
+    @flask_app.post("/open/<channel>")
+    def open_channel(channel: str) -> dict[str, object]:
+        chats = stores.driver(ChatWriter)
+        chats.add({"channel": channel})
+        games = stores.driver(GameWriter)  # its model is in scores_db
+        if request.args.get("commit"):
+            stores.session.commit()
+        return {
+            "unit_of_work": chats.session is stores.session() is stores.driver(ChatReader).session,
+            "scores": games.session is stores.session("scores_db"),
+            "channels": stores.driver(ChatReader).count(),
+        }
+
+    client = flask_app.test_client()
+    facts = {"unit_of_work": True, "scores": True}
+    assert client.post("/open/kept?commit=1").json == {**facts, "channels": 2}
+    # Not committed: seen in its request, rolled back at teardown.
+    assert client.post("/open/lost").json == {**facts, "channels": 3}
+    assert {c.channel for c in channels_of(chat_app)} == {"general", "kept"}
+    with flask_app.app_context(), pytest.raises(BadInput, match=r"names its model"):
+        stores.driver(ChatReader.__mro__[1])
 
 
 def test_default_store_must_be_named_when_there_are_several(chat_app: App) -> None:
@@ -367,7 +400,7 @@ def test_flask_stores_needs_a_store_name_when_there_are_several(chat_app: App) -
 
 
 FLASK_MODULE = """
-from flask import Flask
+from flask import Flask, request
 
 from chat.model import ChatBase, init_chat_db
 from storekeeper import App, Store

@@ -16,10 +16,22 @@ from starlette.testclient import TestClient
 from webtest import TestApp
 
 from chat.model import Chat, User
-from integration_checks import PoolWatch, assert_kept, loop_engines, write_pair, write_pair_async
+from integration_checks import (
+    AsyncChatReader,
+    AsyncChatWriter,
+    ChatReader,
+    ChatWriter,
+    PoolWatch,
+    assert_kept,
+    loop_engines,
+    write_pair,
+    write_pair_async,
+)
 from storekeeper import App
 from storekeeper.asgi import StoresMiddleware as AsgiStores
+from storekeeper.asgi import driver as asgi_driver
 from storekeeper.wsgi import StoresMiddleware as WsgiStores
+from storekeeper.wsgi import driver as wsgi_driver
 
 
 def wsgi_chat(app: App) -> Callable[..., Iterable[bytes]]:
@@ -118,3 +130,39 @@ def test_asgi_passes_the_lifespan_through(chat_app: App) -> None:
     with TestClient(AsgiStores(Starlette(lifespan=lifespan), chat_app)):
         assert events == ["started"]
     assert events == ["started", "stopped"]
+
+
+def test_wsgi_drivers_on_the_threads_scoped_session(chat_app: App) -> None:
+    def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        chats = wsgi_driver(chat_app, ChatWriter)
+        same = chats.session is chat_app.scoped_session("chat_db")()
+        chats.add({"channel": environ["PATH_INFO"].strip("/")})
+        if "commit" in environ["QUERY_STRING"]:
+            chats.session.commit()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{same} {wsgi_driver(chat_app, ChatReader).count()}".encode()]
+
+    web = TestApp(WsgiStores(application, chat_app))
+    assert web.post("/kept?commit=1").text == "True 2"
+    assert web.post("/lost").text == "True 3"  # not committed: removed after the request
+    with chat_app.session("chat_db") as session:
+        assert set(session.scalars(select(Chat.channel))) == {"general", "kept"}
+
+
+def test_asgi_drivers_on_the_requests_async_scoped_session(chat_app: App) -> None:
+    async def open_channel(request: Request) -> PlainTextResponse:
+        chats = asgi_driver(chat_app, AsyncChatWriter)
+        same = chats.session is chat_app.async_scoped_session("chat_db")()
+        await chats.add({"channel": request.path_params["channel"]})
+        if request.query_params.get("commit"):
+            await chats.session.commit()
+        count = await asgi_driver(chat_app, AsyncChatReader).count()
+        return PlainTextResponse(f"{same} {count}")
+
+    routes = [Route("/{channel}", open_channel, methods=["POST"])]
+    web = AsgiStores(Starlette(routes=routes), chat_app)
+    with TestClient(web) as client:
+        assert client.post("/kept?commit=1").text == "True 2"
+        assert client.post("/lost").text == "True 3"  # not committed: removed after the request
+    with chat_app.session("chat_db") as session:
+        assert set(session.scalars(select(Chat.channel))) == {"general", "kept"}

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from webtest import TestApp
 
 from chat.model import Chat, Message, Score
-from integration_checks import PoolWatch, assert_kept, write_pair
+from integration_checks import ChatReader, ChatWriter, PoolWatch, assert_kept, write_pair
 from storekeeper import App, BadInput, ConfigError
 
 
@@ -35,6 +35,16 @@ def open_channel(request: Request) -> Response:
     if request.params.get("conflict"):
         return HTTPConflict()
     return Response("opened")
+
+
+def open_through_drivers(request: Request) -> Response:
+    """Adds a channel through a driver on the request's session; answers 409 when asked to."""
+    chats = request.stores.driver(ChatWriter)
+    assert chats.session is request.stores.chat_db is request.stores.driver(ChatReader).session
+    chats.add({"channel": request.matchdict["channel"]})
+    if request.params.get("conflict"):
+        return HTTPConflict()
+    return Response(str(request.stores.driver(ChatReader).count()))
 
 
 def boom(request: Request) -> Response:
@@ -57,6 +67,8 @@ def make_web(app: App | None, settings: dict[str, str] | None = None, **policy: 
         config.add_view(say, route_name="say")
         config.add_route("open", "/open/{channel}")
         config.add_view(open_channel, route_name="open")
+        config.add_route("drivers", "/drivers/{channel}")
+        config.add_view(open_through_drivers, route_name="drivers")
         config.add_route("boom", "/boom")
         config.add_view(boom, route_name="boom")
         config.add_view(failed, context=RuntimeError)
@@ -98,6 +110,14 @@ def test_transaction_policy_and_error_statuses(chat_app: App) -> None:
     lenient = make_web(chat_app, commit="transaction", rollback_on_error_status=False)
     lenient.post("/open/conflicted?conflict=1", status=409)
     assert channels(chat_app) == {"general", "kept", "conflicted"}
+
+
+def test_drivers_on_the_requests_sessions_follow_the_commit_policy(chat_app: App) -> None:
+    web = make_web(chat_app, commit="transaction")
+    assert web.post("/drivers/kept").text == "2"
+    web.post("/drivers/conflicted?conflict=1", status=409)
+    assert channels(chat_app) == {"general", "kept"}
+    assert chat_app.engine("chat_db").pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 def test_an_exception_no_view_handles_still_rolls_back_and_closes(chat_app: App) -> None:

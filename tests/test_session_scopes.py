@@ -11,9 +11,11 @@ import sys
 import pytest
 from sqlalchemy import select
 
-from chat.model import Chat, Message, User
-from storekeeper import App, BadInput, NotFound
-from storekeeper.sessions import SessionSet, with_store
+from chat.model import Chat, ChatBase, Message, User
+from integration_checks import ChatReader, ChatWriter, GameWriter
+from storekeeper import App, BadInput, NotFound, Store
+from storekeeper.drivers import ReadDriver
+from storekeeper.sessions import SessionSet, driver_store, with_drivers, with_store
 
 
 def channels(app: App) -> set[str]:
@@ -137,6 +139,67 @@ def test_session_set_opens_lazily_and_ends_everything(chat_app: App) -> None:
     assert channels(chat_app) == {"general", "together"}
     with pytest.raises(NotFound, match="has no store 'nope'"):
         sessions.nope  # noqa: B018 - the attribute access is the call under test
+
+
+def test_with_drivers_gives_drivers_on_one_unit_of_work(chat_app: App) -> None:
+    @with_drivers(chat_app, chats=ChatWriter, reader=ChatReader, scores=GameWriter)
+    def open_channels(
+        names: list[str], chats: ChatWriter, reader: ChatReader, **rest: object
+    ) -> int:
+        # One session per store, shared by its drivers: the reader sees the writer's rows.
+        assert reader.session is chats.session
+        assert rest["scores"].session is not chats.session  # type: ignore[attr-defined]
+        for name in names:
+            chats.add({"channel": name})
+        if "fail" in names:
+            raise ValueError("fails after writing")
+        return reader.count()
+
+    assert list(inspect.signature(open_channels).parameters) == ["names", "rest"]
+    assert open_channels(["a", "b"]) == 3
+    with pytest.raises(ValueError, match="fails after writing"):
+        open_channels(["c", "fail"])
+    assert channels(chat_app) == {"general", "a", "b"}
+
+
+def test_with_drivers_refuses_what_it_cannot_give(chat_app: App) -> None:
+    with pytest.raises(BadInput, match=r"open_channel has no keyword parameter 'chats' to receive"):
+
+        @with_drivers(chat_app, chats=ChatWriter)
+        def open_channel(name: str) -> None: ...
+
+    with pytest.raises(BadInput, match=r"is async; give it a session with with_store"):
+
+        @with_drivers(chat_app, chats=ChatWriter)
+        async def later(chats: ChatWriter) -> None: ...
+
+    with pytest.raises(BadInput, match=r"with_drivers needs at least one keyword=DriverClass"):
+        with_drivers(chat_app)
+
+
+def test_a_driver_finds_its_store_from_its_model(chat_app: App) -> None:
+    assert driver_store(chat_app, ChatWriter) == "chat_db"
+    assert driver_store(chat_app, GameWriter) == "scores_db"
+    assert driver_store(chat_app, ChatWriter, "scores_db") == "scores_db"  # named: that one
+    with pytest.raises(NotFound, match="declares no store 'nope'"):
+        driver_store(chat_app, ChatWriter, "nope")
+    with pytest.raises(BadInput, match=r"ReadDriver is not a driver class that names its model"):
+        driver_store(chat_app, ReadDriver)
+    twice = App(
+        f"{chat_app.name}_b",
+        stores=[Store(n, metadata=ChatBase.metadata) for n in ("a_db", "b_db")],
+    )
+    with pytest.raises(
+        BadInput, match=r"ChatWriter's model Chat is in 2 stores of app .*\(a_db, b_db\): name"
+    ):
+        driver_store(twice, ChatWriter)
+    assert driver_store(twice, ChatWriter, default="b_db") == "b_db"
+    sessions = SessionSet(chat_app)
+    try:
+        assert sessions.driver(ChatReader).session is sessions.chat_db
+        assert sessions.driver(GameWriter).session is sessions.scores_db
+    finally:
+        sessions.close()
 
 
 def test_import_storekeeper_imports_no_framework() -> None:

@@ -14,7 +14,14 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from chat.model import Chat, User
-from integration_checks import PoolWatch, assert_kept, loop_engines, write_pair_async
+from integration_checks import (
+    AsyncChatReader,
+    AsyncChatWriter,
+    PoolWatch,
+    assert_kept,
+    loop_engines,
+    write_pair_async,
+)
 from storekeeper import App, BadInput, NotFound
 from storekeeper.starlette import StoreKeeper
 
@@ -85,6 +92,35 @@ def test_plain_starlette_endpoints(chat_app: App) -> None:
         assert client.post("/open/lost?fail=1").status_code == 500
     with chat_app.session("chat_db") as session:
         assert set(session.scalars(select(Chat.channel))) == {"general", "kept"}
+
+
+def test_drivers_as_dependencies_share_the_requests_session(chat_app: App) -> None:
+    stores = StoreKeeper(chat_app, default="chat_db")
+    api = FastAPI(lifespan=stores.lifespan)
+    chats, reader = Depends(stores.driver(AsyncChatWriter)), Depends(stores.driver(AsyncChatReader))
+    session = Depends(stores.dependency("chat_db"))
+
+    @api.post("/open/{channel}")
+    async def open_channel(
+        channel: str,
+        fail: bool = False,
+        chats: AsyncChatWriter = chats,
+        reader: AsyncChatReader = reader,
+        session: AsyncSession = session,
+    ) -> dict[str, object]:
+        await chats.add({"channel": channel})
+        if fail:
+            raise RuntimeError("fails after writing")
+        return {
+            "unit_of_work": chats.session is reader.session is session,
+            "channels": await reader.count(),
+        }
+
+    with TestClient(api, raise_server_exceptions=False) as client:
+        assert client.post("/open/kept").json() == {"unit_of_work": True, "channels": 2}
+        assert client.post("/open/lost?fail=true").status_code == 500
+    with chat_app.session("chat_db") as done:
+        assert set(done.scalars(select(Chat.channel))) == {"general", "kept"}
 
 
 def test_bad_store_names_are_refused(chat_app: App) -> None:

@@ -1,6 +1,6 @@
 """ASGI middleware that ends async scoped sessions per request; see
 :mod:`storekeeper.integrations.asgi`."""
 
-from .integrations.asgi import StoresMiddleware
+from .integrations.asgi import StoresMiddleware, driver
 
-__all__ = ["StoresMiddleware"]
+__all__ = ["StoresMiddleware", "driver"]

@@ -106,18 +106,19 @@ def copy_statement(
 
 
 def copy_rows(
-    connection: Connection,
+    raw: Any,
     statement: str,
     oids: Sequence[int] | None,
     rows: Iterable[Sequence[Any]],
 ) -> None:
-    """Run ``statement`` (a ``COPY ... FROM STDIN``) on ``connection``'s DBAPI connection,
-    writing ``rows`` (sequences of values). ``oids`` are the columns' types, for binary COPY.
+    """Run ``statement`` (a ``COPY ... FROM STDIN``) on DBAPI connection ``raw`` (psycopg's, or
+    the async drivers' sync view of an ``AsyncConnection``: see the drivers'
+    ``_dbapi_connection``), writing ``rows`` (sequences of values). ``oids`` are the columns'
+    types, for binary COPY.
 
     The one DBAPI call of the COPY paths. A row psycopg cannot write is a :class:`RowFailed`
     with its index; the server's refusals are psycopg errors naming the line and column.
     """
-    raw: Any = connection.connection.driver_connection
     with raw.cursor() as cursor, cursor.copy(statement) as copy:
         if oids is not None:
             copy.set_types(oids)

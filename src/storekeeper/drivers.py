@@ -611,6 +611,11 @@ class _Driver(_Shared[M]):
         with app.session(store) as session:
             yield cls(session, cursor_key=app.site.catalog.cursor_key)
 
+    def _dbapi_connection(self, connection: Connection) -> Any:
+        """The DBAPI connection under ``connection``, for driver-level calls (COPY); the async
+        twins (drivers_async) give psycopg's AsyncConnection with a sync interface."""
+        return connection.connection.dbapi_connection
+
     @property
     def dialect(self) -> str:
         return self.session.get_bind().dialect.name
@@ -852,12 +857,14 @@ class WriteDriver(_Driver[M], _Writes[M]):
             binary = bulk.copy_statement(connection, table, names, binary=True)
             try:
                 with self.session.begin_nested():
-                    bulk.copy_rows(self.session.connection(), binary, oids, values())
+                    bulk.copy_rows(
+                        self._dbapi_connection(self.session.connection()), binary, oids, values()
+                    )
                     return
             except bulk.RowFailed:
                 pass
         text = bulk.copy_statement(connection, table, names, binary=False)
-        bulk.copy_rows(connection, text, None, values())
+        bulk.copy_rows(self._dbapi_connection(connection), text, None, values())
 
     def _copy_values(
         self, connection: Connection, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]
@@ -912,8 +919,11 @@ class WriteDriver(_Driver[M], _Writes[M]):
         self.session.flush()
         if returning:
             runs = self._batch(dicts, lambda c, run: self._upsert_returning(run, target), positions)
-            self._expire_loaded()
-            return [obj for run in runs for obj in run]
+            written = [obj for run in runs for obj in run]
+            # Those written were just read back whole (RETURNING): expired, they would be read
+            # again on first use (and an async twin cannot read lazily).
+            self._expire_loaded(keep=written)
+            return written
         self._batch(dicts, lambda c, run: self._upsert_run(c, run, target), positions)
         self._expire_loaded()
         return None
@@ -1133,12 +1143,14 @@ class WriteDriver(_Driver[M], _Writes[M]):
                 good = middle
         return bad - 1, failure
 
-    def _expire_loaded(self, ids: Iterable[Any] | None = None) -> None:
+    def _expire_loaded(self, ids: Iterable[Any] | None = None, keep: Iterable[M] = ()) -> None:
         """Expire this model's instances in the session after a write that went around it
-        (Core, COPY), so they are read again; only those with ``ids`` when given."""
+        (Core, COPY), so they are read again; only those with ``ids`` when given, never
+        those in ``keep``."""
         wanted = set(ids) if ids is not None else None
+        kept = {id(obj) for obj in keep}
         for obj in builtins.list(self.session.identity_map.values()):
-            if isinstance(obj, self.model) and (
+            if isinstance(obj, self.model) and id(obj) not in kept and (
                 wanted is None or getattr(obj, self.info.pk) in wanted
             ):
                 self.session.expire(obj)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .declare import App
 
 R = TypeVar("R")
+D = TypeVar("D")
 
 # The request an ASGI middleware is serving, if any: what async scoped sessions are keyed by.
 _request: ContextVar[object | None] = ContextVar("storekeeper_request", default=None)
@@ -65,17 +66,13 @@ def with_store(
     keyword = arg or name
 
     def decorate(func: Callable[..., R]) -> Callable[..., R]:
-        signature = inspect.signature(func)
-        parameters = signature.parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-        target = parameters.get(keyword)
-        if (target is None and not takes_any) or (
-            target is not None and target.kind in (target.POSITIONAL_ONLY, target.VAR_POSITIONAL)
-        ):
-            raise BadInput(
-                f"with_store({app.name}.{name}): {func.__qualname__} has no keyword parameter "
-                f"{keyword!r} to receive the session; add one, or pass arg= another name"
-            )
+        signature = _receiving(
+            func,
+            [keyword],
+            f"with_store({app.name}.{name})",
+            "the session",
+            ", or pass arg= another name",
+        )
         wrapper: Callable[..., Any]
         if inspect.iscoroutinefunction(func):
 
@@ -91,12 +88,108 @@ def with_store(
                 with app.session(name) as session:
                     return func(*args, **kwargs, **{keyword: session})
 
-        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
-            parameters=[p for p in parameters.values() if p.name != keyword]
-        )
+        wrapper.__signature__ = signature  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
+
+
+def with_drivers(
+    app: App, **drivers: Callable[[Session], Any]
+) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Run the decorated function with drivers passed in as keywords, all on one unit of
+    work::
+
+        @celery.task
+        @with_drivers(app, gages=GageWriter, readings=ReadingReader)
+        def record(rows, gages, readings): ...
+
+    Each driver is built on its store's session (the store whose metadata holds its model,
+    see :func:`driver_store`); drivers of one store share it. The sessions commit when the
+    function returns, roll back when it raises, and are closed either way; callers do not
+    pass the drivers (the wrapper's signature leaves them out)."""
+    if not drivers:
+        raise BadInput("with_drivers needs at least one keyword=DriverClass")
+    stores = {keyword: driver_store(app, cls) for keyword, cls in drivers.items()}
+
+    def decorate(func: Callable[..., R]) -> Callable[..., R]:
+        what = f"with_drivers({app.name})"
+        if inspect.iscoroutinefunction(func):
+            raise BadInput(
+                f"{what}: {func.__qualname__} is async; give it a session with with_store and "
+                "build the async drivers on it"
+            )
+        signature = _receiving(func, list(drivers), what, "a driver")
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> R:
+            sessions = SessionSet(app)
+            try:
+                given = {k: cls(sessions.get(stores[k])) for k, cls in drivers.items()}
+                result = func(*args, **kwargs, **given)
+            except BaseException:
+                sessions.finish(commit=False)
+                raise
+            sessions.finish(commit=True)
+            return result
+
+        wrapper.__signature__ = signature  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def _receiving(
+    func: Callable[..., Any], keywords: list[str], what: str, given: str, hint: str = ""
+) -> inspect.Signature:
+    """``func``'s signature without ``keywords``, the parameters a wrapper fills in; BadInput
+    when ``func`` cannot take one of them by keyword."""
+    signature = inspect.signature(func)
+    parameters = signature.parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    for keyword in keywords:
+        target = parameters.get(keyword)
+        if (target is None and not takes_any) or (
+            target is not None and target.kind in (target.POSITIONAL_ONLY, target.VAR_POSITIONAL)
+        ):
+            raise BadInput(
+                f"{what}: {func.__qualname__} has no keyword parameter {keyword!r} to receive "
+                f"{given}; add one{hint}"
+            )
+    return signature.replace(parameters=[p for p in parameters.values() if p.name not in keywords])
+
+
+def driver_store(
+    app: App, driver: object, store: str | None = None, default: str | None = None
+) -> str:
+    """The store of ``app`` that driver class ``driver`` works on: ``store`` when given;
+    else the one store whose metadata holds the driver's model's table; else ``default``, or
+    the app's only store. BadInput when the model is in several stores and none is named."""
+    if store is not None:
+        return app.store(store).name
+    name = getattr(driver, "__name__", repr(driver))
+    model = getattr(driver, "model", None)
+    if model is None:
+        raise BadInput(
+            f"{name} is not a driver class that names its model: class "
+            f"{name}(ReadDriver[Model]) or model = Model"
+        )
+    table = getattr(model, "__table__", None)
+    holders = [
+        s.name
+        for s in app.stores
+        if table is not None and s.metadata is not None and table in s.metadata.tables.values()
+    ]
+    if len(holders) == 1:
+        return holders[0]
+    if default is not None and (not holders or default in holders):
+        return app.store(default).name
+    if not holders:
+        return default_store(app, None)
+    raise BadInput(
+        f"{name}'s model {model.__name__} is in {len(holders)} stores of app "
+        f"{app.name!r} ({', '.join(holders)}): name the store (store='NAME')"
+    )
 
 
 def default_store(app: App, default: str | None) -> str:
@@ -140,6 +233,11 @@ class SessionSet:
         if name.startswith("_"):
             raise AttributeError(name)
         return self.get(name)
+
+    def driver(self, driver: Callable[[Session], D], store: str | None = None) -> D:
+        """A driver (``sessions.driver(GageReader)``) on this unit of work's session of its
+        store (``store``, or the one :func:`driver_store` finds from its model)."""
+        return driver(self.get(driver_store(self._app, driver, store)))
 
     def __contains__(self, name: object) -> bool:
         return name in self._sessions

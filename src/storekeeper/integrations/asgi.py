@@ -9,19 +9,24 @@ own async scoped sessions (``app.async_scoped_session(name)``), removed when it 
         session = app.async_scoped_session("chat_db")   # the same session all through the request
         session.add(...)
         await session.commit()                          # commit yourself; the rest is rolled back
+        gages = driver(app, AsyncGageReader)            # an async driver on that session
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..sessions import new_request_scope
+from ..sessions import driver_store, new_request_scope
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from ..declare import App
 
-__all__ = ["StoresMiddleware"]
+__all__ = ["StoresMiddleware", "driver"]
+
+D = TypeVar("D")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -47,3 +52,10 @@ class StoresMiddleware:
             finally:
                 for app in self.apps:
                     await app.remove_async_sessions()
+
+
+def driver(app: App, driver: Callable[[AsyncSession], D], store: str | None = None) -> D:
+    """``driver(app, AsyncGageReader)``: an async driver on the request's async scoped session
+    of its store (``store``, else the store whose metadata holds its model), the session
+    ``app.async_scoped_session(name)()`` gives and the middleware ends with the request."""
+    return driver(app.async_scoped_session(driver_store(app, driver, store))())

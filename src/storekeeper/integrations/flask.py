@@ -10,6 +10,8 @@
         stores.session("scores_db").add(...)       # another store, same app context
         stores.session.commit()                    # commit yourself, as with Flask-SQLAlchemy
 
+    gages = stores.driver(GageReader)              # a driver on the same sessions
+
 Each store's session is opened on first use in an app context (a request, a CLI command) and
 rolled back and closed when the context is torn down: commit what you want kept. Moving from
 Flask-SQLAlchemy: ``db.session`` -> ``stores.session``, ``db.get_or_404`` ->
@@ -27,6 +29,7 @@ same options, tables and exit codes.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -35,7 +38,7 @@ from flask import Flask, abort, g, has_request_context, request
 from ..commands import Face, Verb, with_options
 from ..errors import BadInput
 from ..pagination import Page, paginate
-from ..sessions import SessionSet, default_store
+from ..sessions import SessionSet, default_store, driver_store
 
 if TYPE_CHECKING:
     from sqlalchemy import Select
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["StoreKeeper"]
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 
 class _SessionProxy:
@@ -138,6 +142,13 @@ class StoreKeeper:
         # Kept: it is asked for on every short-form call.
         self._default_name = default_store(self.storekeeper_app, self.default)
         return self._default_name
+
+    def driver(self, driver: Callable[[Session], D], store: str | None = None) -> D:
+        """``stores.driver(GageReader)``: a driver on this app context's session of its store
+        (``store``, else the store whose metadata holds its model, else the default store),
+        the session ``stores.session(...)`` gives: commit it as that one."""
+        name = driver_store(self.storekeeper_app, driver, store, self.default)
+        return driver(self._sessions().get(name))
 
     def _sessions(self) -> SessionSet:
         sessions: SessionSet | None = g.get(self._key)

@@ -8,6 +8,7 @@
     @view_config(route_name="say", renderer="json")
     def say(request):
         request.stores.chat_db.add(Message(...))
+        messages = request.stores.driver(MessageReader)   # a driver on that same session
 
 Settings (or ``config.use_stores`` arguments):
 

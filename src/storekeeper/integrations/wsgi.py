@@ -9,6 +9,7 @@ request it removes the scoped sessions (``app.scoped_session(name)``) of the giv
         session = app.scoped_session("chat_db")()     # this thread's session
         ...
         session.commit()                               # commit yourself; the rest is rolled back
+        gages = driver(app, GageReader)                # a driver on this thread's session
 
 "At the end" is when the server closes the response (PEP 3333), after the body was sent, in
 the thread that served the request, which is the thread the scoped sessions belong to.
@@ -17,12 +18,18 @@ the thread that served the request, which is the thread the scoped sessions belo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..sessions import driver_store
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from ..declare import App
 
-__all__ = ["StoresMiddleware"]
+__all__ = ["StoresMiddleware", "driver"]
+
+D = TypeVar("D")
 
 WSGIApplication = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -47,6 +54,13 @@ class StoresMiddleware:
     def _remove(self) -> None:
         for app in self.apps:
             app.remove_sessions()
+
+
+def driver(app: App, driver: Callable[[Session], D], store: str | None = None) -> D:
+    """``driver(app, GageReader)``: a driver on this thread's scoped session of its store
+    (``store``, else the store whose metadata holds its model), the session
+    ``app.scoped_session(name)()`` gives and the middleware ends with the request."""
+    return driver(app.scoped_session(driver_store(app, driver, store))())
 
 
 class _ClosingBody:
