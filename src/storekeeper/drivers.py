@@ -281,6 +281,8 @@ class _Driver(Generic[M]):
     """What both drivers share: the model, the session, filters."""
 
     model: ClassVar[type[Any]]
+    #: Whether ``of()`` opens a read session (from a replica when the store has one).
+    readonly: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -302,7 +304,7 @@ class _Driver(Generic[M]):
     def of(cls, app: App, store: str) -> Iterator[Self]:
         """A driver on its own unit of work on ``store``: committed when the block ends,
         rolled back if it raises."""
-        with app.session(store) as session:
+        with app.session(store, readonly=cls.readonly) as session:
             yield cls(session)
 
     @property
@@ -320,7 +322,10 @@ class _Driver(Generic[M]):
 
 
 class ReadDriver(_Driver[M]):
-    """Every query a controller needs on one model."""
+    """Every query a controller needs on one model. ``of()`` reads from a replica of the
+    store when one has this unit of work's writes (see :mod:`storekeeper.replicas`)."""
+
+    readonly = True
 
     def _select(self, args: Sequence[Any], filters: Mapping[str, Any]) -> Select[Any]:
         return select(self.model).where(*self._where(args, filters))

@@ -275,8 +275,10 @@ def print_status(rows: Sequence[Any]) -> None:
         say("no stores: no apps found (name them with --app MODULE:ATTR or in storekeeper.toml)")
         return
     migrated = any(getattr(r, "migration_state", None) for r in rows)
+    replicated = any(getattr(r, "replicas", None) for r in rows)
     headers = ["app", "store", "service", "database", "exists", "size"]
     headers += ["revision", "last sync"] if migrated else ["last sync"]
+    headers += ["replicas (lag)"] if replicated else []
     show_table(
         [
             (
@@ -288,6 +290,7 @@ def print_status(rows: Sequence[Any]) -> None:
                 human_size(r.size),
                 *([_revision_cell(r)] if migrated else []),
                 r.last_sync or "never",
+                *([", ".join(x.describe() for x in r.replicas) or "none"] if replicated else []),
             )
             for r in rows
         ],
@@ -296,6 +299,9 @@ def print_status(rows: Sequence[Any]) -> None:
     for r in rows:
         if r.problem:
             say(f"  {r.app}.{r.store}: {r.problem}")
+        for replica in getattr(r, "replicas", ()):
+            if replica.problem:
+                say(f"  {r.app}.{r.store}: replica {replica.service}: {replica.problem}")
 
 
 # migrations -----------------------------------------------------------------------------
