@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from chat.model import ChatBase, GameBase, Message, Score
-from storekeeper import App, Store
+from storekeeper import App, Store, replicas
 from storekeeper.celery import StoreKeeper, with_store
 
 REPORTS = Path(os.environ["REPORTS"])
@@ -85,3 +85,11 @@ def record(self: Any, n: int, chat_db: Session, scores_db: Session) -> int:
 def backend(chat_db: Session) -> int | None:
     """The PostgreSQL backend serving this worker process's session."""
     return backend_pid(chat_db)
+
+
+@celery.task(name="celery_chat.carried_token", bind=True)
+def carried_token(self: Any) -> str:
+    """The read-your-writes token the task was sent with (a header), as the README says to
+    take it in."""
+    with replicas.scope(self.request.get("storekeeper_token")) as unit:
+        return str(unit.token)

@@ -31,7 +31,7 @@ from storekeeper.config import Sourced
 from storekeeper.drivers import ReadDriver
 from storekeeper.errors import ConfigError, InvalidName, NotFound
 from storekeeper.replicas import SERVED_BY, Token, format_lsn, parse_lsn, replica_status
-from storekeeper.sessions import SessionSet
+from storekeeper.sessions import SessionSet, with_store
 from storekeeper.site import Site
 from storekeeper.testing.server import PostgresServer, PostgresStandby
 
@@ -226,6 +226,26 @@ def test_read_drivers_and_session_sets_read_from_the_replica(
         stores.finish(commit=True)
 
 
+def test_tasks_and_request_hooks_read_from_the_replica(
+    site: Site, primary: PostgresServer, replica: PostgresStandby
+) -> None:
+    @with_store(APP, "main_db", readonly=True)
+    def task(main_db: Session) -> int:
+        return int(main_db.execute(text("SELECT inet_server_port()")).scalar_one())
+
+    write(11)
+    carried = str(replicas.token())
+    wait_replayed(replica, primary_position(primary))
+    replicas.begin(carried)  # a request hook: the next request, carrying the cookie
+    assert task() == replica.port
+    write(12)  # this request wrote: its reads go to the primary while the replica is behind
+    assert task() == primary.port
+    replicas.begin("not a token", strict=False)  # a client's garbage: ignored
+    assert not replicas.token()
+    with pytest.raises(BadInput, match="is not a replica token"):
+        replicas.begin("not a token")
+
+
 def test_a_read_session_on_the_primary_refuses_to_write(
     site: Site, primary: PostgresServer
 ) -> None:
@@ -297,6 +317,7 @@ def test_a_replica_that_goes_down_is_skipped_with_one_warning(
     primary: PostgresServer,
     replica: PostgresStandby,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     doomed = primary.standby().start()
     site = replica_config(project, primary, ("pg_r2", doomed.url), ("pg_r1", replica.url))
@@ -310,11 +331,18 @@ def test_a_replica_that_goes_down_is_skipped_with_one_warning(
         with replicas.scope():
             served = [read() for _ in range(50)]
         assert {port for _, port, _ in served} == {replica.port}  # reads went on
+        # Tried again at each read now (no wait between tries): still down, no new warning.
+        monkeypatch.setattr(replicas, "RETRY_SECONDS", 0.0)
+        with replicas.scope():
+            assert {read()[1] for _ in range(10)} == {replica.port}
         warnings = [r for r in caplog.records if r.name == "storekeeper.replicas"]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         assert "replica pg_r2" in warnings[0].getMessage()
         assert "cannot be reached" in warnings[0].getMessage()
         assert doomed.password not in caplog.text
+        shown = {r.service: r for r in replica_status(APP, "main_db")}
+        assert shown["pg_r2"].describe() == "pg_r2 down" and shown["pg_r2"].problem
+        assert shown["pg_r1"].state == "streaming"
     finally:
         doomed.stop()
         APP.bind(None)

@@ -60,6 +60,7 @@ __all__ = [
     "ReadScope",
     "ReplicaStatus",
     "Token",
+    "begin",
     "check_replica",
     "read_session",
     "replica_status",
@@ -253,20 +254,42 @@ def token() -> Token:
     return current().token
 
 
+def _start(carried: str | Token | None, strict: bool) -> ReadScope:
+    try:
+        return ReadScope(Token.parse(carried))
+    except BadInput:
+        if strict:
+            raise
+        # A token is only ever a reason to read from the primary: one that does not parse
+        # (a client's cookie, tampered with or from another version) is dropped, not fatal.
+        log.debug("ignoring a malformed replica token %r", carried)
+        return ReadScope(Token())
+
+
 @contextmanager
-def scope(carried: str | Token | None = None) -> Iterator[ReadScope]:
+def scope(carried: str | Token | None = None, *, strict: bool = True) -> Iterator[ReadScope]:
     """A unit of work for read-your-writes: within the block, reads wait (on the primary) for
     the writes ``carried`` names (a token string from a cookie or a task header, or ``None``)
     and for those committed inside the block; ``scope.token`` gives the token to carry on.
 
-    A malformed ``carried`` is a :class:`BadInput` naming it.
+    A malformed ``carried`` is a :class:`BadInput` naming it; with ``strict=False`` (for
+    what a client sent) it is ignored.
     """
-    made = ReadScope(Token.parse(carried))
+    made = _start(carried, strict)
     reset = _current.set(made)
     try:
         yield made
     finally:
         _current.reset(reset)
+
+
+def begin(carried: str | Token | None = None, *, strict: bool = True) -> ReadScope:
+    """Start a new unit of work in the current context, as :func:`scope` does, for frameworks
+    whose request hooks cannot wrap a block (``before_request``): it lasts until the next
+    ``begin`` in this thread or task, and a ``scope`` inside it still nests."""
+    made = _start(carried, strict)
+    _current.set(made)
+    return made
 
 
 # routing ---------------------------------------------------------------------------------
