@@ -413,20 +413,20 @@ def test_service_test_and_status_show_a_real_replica_and_its_lag(
 
 # naming replicas: the file, the command line, Python -----------------------------------
 
+# Services that nothing here connects to: naming replicas is checked without a server.
+UNREACHED_SERVICES = """
+apps = ["test_replicas:APP"]
+[services]
+pg = "postgresql+psycopg://app:s3cret@db.example:5432"
+pg_r1 = "postgresql+psycopg://app:s3cret@r1.example:5432"
+pg_r2 = "postgresql+psycopg://app:s3cret@r2.example:5432"
+"""
+
 
 def test_assign_replica_is_kept_in_the_catalog_and_can_be_removed(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    write_config(
-        project,
-        """
-        apps = ["test_replicas:APP"]
-        [services]
-        pg = "postgresql+psycopg://app:s3cret@db.example:5432"
-        pg_r1 = "postgresql+psycopg://app:s3cret@r1.example:5432"
-        pg_r2 = "postgresql+psycopg://app:s3cret@r2.example:5432"
-        """,
-    )
+    write_config(project, UNREACHED_SERVICES)
     target = f"{APP.name}.main_db"
     try:
         assert main(["assign", target, "pg", "--replica", "pg_r1", "--replica", "pg_r2"]) == 0
@@ -462,15 +462,7 @@ def test_assign_replica_is_kept_in_the_catalog_and_can_be_removed(
 def test_assign_refuses_a_bad_replica_and_changes_nothing(
     project: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
 ) -> None:
-    write_config(
-        project,
-        """
-        apps = ["test_replicas:APP"]
-        [services]
-        pg = "postgresql+psycopg://app:s3cret@db.example:5432"
-        pg_r1 = "postgresql+psycopg://app:s3cret@r1.example:5432"
-        """,
-    )
+    write_config(project, UNREACHED_SERVICES)
     try:
         assert main(["assign", f"{APP.name}.main_db", *arguments]) == 2
         err = capsys.readouterr().err
@@ -481,6 +473,36 @@ def test_assign_refuses_a_bad_replica_and_changes_nothing(
             assert site.replicas(APP.name, "main_db") == []
         finally:
             site.close()
+    finally:
+        APP.bind(None)
+
+
+def test_config_show_lists_the_replicas_and_where_they_come_from(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(
+        project,
+        "max_replica_lag = 2\n"
+        + UNREACHED_SERVICES
+        + f'[replicas]\n"{APP.name}.main_db" = ["pg_r1"]\n',
+    )
+    try:
+        assert main(["assign", f"{APP.name}.main_db", "pg", "--replica", "pg_r2"]) == 0
+        capsys.readouterr()
+        assert main(["config", "show"]) == 0
+        out = capsys.readouterr().out
+        assert "replicas (max lag 2 s   [storekeeper.toml]):" in out
+        assert f"{APP.name}.main_db reads from pg_r1   [storekeeper.toml]" in out
+        assert f"{APP.name}.main_db reads from pg_r2   [catalog]" in out
+        assert main(["config", "show", "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["max_replica_lag"] == {"value": 2.0, "source": "storekeeper.toml"}
+        assert shown["replicas"] == {
+            f"{APP.name}.main_db": [
+                {"service": "pg_r1", "source": "storekeeper.toml"},
+                {"service": "pg_r2", "source": "catalog"},
+            ]
+        }
     finally:
         APP.bind(None)
 

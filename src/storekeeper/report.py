@@ -525,6 +525,13 @@ def print_config(found: ConfigReport, *, as_json: bool) -> None:
         say("  (none: stores use the default service)")
     for a in found.assignments:
         say(f"  {a.app}.{a.setting} -> {a.service}   [{a.source}]")
+    if found.replicas:
+        say(
+            f"replicas (max lag {found.max_replica_lag_seconds:g} s   "
+            f"[{found.max_replica_lag_source}]):"
+        )
+        for r in found.replicas:
+            say(f"  {r.app}.{r.setting} reads from {r.service}   [{r.source}]")
     say("apps:")
     for each in found.apps:
         say(

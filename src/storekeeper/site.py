@@ -537,6 +537,10 @@ class ConfigReport:
     services: tuple[ServiceInfo, ...]
     assignments: tuple[AssignmentInfo, ...]
     apps: tuple[AppInfo, ...]
+    #: Read replicas: ``APP.STORE`` to its replica services, each with its source.
+    replicas: tuple[AssignmentInfo, ...] = ()
+    max_replica_lag_seconds: float = 5.0
+    max_replica_lag_source: str = "built-in"
 
     def as_dict(self) -> dict[str, Any]:
         """As ``config show --json`` prints it."""
@@ -562,7 +566,22 @@ class ConfigReport:
                 for a in self.assignments
             },
             "apps": [a.name for a in self.apps],
+            "max_replica_lag": {
+                "value": self.max_replica_lag_seconds,
+                "source": self.max_replica_lag_source,
+            },
+            "replicas": {
+                target: [{"service": r.service, "source": r.source} for r in found]
+                for target, found in _by_target(self.replicas).items()
+            },
         }
+
+
+def _by_target(rows: Sequence[AssignmentInfo]) -> dict[str, list[AssignmentInfo]]:
+    grouped: dict[str, list[AssignmentInfo]] = {}
+    for row in rows:
+        grouped.setdefault(f"{row.app}.{row.setting}", []).append(row)
+    return grouped
 
 
 def config_report(site: Site, apps: Sequence[App]) -> ConfigReport:
@@ -592,6 +611,13 @@ def config_report(site: Site, apps: Sequence[App]) -> ConfigReport:
             )
             for a in apps
         ),
+        replicas=tuple(
+            AssignmentInfo(app, store, r.value, r.source)
+            for (app, store), found in sorted(site.all_replicas().items())
+            for r in found
+        ),
+        max_replica_lag_seconds=cfg.max_replica_lag_seconds,
+        max_replica_lag_source=cfg.max_replica_lag.source,
     )
 
 
