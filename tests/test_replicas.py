@@ -386,6 +386,22 @@ def test_a_service_that_is_not_a_replica_of_the_primary_is_refused_at_service_te
         FRESH.bind(None)
 
 
+def test_sync_refuses_a_replica_that_is_not_postgresql_and_makes_nothing(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(
+        project, f'apps = ["test_replicas:FRESH"]\n[replicas]\n"{FRESH.name}.main_db" = ["local"]\n'
+    )
+    try:
+        assert main(["sync"]) == 2
+        err = capsys.readouterr().err
+        assert f"error: service 'local' cannot be a replica of {FRESH.name}.main_db" in err
+        assert "read replicas are PostgreSQL streaming replicas" in err
+        assert not (project / "var" / "stores").exists()
+    finally:
+        FRESH.bind(None)
+
+
 def test_service_test_and_status_show_a_real_replica_and_its_lag(
     project: Path,
     primary: PostgresServer,
@@ -436,6 +452,10 @@ def test_assign_replica_is_kept_in_the_catalog_and_can_be_removed(
         with sqlite3.connect(project / "var" / "catalog.sqlite") as conn:
             rows = conn.execute("SELECT app, store, service FROM storekeeper_replicas").fetchall()
         assert sorted(rows) == [(APP.name, "main_db", "pg_r1"), (APP.name, "main_db", "pg_r2")]
+
+        # A service that a store reads from is in use.
+        assert main(["service", "remove", "pg_r1"]) == 2
+        assert f"service 'pg_r1' is still used by {target}" in capsys.readouterr().err
 
         assert main(["assign", target, "pg", "--remove-replica", "pg_r1"]) == 0
         assert f"{target} no longer reads from replica pg_r1" in capsys.readouterr().out

@@ -43,7 +43,7 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .errors import BadInput, ConfigError, StorekeeperError
+from .errors import BadInput, ConfigError, ServiceUnavailable
 from .naming import split_target
 from .secret import mask
 from .site import place
@@ -306,7 +306,6 @@ class _ReplicaState:
     checked: float = 0.0
     down: str | None = None
     retry_at: float = 0.0
-    uses: int = 0
 
 
 class _Router:
@@ -314,7 +313,6 @@ class _Router:
 
     def __init__(self, site: Site, app: str, store: str, placement: Placement) -> None:
         self.site, self.app, self.store = site, app, store
-        self.key = (app, store)
         self.database = placement.database
         self.primary = site.backend(placement.service)
         self.max_lag = site.config.max_replica_lag_seconds
@@ -332,11 +330,14 @@ class _Router:
         return self.site.engine(self.primary.database_url(self.database), self.primary)
 
     def replica_engine(self, replica: _ReplicaState) -> Engine:
+        """The engine read sessions use on ``replica``: without transactions (autocommit), as
+        a hot standby's are read only anyway; so a read costs no BEGIN and no ROLLBACK round
+        trip, and each statement sees at least what the probe before it saw."""
         url = replica.backend.database_url(self.database)
         options: dict[str, Any] = {}
         if "connect_timeout" not in url.query:
             options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
-        return self.site.engine(url, replica.backend, **options)
+        return _autocommit(self.site.engine(url, replica.backend, **options))
 
     def _maker(self, name: str, engine: Engine) -> sessionmaker[Session]:
         maker = self._makers.get(name)
@@ -392,12 +393,12 @@ class _Router:
             session.close()
             self._went_down(replica, exc)
             return None
-        self._came_back(replica)
         replica.checked = time.monotonic()
         if not in_recovery:
             session.close()
             self._not_a_replica(replica)
             return None
+        self._came_back(replica)
         replica.replay = parse_lsn(replay) if replay else None
         replica.lag = max(0.0, float(lag)) if lag is not None else None
         usable = (
@@ -408,7 +409,6 @@ class _Router:
         if not usable:
             session.close()
             return None
-        replica.uses += 1
         session.info[SERVED_BY] = replica.service.name
         return session
 
@@ -512,6 +512,14 @@ def read_session(app: App, name: str) -> Session:
 
 
 _read_only_engines: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_autocommit_engines: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+
+
+def _autocommit(engine: Engine) -> Engine:
+    found = _autocommit_engines.get(engine)
+    if found is None:
+        found = _autocommit_engines[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return found
 
 
 def _read_only(engine: Engine) -> Engine:
@@ -674,17 +682,16 @@ def _reach(site: Site, service: Service) -> tuple[str, bool]:
 
 
 def check_store_replicas(app: App, name: str, placement: Placement) -> list[str]:
-    """Check every replica of store ``name`` (see :func:`check_replica`): a non-replica raises
-    :class:`ConfigError`; one that cannot be reached is returned as a warning (reads skip it
-    while it is down)."""
+    """Check every replica of store ``name`` (see :func:`check_replica`): a service that is
+    not a replica of the store's primary (or not PostgreSQL, or unknown) raises its
+    :class:`BadInput`; one that cannot be reached is returned as a warning (reads skip it while
+    it is down)."""
     site = app.site
     warnings = []
     for replica in site.replicas(app.name, name):
         try:
             check_replica(site, app.name, name, replica.value, placement.service.name)
-        except ConfigError:
-            raise
-        except StorekeeperError as exc:
+        except ServiceUnavailable as exc:
             warnings.append(f"replica {replica.value} of {app.name}.{name}: {exc}")
     return warnings
 
@@ -714,10 +721,10 @@ def replica_status(app: App, name: str) -> list[ReplicaStatus]:
     for replica in replicas:
         try:
             check_replica(site, app.name, name, replica.value, placement.service.name)
-        except ConfigError:
-            rows.append(ReplicaStatus(replica.value, "not a replica"))
+        except BadInput as exc:  # not a replica of this primary, or no service of that name
+            rows.append(ReplicaStatus(replica.value, "not a replica", problem=str(exc)))
             continue
-        except StorekeeperError as exc:
+        except ServiceUnavailable as exc:
             rows.append(ReplicaStatus(replica.value, "down", problem=str(exc)))
             continue
         backend = site.backend(site.service(replica.value))
