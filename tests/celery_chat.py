@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from chat.model import ChatBase, GameBase, Message, Score
 from integration_checks import ChatReader, ChatWriter, GameWriter
-from storekeeper import App, Store
+from storekeeper import App, Store, replicas
 from storekeeper.celery import StoreKeeper, with_store
 
 REPORTS = Path(os.environ["REPORTS"])
@@ -105,3 +105,11 @@ def open_channels(
         "one_unit_of_work": reader.session is chats.session,
         "games_db": games.session.get_bind().url.database != chats.session.get_bind().url.database,
     }
+
+
+@celery.task(name="celery_chat.carried_token", bind=True)
+def carried_token(self: Any) -> str:
+    """The read-your-writes token the task was sent with (a header), as the README says to
+    take it in."""
+    with replicas.scope(self.request.get("storekeeper_token")) as unit:
+        return str(unit.token)

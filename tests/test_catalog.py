@@ -24,6 +24,7 @@ PG_URL_WITH_SECRET = "postgresql+psycopg://app:s3cretpw@db.example:5432"
 def test_a_new_catalog_records_the_current_schema_version(project: Path) -> None:
     site = Site.load()
     try:
+        assert len(tables.STEPS) == tables.SCHEMA_VERSION
         # Reading makes nothing; opening it makes the catalog.
         assert site.services()["local"].source == "built-in"
         assert not (project / "var").exists()
@@ -36,14 +37,12 @@ def test_a_new_catalog_records_the_current_schema_version(project: Path) -> None
 
 
 def test_a_catalog_newer_than_the_code_says_to_upgrade_storekeeper(project: Path) -> None:
-    newer = tables.SCHEMA_VERSION + 1
     site = Site.load()
     site.add_service("main", "sqlite:///stores")
     site.close()
+    newer = str(tables.SCHEMA_VERSION + 1)
     with sqlite3.connect(project / "var" / "catalog.sqlite") as conn:
-        conn.execute(
-            "UPDATE storekeeper_meta SET value = ? WHERE key = 'schema_version'", (str(newer),)
-        )
+        conn.execute("UPDATE storekeeper_meta SET value = ? WHERE key = 'schema_version'", (newer,))
 
     site = Site.load()
     try:
@@ -54,7 +53,7 @@ def test_a_catalog_newer_than_the_code_says_to_upgrade_storekeeper(project: Path
         site.close()
     # Nothing was changed by the refusal.
     with sqlite3.connect(project / "var" / "catalog.sqlite") as conn:
-        assert conn.execute("SELECT value FROM storekeeper_meta").fetchall() == [(str(newer),)]
+        assert conn.execute("SELECT value FROM storekeeper_meta").fetchall() == [(newer,)]
 
 
 def test_with_a_secret_key_urls_are_encrypted_at_rest(

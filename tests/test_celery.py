@@ -134,6 +134,10 @@ def test_worker_processes_use_fresh_pools_and_return_every_connection(
     client = worker.client
     backends = {worker.wait(client.send_task("celery_chat.backend")) for _ in range(20)}
     assert worker.wait(client.send_task("celery_chat.record", args=[3])) == 3
+    # A read-your-writes token rides in a task header (README, Read replicas).
+    token = "my_app.example_db:16/B374D848"
+    sent = client.send_task("celery_chat.carried_token", headers={"storekeeper_token": token})
+    assert worker.wait(sent) == token
     worker.stop()
 
     [parent] = worker.reported("parent")

@@ -189,6 +189,20 @@ OPTIONS: dict[str, Decorator] = {
         help="do not back a store up before migrating it (see auto_backup in storekeeper.toml)",
     ),
     "reason": click.option("--reason", metavar="TEXT", help="why it is pinned (shown by backups)"),
+    "replica": click.option(
+        "--replica",
+        "replicas",
+        multiple=True,
+        metavar="SERVICE",
+        help="a streaming replica of SERVICE that the store reads from (repeatable)",
+    ),
+    "remove_replica": click.option(
+        "--remove-replica",
+        "remove_replicas",
+        multiple=True,
+        metavar="SERVICE",
+        help="stop reading the store from this replica (repeatable)",
+    ),
     "old_key_file": click.option(
         "--old-key-file", metavar="PATH", help="a file holding the old key"
     ),
@@ -503,7 +517,18 @@ def service_test(face: Face, *, name: str) -> int:
         message = str(exc).replace(f" (storekeeper service test {service.name})", "")
         raise ServiceUnavailable(f"{message}; {_where_to_fix(service)}") from None
     say(f"ok: service {service.name!r} reached: {description}")
+    _test_replica(site, service.name)
     return 0
+
+
+def _test_replica(site: Site, name: str) -> None:
+    """When service ``name`` is a replica of stores: check that it replicates each one's
+    primary (a :class:`ConfigError` if not), and say its lag."""
+    from .replicas import check_replica, replicas_of_service
+
+    for app, store, primary in replicas_of_service(site, name):
+        check_replica(site, app, store, name, primary)
+        say(f"ok: service {name!r} is a streaming replica of {primary!r} for {app}.{store}")
 
 
 def _where_to_fix(service: Service) -> str:
@@ -525,12 +550,70 @@ def _where_to_fix(service: Service) -> str:
     return f"the URL comes from services.{service.name} in {service.source}: change it there"
 
 
-def assign(face: Face, *, target: str, service: str) -> int:
-    """Plug a service into a store or server setting, ``APP.SETTING``."""
+def assign(
+    face: Face,
+    *,
+    target: str,
+    service: str,
+    replicas: Sequence[str] = (),
+    remove_replicas: Sequence[str] = (),
+) -> int:
+    """Plug a service into a store or server setting, ``APP.SETTING``; with ``--replica``, name
+    services the store reads from (``--remove-replica``: stop reading from one)."""
     app, setting = setting_target(face.apps, target)
-    plugged = face.site.assign(app.name, setting, service)
+    site = face.site
+    if replicas or remove_replicas:
+        _check_replica_options(face, app, setting, service, replicas, remove_replicas)
+    plugged = site.assign(app.name, setting, service)
     say(f"{app.name}.{setting} -> {plugged.name} ({plugged.display_url})")
+    for name in remove_replicas:
+        site.remove_replica(app.name, setting, name)
+        say(f"{app.name}.{setting} no longer reads from replica {name}")
+    for name in replicas:
+        added = site.add_replica(app.name, setting, name)
+        say(f"{app.name}.{setting} reads from replica {added.name} ({added.display_url})")
     return 0
+
+
+def _check_replica_options(
+    face: Face,
+    app: App,
+    store: str,
+    service: str,
+    replicas: Sequence[str],
+    remove_replicas: Sequence[str],
+) -> None:
+    """Bad ``--replica`` / ``--remove-replica`` options are refused before anything is
+    written: the primary's assignment included."""
+    site = face.site
+    if store not in {s.name for s in app.stores}:
+        raise BadInput(
+            f"{app.name}.{store} is a server setting: read replicas are for stores "
+            f"({', '.join(s.name for s in app.stores) or 'none'})"
+        )
+    both = sorted(set(replicas) & set(remove_replicas))
+    if both:
+        raise BadInput(f"--replica and --remove-replica both name {', '.join(both)}")
+    primary = site.service(service)
+    if primary.url.get_backend_name() != "postgresql":
+        raise BadInput(
+            f"service {service!r} is {primary.url.get_backend_name()}: read replicas are "
+            "PostgreSQL streaming replicas, of a PostgreSQL primary"
+        )
+    for name in replicas:
+        site.check_replica_service(app.name, store, name, service)
+    named = {r.value: r.source for r in site.replicas(app.name, store)}
+    for name in remove_replicas:
+        if name not in named:
+            raise BadInput(
+                f"service {name!r} is not a replica of {app.name}.{store}; its replicas: "
+                f"{', '.join(named) or 'none'}"
+            )
+        if named[name] != "catalog":
+            raise BadInput(
+                f"replica {name!r} of {app.name}.{store} comes from {named[name]}, not the "
+                "catalog; remove it there"
+            )
 
 
 def setting_target(apps: Sequence[App], target: str) -> tuple[App, str]:
@@ -853,7 +936,8 @@ VERBS: dict[str, Verb] = {
     ),
     "assign": Verb(
         assign,
-        "plug a service into a store or server setting",
+        "plug a service into a store or server setting (--replica: a replica it reads from)",
+        ["replica", "remove_replica"],
         acts_on="setting",
         arguments=[click.argument("service", metavar="SERVICE")],
     ),
@@ -912,6 +996,8 @@ _KEYWORDS = {
     "store": "stores",
     "yes_restore": "yes",
     "force_restore": "force",
+    "replica": "replicas",
+    "remove_replica": "remove_replicas",
 }
 
 

@@ -7,7 +7,8 @@
    ``STOREKEEPER_ENV`` (``test`` under pytest);
 4. the catalog (services and assignments made with the CLI) — merged by :mod:`storekeeper.site`;
 5. environment variables: ``STOREKEEPER_SERVICE_<NAME>`` (or ``..._FILE``),
-   ``STOREKEEPER_CATALOG``, ``STOREKEEPER_DEFAULT_SERVICE``, ``STOREKEEPER_LOCK_TIMEOUT``.
+   ``STOREKEEPER_CATALOG``, ``STOREKEEPER_DEFAULT_SERVICE``, ``STOREKEEPER_LOCK_TIMEOUT``,
+   ``STOREKEEPER_MAX_REPLICA_LAG``.
 
 Every value remembers where it came from, so ``storekeeper config show`` can say so.
 """
@@ -42,6 +43,8 @@ _TOP_KEYS = {
     "backups",
     "auto_backup",
     "retention",
+    "replicas",
+    "max_replica_lag",
 }
 #: The keys of a ``[retention]`` table (globally, ``[services.NAME.retention]``, or
 #: ``[retention."APP.STORE"]``): how many unpinned backups to keep, and for how many days the
@@ -53,6 +56,10 @@ DEFAULT_BACKUPS = "var/backups"
 #: long enough for a sync or migration that is working, short enough that a hung one is
 #: reported while someone still watches; Liquibase waits five minutes for its lock too.
 DEFAULT_LOCK_TIMEOUT = "300"
+#: Seconds a replica may be behind its primary and still serve reads (``max_replica_lag``):
+#: a page a few seconds old is what most readers accept, and a replica further behind is
+#: usually catching up after a burst of writes or a stall.
+DEFAULT_MAX_REPLICA_LAG = "5"
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,11 @@ class Config:
     retention: dict[str, Sourced] = field(default_factory=dict)
     service_retention: dict[str, dict[str, Sourced]] = field(default_factory=dict)
     store_retention: dict[tuple[str, str], dict[str, Sourced]] = field(default_factory=dict)
+    #: The replica services of each store, ``(app, store)`` to service names, from the file
+    #: and its overlay (``[replicas]``); the catalog's are added to these.
+    replicas: dict[tuple[str, str], list[Sourced]] = field(default_factory=dict)
+    #: Seconds a replica may lag behind its primary and still serve reads.
+    max_replica_lag: Sourced = Sourced(DEFAULT_MAX_REPLICA_LAG, BUILTIN)
 
     @property
     def lock_timeout_seconds(self) -> float:
@@ -133,16 +145,29 @@ class Config:
             found.update(layer)
         return found
 
+    @property
+    def max_replica_lag_seconds(self) -> float:
+        """:attr:`max_replica_lag` as a number (checked when it was read)."""
+        return float(self.max_replica_lag.value)
+
 
 def check_lock_timeout(value: object, where: str) -> str:
     """``value`` as the text of a lock timeout in seconds; :class:`ConfigError` names it unless
     it is a number of seconds, 0 or more."""
+    return check_seconds(value, where, "300")
+
+
+def check_seconds(value: object, where: str, example: str) -> str:
+    """``value`` as the text of a number of seconds; :class:`ConfigError` names it (and gives
+    ``example``) unless it is a finite number, 0 or more."""
     try:
         seconds = float(value) if isinstance(value, int | float | str) else float("nan")
     except ValueError:
         seconds = float("nan")
     if isinstance(value, bool) or not seconds >= 0 or seconds == float("inf"):
-        raise ConfigError(f"{where}: {value!r} is not a number of seconds (0 or more), like 300")
+        raise ConfigError(
+            f"{where}: {value!r} is not a number of seconds (0 or more), like {example}"
+        )
     return f"{seconds:g}"
 
     def __repr__(self) -> str:
@@ -298,6 +323,12 @@ def _apply_table(config: Config, data: Any, where: str, *, top: bool) -> None:
         config.auto_backup = Sourced("true" if data["auto_backup"] else "false", where)
     if "retention" in data:
         _apply_retention(config, data["retention"], where)
+    if "max_replica_lag" in data:
+        config.max_replica_lag = Sourced(
+            check_seconds(data["max_replica_lag"], f"{where}: max_replica_lag", "5"), where
+        )
+    if "replicas" in data:
+        _apply_replicas(config, data["replicas"], where)
     if "catalog" in data:
         if not isinstance(data["catalog"], str) or not data["catalog"]:
             raise ConfigError(f"{where}: 'catalog' must be a database URL")
@@ -368,6 +399,26 @@ def _apply_retention(config: Config, data: Any, where: str) -> None:
         layer.update(_retention_table(table, f'{where}: [retention."{target}"]'))
 
 
+def _apply_replicas(config: Config, table: Any, where: str) -> None:
+    """``[replicas] "APP.STORE" = ["pg_r1", "pg_r2"]``: each store's replica services (an
+    overlay's list replaces the file's for that store)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: 'replicas' must be a table of \"APP.STORE\" = [SERVICE, ...]")
+    for target, names in table.items():
+        try:
+            key = split_target(target)
+        except InvalidName as exc:
+            raise InvalidName(f"{where}: replicas key {target!r}: {exc}") from None
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(
+                f'{where}: replicas."{target}" must be a list of service names, like ["pg_r1"]'
+            )
+        checked = [check_identifier(n, f'service (in {where}: replicas."{target}")') for n in names]
+        config.replicas[key] = [Sourced(n, where) for n in dict.fromkeys(checked)]
+
+
 def _service_url(name: str, spec: Any, where: str, config: Config) -> str:
     if isinstance(spec, str):
         return spec
@@ -425,6 +476,10 @@ def _apply_environ(config: Config, environ: Mapping[str, str]) -> None:
         where = "env STOREKEEPER_LOCK_TIMEOUT"
         value = check_lock_timeout(environ["STOREKEEPER_LOCK_TIMEOUT"], where)
         config.lock_timeout = Sourced(value, where)
+    if environ.get("STOREKEEPER_MAX_REPLICA_LAG"):
+        where = "env STOREKEEPER_MAX_REPLICA_LAG"
+        value = check_seconds(environ["STOREKEEPER_MAX_REPLICA_LAG"], where, "5")
+        config.max_replica_lag = Sourced(value, where)
     if "STOREKEEPER_DEFAULT_SERVICE" in environ:
         value = environ["STOREKEEPER_DEFAULT_SERVICE"]
         if value:

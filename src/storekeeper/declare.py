@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import sessionmaker as SessionMaker
 
     from .provision import StoreInfo, SyncReport
+    from .replicas import ReadSessionScope
     from .site import Placement, Site
 
 __all__ = ["App", "Initializer", "InitializerSpec", "Kind", "ServerSetting", "Store"]
@@ -137,12 +138,25 @@ class App(AppDeclaration):
             from sqlalchemy.orm import sessionmaker as make
 
             maker = make(bind=self.engine(name), expire_on_commit=False)
+            # lazy: import storekeeper stays light
+            from .replicas import watch_commits
+
+            watch_commits(self, name, maker)  # read-your-writes, for stores with replicas
             self._makers[name] = maker
         return maker
 
-    def session(self, name: str) -> _SessionScope:
+    def session(self, name: str, *, readonly: bool = False) -> _SessionScope | ReadSessionScope:
         """``with app.session("example_db") as s:`` commits on success, rolls back on error,
-        and always closes."""
+        and always closes.
+
+        ``readonly=True``: a session that only reads, from one of the store's replicas when
+        one has replayed this unit of work's writes and is not too far behind, else from the
+        primary in a read-only transaction (see :mod:`storekeeper.replicas`)."""
+        if readonly:
+            # lazy: import storekeeper stays light
+            from .replicas import ReadSessionScope
+
+            return ReadSessionScope(self, name)
         maker = self._makers.get(name) or self.sessionmaker(name)
         return _SessionScope(maker)
 

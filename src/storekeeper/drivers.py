@@ -583,6 +583,8 @@ class _Driver(_Shared[M]):
     """What both drivers share: the model, the session, filters."""
 
     model: ClassVar[type[Any]]
+    #: Whether ``of()`` opens a read session (from a replica when the store has one).
+    readonly: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -608,7 +610,7 @@ class _Driver(_Shared[M]):
     def of(cls, app: App, store: str) -> Iterator[Self]:
         """A driver on its own unit of work on ``store``: committed when the block ends,
         rolled back if it raises. Its cursors are signed with the site's key."""
-        with app.session(store) as session:
+        with app.session(store, readonly=cls.readonly) as session:
             yield cls(session, cursor_key=app.site.catalog.cursor_key)
 
     def _dbapi_connection(self, connection: Connection) -> Any:
@@ -642,7 +644,10 @@ class _Driver(_Shared[M]):
 
 
 class ReadDriver(_Driver[M]):
-    """Every query a controller needs on one model."""
+    """Every query a controller needs on one model. ``of()`` reads from a replica of the
+    store when one has this unit of work's writes (see :mod:`storekeeper.replicas`)."""
+
+    readonly = True
 
     def _select(self, args: Sequence[Any], filters: Mapping[str, Any]) -> Select[Any]:
         return select(self.model).where(*self._where(args, filters))
@@ -1150,8 +1155,10 @@ class WriteDriver(_Driver[M], _Writes[M]):
         wanted = set(ids) if ids is not None else None
         kept = {id(obj) for obj in keep}
         for obj in builtins.list(self.session.identity_map.values()):
-            if isinstance(obj, self.model) and id(obj) not in kept and (
-                wanted is None or getattr(obj, self.info.pk) in wanted
+            if (
+                isinstance(obj, self.model)
+                and id(obj) not in kept
+                and (wanted is None or getattr(obj, self.info.pk) in wanted)
             ):
                 self.session.expire(obj)
 

@@ -27,6 +27,7 @@ from .migrate.commands import BeforeMigrating, migrate_database, revision_state
 from .migrate.scripts import Scripts, kind_scripts, store_scripts
 from .migrate.templates import clone_from_template
 from .naming import check_identifier, physical_name, pre_restore_copies, pre_restore_prefix
+from .replicas import ReplicaStatus, check_store_replicas, replica_status
 from .secret import mask
 from .site import Placement
 from .site import place as place  # re-exported: its home was here before site.py
@@ -421,6 +422,10 @@ def sync(
                     raise
                 plans.append(StoreResult(app.name, store.name, None, None, "skipped: not assigned"))
                 continue
+            # A replica that is not one of this primary is bad input, refused before anything
+            # is changed; one that is down is said, and reads skip it until it is back.
+            for warning in check_store_replicas(app, store.name, placement):
+                log.warning("%s", warning)
             scripts = store_scripts(app, store.name)
             plans.append(
                 _Plan(
@@ -605,6 +610,8 @@ class StoreStatus:
     last_backup: str | None = None
     last_backup_at: str | None = None
     pre_restore: list[str] = field(default_factory=list)
+    #: The store's read replicas: each one's state and lag.
+    replicas: list[ReplicaStatus] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -652,6 +659,7 @@ def status(apps: Sequence[App]) -> list[StoreStatus]:
                     state = revision_state(app, name)
                     row.revision, row.head = state.revision, state.head
                     row.migration_state = state.state
+                row.replicas = replica_status(app, name)
             except StorekeeperError as exc:
                 row.problem = str(exc)
             rows.append(row)

@@ -283,9 +283,11 @@ def print_status(rows: Sequence[Any]) -> None:
         say("no stores: no apps found (name them with --app MODULE:ATTR or in storekeeper.toml)")
         return
     migrated = any(getattr(r, "migration_state", None) for r in rows)
+    replicated = any(getattr(r, "replicas", None) for r in rows)
     headers = ["app", "store", "service", "database", "exists", "size"]
     headers += ["revision", "last sync"] if migrated else ["last sync"]
     headers.append("last backup")
+    headers += ["replicas (lag)"] if replicated else []
     show_table(
         [
             (
@@ -298,6 +300,7 @@ def print_status(rows: Sequence[Any]) -> None:
                 *([_revision_cell(r)] if migrated else []),
                 r.last_sync or "never",
                 f"{r.last_backup_at} ({r.last_backup})" if r.last_backup else "never",
+                *([", ".join(x.describe() for x in r.replicas) or "none"] if replicated else []),
             )
             for r in rows
         ],
@@ -311,6 +314,9 @@ def print_status(rows: Sequence[Any]) -> None:
                 f"  {r.app}.{r.store}: kept by a restore: {kept} (not a backup; backups prune "
                 "drops it after keep_pre_restore days)"
             )
+        for replica in getattr(r, "replicas", ()):
+            if replica.problem:
+                say(f"  {r.app}.{r.store}: replica {replica.service}: {replica.problem}")
 
 
 # migrations -----------------------------------------------------------------------------
@@ -616,6 +622,13 @@ def print_config(found: ConfigReport, *, as_json: bool) -> None:
         say("  (none: stores use the default service)")
     for a in found.assignments:
         say(f"  {a.app}.{a.setting} -> {a.service}   [{a.source}]")
+    if found.replicas:
+        say(
+            f"replicas (max lag {found.max_replica_lag_seconds:g} s   "
+            f"[{found.max_replica_lag_source}]):"
+        )
+        for r in found.replicas:
+            say(f"  {r.app}.{r.setting} reads from {r.service}   [{r.source}]")
     say("apps:")
     for each in found.apps:
         say(

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 D = TypeVar("D")
 
+# The key of a store's read session in a SessionSet (store names cannot hold a colon).
+_READ = ":read"
+
 # The request an ASGI middleware is serving, if any: what async scoped sessions are keyed by.
 _request: ContextVar[object | None] = ContextVar("storekeeper_request", default=None)
 
@@ -48,7 +51,7 @@ def new_request_scope() -> Iterator[object]:
 
 
 def with_store(
-    app: App, name: str, *, arg: str | None = None
+    app: App, name: str, *, arg: str | None = None, readonly: bool = False
 ) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Run the decorated function with a session of store ``name`` passed in as keyword
     ``arg`` (default: the store's name), Qapla's ``WithDatabase`` for any task runner::
@@ -61,6 +64,9 @@ def with_store(
     ``Retry`` included), and is closed either way. ``async def`` functions get an
     ``AsyncSession``. Callers do not pass the argument: the wrapper's signature leaves it out,
     so Celery's argument check and ``inspect.signature`` see the task's real parameters.
+
+    ``readonly=True`` passes a session that only reads, from a replica when one will do
+    (``app.session(name, readonly=True)``; not for ``async def`` functions).
     """
     check_identifier(name, "store")
     keyword = arg or name
@@ -74,6 +80,11 @@ def with_store(
             ", or pass arg= another name",
         )
         wrapper: Callable[..., Any]
+        if readonly and inspect.iscoroutinefunction(func):
+            raise BadInput(
+                f"with_store({app.name}.{name}, readonly=True): {func.__qualname__} is async; "
+                "read sessions from replicas are synchronous for now"
+            )
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
@@ -85,7 +96,7 @@ def with_store(
 
             @functools.wraps(func)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                with app.session(name) as session:
+                with app.session(name, readonly=readonly) as session:
                     return func(*args, **kwargs, **{keyword: session})
 
         wrapper.__signature__ = signature  # type: ignore[attr-defined]
@@ -220,9 +231,23 @@ class SessionSet:
         self._on_open = on_open
         self._sessions: dict[str, Session] = {}
 
-    def get(self, name: str) -> Session:
-        """The session of store ``name`` in this unit of work (opened on first use)."""
+    def get(self, name: str, *, readonly: bool = False) -> Session:
+        """The session of store ``name`` in this unit of work (opened on first use).
+
+        ``readonly=True``: a session that only reads, from a replica of the store when one
+        will do (see :mod:`storekeeper.replicas`); once this unit of work has the store's
+        own session, that one, which sees what the unit of work wrote and did not commit yet.
+        """
         session = self._sessions.get(name)
+        if session is None and readonly:
+            key = name + _READ
+            session = self._sessions.get(key)
+            if session is None:
+                # lazy: import storekeeper stays light
+                from .replicas import read_session
+
+                session = self._sessions[key] = read_session(self._app, name)
+            return session
         if session is None:
             session = self._sessions[name] = self._app.sessionmaker(name)()
             if self._on_open is not None:
@@ -243,7 +268,7 @@ class SessionSet:
         return name in self._sessions
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._sessions))
+        return iter([n for n in self._sessions if not n.endswith(_READ)])
 
     def finish(self, commit: bool) -> None:
         """Commit (``commit``) or roll back every opened session, then close all of them.

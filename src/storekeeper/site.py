@@ -118,6 +118,7 @@ class Site:
         self._async_engines: dict[asyncio.AbstractEventLoop | None, dict[str, AsyncEngine]] = {}
         self._services: dict[str, Service] | None = None
         self._assignments: dict[tuple[str, str], Sourced] | None = None
+        self._replicas: dict[tuple[str, str], list[Sourced]] | None = None
         self._runtime: dict[tuple[str, str], RuntimeStore] | None = None
         _SITES.add(self)
 
@@ -246,6 +247,81 @@ class Site:
         self.catalog.assign(app, setting, service)
         self._assignments = None
         return found
+
+    # read replicas --------------------------------------------------------------------
+
+    def all_replicas(self) -> dict[tuple[str, str], list[Sourced]]:
+        """Every store's replica services: the file's (and its overlay's), then the catalog's
+        (what ``assign --replica`` wrote), each with its source. Read from the catalog once per
+        site; changes made through this site are seen at once."""
+        if self._replicas is None:
+            merged = {key: list(names) for key, names in self.config.replicas.items()}
+            for key, names in self.catalog.replicas().items():
+                have = merged.setdefault(key, [])
+                known = {n.value for n in have}
+                have += [Sourced(n, "catalog") for n in names if n not in known]
+            self._replicas = {key: names for key, names in merged.items() if names}
+        return self._replicas
+
+    def replicas(self, app: str, store: str) -> list[Sourced]:
+        """The replica services store ``app.store`` reads from (none: it reads from its
+        primary)."""
+        return list(self.all_replicas().get((app, store), ()))
+
+    def add_replica(self, app: str, store: str, service: str) -> Service:
+        """Name ``service`` a read replica of ``app.store`` in the catalog; returns it.
+
+        Checked here: the service exists, is PostgreSQL (replicas are streaming replicas) and
+        is not the store's primary. That it really replicates the primary is checked by
+        ``service test`` and ``sync``, which can reach both servers (see
+        :func:`storekeeper.replicas.check_replica`)."""
+        check_identifier(app, "app")
+        check_identifier(store, "store")
+        found = self.check_replica_service(app, store, service)
+        self.catalog.add_replica(app, store, service)
+        self._replicas = None
+        return found
+
+    def check_replica_service(
+        self, app: str, store: str, service: str, primary: str | None = None
+    ) -> Service:
+        """The service ``service`` if it can be a replica of ``app.store`` (whose primary is
+        ``primary``, else its assignment): it exists, is PostgreSQL, and is not the primary."""
+        found = self.service(service)
+        if primary is None:
+            chosen = self.assignment(app, store)
+            primary = chosen.value if chosen is not None else None
+        if found.url.get_backend_name() != "postgresql":
+            raise BadInput(
+                f"service {service!r} cannot be a replica of {app}.{store}: it is "
+                f"{found.url.get_backend_name()}, and read replicas are PostgreSQL streaming "
+                "replicas"
+            )
+        if service == primary:
+            raise BadInput(
+                f"service {service!r} is the primary of {app}.{store}; a replica is another "
+                "server that streams from it"
+            )
+        return found
+
+    def remove_replica(self, app: str, store: str, service: str) -> None:
+        """Stop reading ``app.store`` from ``service`` (a replica the catalog names)."""
+        check_identifier(app, "app")
+        check_identifier(store, "store")
+        check_identifier(service, "service")
+        if self.catalog.remove_replica(app, store, service):
+            self._replicas = None
+            return
+        named = {r.value: r.source for r in self.replicas(app, store)}
+        if service in named:
+            raise BadInput(
+                f"replica {service!r} of {app}.{store} comes from {named[service]}, not the "
+                "catalog; remove it there"
+            )
+        raise NotFound(
+            f"service {service!r} is not a replica of {app}.{store}; its replicas: "
+            f"{', '.join(named) or 'none'}"
+        )
 
     def runtime_store(self, app: str, name: str) -> RuntimeStore | None:
         """The catalog's record of a store made at run time, if there is one."""
@@ -461,6 +537,10 @@ class ConfigReport:
     services: tuple[ServiceInfo, ...]
     assignments: tuple[AssignmentInfo, ...]
     apps: tuple[AppInfo, ...]
+    #: Read replicas: ``APP.STORE`` to its replica services, each with its source.
+    replicas: tuple[AssignmentInfo, ...] = ()
+    max_replica_lag_seconds: float = 5.0
+    max_replica_lag_source: str = "built-in"
 
     def as_dict(self) -> dict[str, Any]:
         """As ``config show --json`` prints it."""
@@ -486,7 +566,22 @@ class ConfigReport:
                 for a in self.assignments
             },
             "apps": [a.name for a in self.apps],
+            "max_replica_lag": {
+                "value": self.max_replica_lag_seconds,
+                "source": self.max_replica_lag_source,
+            },
+            "replicas": {
+                target: [{"service": r.service, "source": r.source} for r in found]
+                for target, found in _by_target(self.replicas).items()
+            },
         }
+
+
+def _by_target(rows: Sequence[AssignmentInfo]) -> dict[str, list[AssignmentInfo]]:
+    grouped: dict[str, list[AssignmentInfo]] = {}
+    for row in rows:
+        grouped.setdefault(f"{row.app}.{row.setting}", []).append(row)
+    return grouped
 
 
 def config_report(site: Site, apps: Sequence[App]) -> ConfigReport:
@@ -516,6 +611,13 @@ def config_report(site: Site, apps: Sequence[App]) -> ConfigReport:
             )
             for a in apps
         ),
+        replicas=tuple(
+            AssignmentInfo(app, store, r.value, r.source)
+            for (app, store), found in sorted(site.all_replicas().items())
+            for r in found
+        ),
+        max_replica_lag_seconds=cfg.max_replica_lag_seconds,
+        max_replica_lag_source=cfg.max_replica_lag.source,
     )
 
 

@@ -324,7 +324,44 @@ class Catalog:
             made = conn.execute(
                 select(t.stores.c.app, t.stores.c.name).where(t.stores.c.service == service)
             ).all()
-        return sorted({f"{a}.{s}" for a, s in [*assigned, *made]})
+            reading = conn.execute(
+                select(t.replicas.c.app, t.replicas.c.store).where(t.replicas.c.service == service)
+            ).all()
+        return sorted({f"{a}.{s}" for a, s in [*assigned, *made, *reading]})
+
+    # read replicas --------------------------------------------------------------------
+
+    def replicas(self) -> dict[tuple[str, str], list[str]]:
+        """Every store's replica services, ``(app, store)`` to service names in the order
+        they were added."""
+        if self._absent():
+            return {}
+        r = t.replicas.c
+        query = select(r.app, r.store, r.service).order_by(r.app, r.store, r.added_at, r.service)
+        found: dict[tuple[str, str], list[str]] = {}
+        with self.engine.connect() as conn:
+            for app, store, service in conn.execute(query):
+                found.setdefault((app, store), []).append(service)
+        return found
+
+    def add_replica(self, app: str, store: str, service: str) -> bool:
+        """Name ``service`` a replica of ``app.store``; returns whether it was one already."""
+        values = {"app": app, "store": store, "service": service, "added_at": _now()}
+        with self.engine.begin() as conn:
+            return _insert(conn, t.replicas, values, replace=()) == 0
+
+    def remove_replica(self, app: str, store: str, service: str) -> bool:
+        """Stop reading ``app.store`` from ``service``; returns whether it was a replica."""
+        if self._absent():
+            return False
+        r = t.replicas.c
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(t.replicas).where(
+                    (r.app == app) & (r.store == store) & (r.service == service)
+                )
+            )
+            return result.rowcount > 0
 
     # stores made at run time ----------------------------------------------------------
 

@@ -83,17 +83,35 @@ backups = Table(
     Column("manifest", Text, nullable=False),
 )
 
-#: The schema version this code writes. Bump it and add a step to change the schema.
-SCHEMA_VERSION = 2
-
 
 def _step_backups(conn: Connection) -> None:
     """Version 1 -> 2: the table of backups and their pins."""
     backups.create(conn, checkfirst=True)
 
 
+# The replica services a store reads from (`assign APP.STORE SERVICE --replica NAME`);
+# the primary stays in storekeeper_assignments.
+replicas = Table(
+    "storekeeper_replicas",
+    metadata,
+    Column("app", String(63), primary_key=True),
+    Column("store", String(63), primary_key=True),
+    Column("service", String(63), primary_key=True),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def _step_replicas(conn: Connection) -> None:
+    """Version 2 -> 3: the table of read replicas."""
+    replicas.create(conn, checkfirst=True)
+
+
+#: The schema version this code writes. Bump it and add a step to change the schema.
+SCHEMA_VERSION = 3
+
 #: STEPS[n] takes a catalog at version n to n + 1. Version 0 is an empty database.
 STEPS: dict[int, Callable[[Connection], None]] = {
     0: lambda conn: metadata.create_all(conn),
     1: _step_backups,
+    2: _step_replicas,
 }

@@ -7,6 +7,13 @@ connections check a password, so the URL the server gives is a real credentialed
 
     with PostgresServer() as server:
         engine = create_engine(server.url)
+
+A server made with ``replication=True`` can have streaming replicas of its own
+(:meth:`PostgresServer.standby`: ``pg_basebackup -R`` into another folder, started on another
+port), for the tests of read replicas::
+
+    with PostgresServer(replication=True) as primary, primary.standby() as replica:
+        ...
 """
 
 from __future__ import annotations
@@ -40,6 +47,16 @@ TEST_SETTINGS: dict[str, str] = {
     "jit": "off",
     "log_min_messages": "warning",
 }
+
+#: What a primary needs for streaming replicas (PostgreSQL 10 and later default to these
+#: too; said here so that a distribution's other defaults cannot take them away).
+REPLICATION_SETTINGS: dict[str, str] = {
+    "wal_level": "replica",
+    "max_wal_senders": "10",
+    "hot_standby": "on",
+}
+# Replication connections over TCP from loopback, checking the password as other ones do.
+_REPLICATION_HBA = "host    replication     all             127.0.0.1/32            scram-sha-256"
 
 _UNPRIVILEGED_USER = "storekeeper-pg"
 
@@ -115,6 +132,7 @@ class PostgresServer:
     ``settings`` are added to (and override) :data:`TEST_SETTINGS`. The superuser is
     ``user``, its password random; :attr:`url` connects to the ``postgres`` database over TCP.
     The data lives in ``parent`` (default: :func:`data_parent`, RAM when there is room).
+    ``replication=True`` makes a primary that :meth:`standby` servers can stream from.
     """
 
     def __init__(
@@ -125,11 +143,17 @@ class PostgresServer:
         settings: dict[str, str] | None = None,
         start_timeout: float = 60.0,
         parent: str | Path | None = None,
+        replication: bool = False,
     ) -> None:
         self.port = port
         self.user = user
         self.password = secrets.token_hex(12)
-        self.settings = {**TEST_SETTINGS, **(settings or {})}
+        self.replication = replication
+        self.settings = {
+            **TEST_SETTINGS,
+            **(REPLICATION_SETTINGS if replication else {}),
+            **(settings or {}),
+        }
         self.start_timeout = start_timeout
         self.parent = Path(parent) if parent is not None else data_parent()
         self.folder: Path | None = None
@@ -160,14 +184,21 @@ class PostgresServer:
         """initdb and start; returns when the server accepts connections."""
         owner = _run_as()
         self.folder = Path(tempfile.mkdtemp(prefix="storekeeper-pg-", dir=self.parent))
-        data = self.folder / "data"
-        pwfile = self.folder / "pwfile"
-        pwfile.write_text(self.password + "\n")
         extra: dict[str, Any] = {}
         if owner is not None:
             os.chown(self.folder, *owner)
-            os.chown(pwfile, *owner)
             extra = {"user": owner[0], "group": owner[1], "extra_groups": []}
+        data = self.folder / "data"
+        self._make_data(data, extra)
+        return self._launch(data, extra)
+
+    def _make_data(self, data: Path, extra: dict[str, Any]) -> None:
+        """Make the cluster's data folder: ``initdb``, with the superuser's password."""
+        assert self.folder is not None
+        pwfile = self.folder / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if extra:
+            os.chown(pwfile, extra["user"], extra["group"])
         initdb = subprocess.run(
             [
                 find_binary("initdb"),
@@ -198,6 +229,16 @@ class PostgresServer:
                 f"initdb failed for the throwaway PostgreSQL server: "
                 f"{mask(initdb.stderr.strip() or initdb.stdout.strip())}"
             )
+        if self.replication:
+            hba = data / "pg_hba.conf"
+            lines = hba.read_text().splitlines()
+            if _REPLICATION_HBA.split() not in [line.split() for line in lines]:
+                hba.write_text("\n".join([*lines, _REPLICATION_HBA, ""]))
+
+    def _launch(self, data: Path, extra: dict[str, Any]) -> PostgresServer:
+        """Start the server on ``data`` (on a free port, tried again if another process took
+        it first); returns when it accepts connections."""
+        assert self.folder is not None
         for attempt in range(5):
             port = self.port or free_port()
             options = [f"-c{k}={v}" for k, v in self.settings.items()]
@@ -295,3 +336,72 @@ class PostgresServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def standby(self, *, settings: dict[str, str] | None = None) -> PostgresStandby:
+        """A streaming replica of this server (made with ``replication=True`` and started),
+        not yet started: ``with server.standby() as replica:`` copies this server with
+        ``pg_basebackup -R`` and starts the copy on its own port. ``settings`` are its own
+        (``{"recovery_min_apply_delay": "1s"}`` makes its lag real)."""
+        if not self.replication:
+            raise ServiceUnavailable(
+                "a standby needs a primary made with PostgresServer(replication=True)"
+            )
+        return PostgresStandby(self, settings=settings)
+
+
+class PostgresStandby(PostgresServer):
+    """A hot standby streaming from a :class:`PostgresServer`: the same superuser and password,
+    its data copied with ``pg_basebackup -R`` (which writes ``primary_conninfo`` and the
+    ``standby.signal`` file), read only, on a port of its own."""
+
+    def __init__(self, primary: PostgresServer, *, settings: dict[str, str] | None = None):
+        super().__init__(
+            user=primary.user,
+            settings=settings,
+            start_timeout=primary.start_timeout,
+            parent=primary.parent,
+        )
+        self.password = primary.password
+        self.primary = primary
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        where = f"127.0.0.1:{self.port}" if self.port else "no port"
+        return f"PostgresStandby({where}, {state}, of {self.primary!r})"
+
+    def _make_data(self, data: Path, extra: dict[str, Any]) -> None:
+        if not self.primary.running or self.primary.port is None:
+            self._cleanup()
+            raise ServiceUnavailable("the standby's primary server is not running")
+        backup = subprocess.run(
+            [
+                find_program(
+                    "pg_basebackup",
+                    install="install PostgreSQL's client package (Debian: apt-get install "
+                    "postgresql-client)",
+                ),
+                "-D",
+                str(data),
+                "-R",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                "--no-sync",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.primary.port),
+                "-U",
+                self.user,
+                "-w",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PGPASSWORD": self.password},
+            **extra,
+        )
+        if backup.returncode != 0:
+            self._cleanup()
+            raise ServiceUnavailable(
+                "pg_basebackup failed for the throwaway standby: "
+                f"{mask(backup.stderr.strip() or backup.stdout.strip(), self.password)}"
+            )
