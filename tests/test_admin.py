@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from storekeeper import App, Store
 from storekeeper.admin import create_app, set_password
+from storekeeper.admin.security import COOKIE, LoginLimit
 from storekeeper.cli import main
 from storekeeper.errors import ConfigError
 from storekeeper.site import Site
@@ -116,3 +117,228 @@ def test_storekeeper_admin_set_password_then_the_page_opens(
         assert PASSWORD not in hashed.password_hash
     finally:
         site.close()
+
+
+# security: sessions and cookies ---------------------------------------------------------
+
+
+def test_the_session_cookie_is_opaque_httponly_samesite_strict_and_expires(
+    client: TestClient, local_site: Site
+) -> None:
+    form = client.get("/login")
+    response = client.post(
+        "/login",
+        data={"user": "admin", "password": PASSWORD, "csrf": csrf_of(form.text)},
+        follow_redirects=False,
+    )
+    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith(f"{COOKIE}="))
+    attributes = [a.strip().lower() for a in cookie.split(";")]
+    assert "httponly" in attributes
+    assert "samesite=strict" in attributes
+    assert "max-age=28800" in attributes  # eight hours
+    assert "secure" not in attributes  # plain HTTP on loopback; see the TLS test
+    value = cookie.split(";")[0].split("=", 1)[1]
+    assert "admin" not in value  # opaque: a random token and its signature
+    # The catalog keeps only the token's hash: its copy opens no session.
+    token = value.rpartition(".")[0]
+    with local_site.catalog.engine.connect() as conn:
+        kept = conn.exec_driver_sql("SELECT token_hash FROM storekeeper_admin_sessions").all()
+    assert len(kept) == 1 and token not in kept[0][0]
+
+
+def test_with_secure_cookies_the_cookies_are_marked_secure(local_site: Site, shop: App) -> None:
+    with TestClient(create_app(local_site, [shop], secure_cookies=True)) as client:
+        form = client.get("/login")
+        assert "secure" in form.headers["set-cookie"].lower()
+        assert "max-age=31536000" in form.headers["strict-transport-security"]
+
+
+def test_a_forged_cookie_opens_nothing(client: TestClient, local_site: Site) -> None:
+    log_in(client)
+    real = client.cookies[COOKIE]
+    token, _, signature = real.rpartition(".")
+    for forged in [
+        "anything",
+        f"{token}.{'0' * len(signature)}",  # the token with a made-up signature
+        f"{'A' * len(token)}.{signature}",  # another token with the real signature
+        "",
+    ]:
+        client.cookies.clear()
+        client.cookies.set(COOKIE, forged)
+        response = client.get("/services", follow_redirects=False)
+        assert response.status_code == 303, forged
+        assert "/login" in response.headers["location"]
+
+
+def test_an_expired_session_opens_nothing(local_site: Site, shop: App) -> None:
+    import datetime as dt
+
+    app = create_app(local_site, [shop], session_lifetime=dt.timedelta(hours=1))
+    with TestClient(app) as client:
+        log_in(client)
+        assert client.get("/services", follow_redirects=False).status_code == 200
+        with local_site.catalog.engine.begin() as conn:  # an hour and a second later
+            conn.exec_driver_sql(
+                "UPDATE storekeeper_admin_sessions SET expires_at = ?",
+                (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1),),
+            )
+        response = client.get("/services", follow_redirects=False)
+        assert response.status_code == 303
+        assert "/login" in response.headers["location"]
+
+
+def test_logout_and_a_password_change_end_sessions_at_once(local_site: Site, shop: App) -> None:
+    app = create_app(local_site, [shop])
+    with TestClient(app) as one, TestClient(app) as other:
+        csrf = log_in(one)
+        log_in(other)
+        kept = one.cookies[COOKIE]
+        one.post("/logout", data={"csrf": csrf})
+        one.cookies.set(COOKIE, kept)  # the cookie kept from before the logout
+        assert one.get("/services", follow_redirects=False).status_code == 303
+        assert other.get("/services", follow_redirects=False).status_code == 200
+        set_password(local_site.catalog, "admin", "another long password")
+        assert other.get("/services", follow_redirects=False).status_code == 303
+        # The old password no longer opens a session; the new one does.
+        form = other.get("/login")
+        old = other.post(
+            "/login", data={"user": "admin", "password": PASSWORD, "csrf": csrf_of(form.text)}
+        )
+        assert old.status_code == 401
+        log_in(other, password="another long password")
+
+
+def test_the_signing_key_is_made_once_and_sealed_with_the_secret_key(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storekeeper.admin.security import signing_key
+
+    monkeypatch.setenv("STOREKEEPER_SECRET_KEY", "a passphrase for the tests")
+    site = Site.load()
+    try:
+        first = signing_key(site.catalog)
+        assert signing_key(site.catalog) == first
+        raw = site.catalog.setting("admin_signing_key")
+        assert raw is not None and raw.startswith("enc:") and first.decode() not in raw
+    finally:
+        site.close()
+
+
+def test_passwords_are_kept_as_argon2_hashes_and_short_ones_refused(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["admin", "set-password", "--password-stdin"]) == 2
+    assert "at least 10 characters" in capsys.readouterr().err
+    site = Site.load()
+    try:
+        assert site.catalog.admin_user() is None
+    finally:
+        site.close()
+
+
+# security: CSRF, rate limit, headers ----------------------------------------------------
+
+
+def test_a_post_without_a_session_is_refused_and_changes_nothing(
+    client: TestClient, local_site: Site
+) -> None:
+    response = client.post(
+        "/services", data={"name": "pg", "url": "sqlite:///elsewhere", "do": "save"}
+    )
+    assert response.status_code == 403
+    assert "pg" not in local_site.catalog.services()
+
+
+@pytest.mark.parametrize("token", [None, "wrong", "stale"])
+def test_a_post_without_or_with_a_wrong_or_stale_csrf_token_is_403_and_changes_nothing(
+    client: TestClient, local_site: Site, token: str | None
+) -> None:
+    csrf = log_in(client)
+    if token == "stale":  # the token of an earlier session, ended since
+        client.post("/logout", data={"csrf": csrf})
+        log_in(client)
+        given: str | None = csrf
+    else:
+        given = token
+    data = {"name": "pg", "url": "sqlite:///elsewhere", "do": "save", "unreachable_ok": "yes"}
+    if given is not None:
+        data["csrf"] = given
+    response = client.post("/services", data=data)
+    assert response.status_code == 403
+    assert "CSRF" in response.text and "nothing was changed" in response.text
+    local_site.refresh()
+    assert "pg" not in local_site.catalog.services()
+    # The same form with the session's token works.
+    data["csrf"] = csrf_of(client.get("/services").text)
+    assert client.post("/services", data=data).status_code == 200
+    assert "pg" in local_site.catalog.services()
+
+
+def test_the_login_form_has_its_own_csrf_token(client: TestClient) -> None:
+    client.get("/login")
+    response = client.post("/login", data={"user": "admin", "password": PASSWORD})
+    assert response.status_code == 403
+    assert COOKIE not in client.cookies
+
+
+def test_failed_logins_are_rate_limited_per_client(local_site: Site, shop: App) -> None:
+    app = create_app(local_site, [shop], login_limit=LoginLimit(per_client=3, window=600))
+    with TestClient(app) as client:
+        csrf = csrf_of(client.get("/login").text)
+        for _ in range(3):
+            wrong = {"user": "admin", "password": "not it at all", "csrf": csrf}
+            assert client.post("/login", data=wrong).status_code == 401
+        right = {"user": "admin", "password": PASSWORD, "csrf": csrf}
+        refused = client.post("/login", data=right, follow_redirects=False)
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) > 0
+        assert "too many failed logins" in refused.text
+        assert COOKIE not in client.cookies
+    failed = [e for e in local_site.catalog.history(action="login") if not e.ok]
+    assert len(failed) == 3 and failed[0].client == "testclient"
+
+
+def test_security_headers_on_every_page_and_no_inline_script(client: TestClient) -> None:
+    pages = [client.get("/login")]
+    log_in(client)
+    pages += [client.get(p) for p in ["/services", "/apps", "/stores", "/history"]]
+    for page in pages:
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "frame-ancestors 'none'" in csp
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["cache-control"] == "no-store"
+        assert page.headers["x-content-type-options"] == "nosniff"
+        # Scripts only from files: no inline <script> body, no on* handler attributes.
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", page.text)
+        assert not re.search(r"\son[a-z]+\s*=", page.text)
+    static = client.get("/static/admin.css")
+    assert static.status_code == 200 and "no-store" not in static.headers.get("cache-control", "")
+
+
+# security: where it listens ---------------------------------------------------------------
+
+
+def test_storekeeper_admin_refuses_a_non_loopback_host_without_allow_remote_and_tls(
+    local_site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["admin", "--host", "0.0.0.0"]) == 2
+    assert "not a loopback address" in capsys.readouterr().err
+    assert main(["admin", "--host", "192.0.2.1", "--allow-remote"]) == 2
+    assert "needs TLS" in capsys.readouterr().err
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not checked here")
+    assert main(["admin", "--host", "0.0.0.0", "--certfile", str(cert)]) == 2
+    assert "--certfile and --keyfile go together" in capsys.readouterr().err
+
+
+def test_loopback_hosts_are_told_apart() -> None:
+    from storekeeper.admin.serve import check_bind, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert is_loopback("127.8.9.1") and is_loopback("[::1]")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("example.org")
+    assert check_bind("127.0.0.1", allow_remote=False, certfile=None, keyfile=None) is False

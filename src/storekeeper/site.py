@@ -206,6 +206,12 @@ class Site:
                 f"storekeeper service remove {name}"
             )
         self._services = None
+        self.catalog.record(
+            "",
+            "",
+            "service update" if replace else "service add",
+            detail=f"{name}: {service.display_url}",
+        )
         return self.service(name)
 
     def update_service(self, name: str, url: str) -> Service:
@@ -258,6 +264,7 @@ class Site:
                 )
             self.service(name)
         self._services = None
+        self.catalog.record("", "", "service remove", detail=name)
 
     # assignments ----------------------------------------------------------------------
 
@@ -279,6 +286,7 @@ class Site:
         found = self.service(service)
         self.catalog.assign(app, setting, service)
         self._assignments = None
+        self.catalog.record(app, setting, "assign", detail=f"{app}.{setting} -> {service}")
         return found
 
     def unassign(self, app: str, setting: str) -> bool:
@@ -288,6 +296,8 @@ class Site:
         check_identifier(setting, "store or setting")
         removed = self.catalog.unassign(app, setting)
         self._assignments = None
+        if removed:
+            self.catalog.record(app, setting, "unassign", detail=f"{app}.{setting}")
         return removed
 
     def runtime_store(self, app: str, name: str) -> RuntimeStore | None:
