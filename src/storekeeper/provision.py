@@ -679,6 +679,7 @@ def status(
             rows.append(row)
     if record:
         problems = sum(1 for r in rows if r.problem)
+        said = f"{len(rows)} store(s) read" + (f", {problems} with problems" if problems else "")
         one = rows[0] if len(rows) == 1 else None
         site.catalog.record(
             one.app if one else "",
