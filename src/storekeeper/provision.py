@@ -686,8 +686,7 @@ def status(
             one.store if one else "",
             "refresh",
             ok=not problems,
-            detail=f"{len(rows)} store(s) read"
-            + (f", {problems} with problems" if problems else ""),
+            detail=said,
         )
     return rows
 
