@@ -342,3 +342,179 @@ def test_loopback_hosts_are_told_apart() -> None:
     assert is_loopback("127.8.9.1") and is_loopback("[::1]")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("example.org")
     assert check_bind("127.0.0.1", allow_remote=False, certfile=None, keyfile=None) is False
+
+
+# the pages at work, on PostgreSQL -------------------------------------------------------
+
+
+def _rows(html: str, css: str) -> list[str]:
+    """The ``data-...`` keys of the rows with class names, in page order."""
+    return re.findall(rf'<tr class="[^"]*"\s+{css}="([^"]+)"', html)
+
+
+def _summaries(html: str) -> list[str]:
+    return [s.strip() for s in re.findall(r'class="summary">([^<]*)<', html)]
+
+
+def _migrations(app: App, *revisions: str) -> None:
+    """Hand-written migrations of ``shop.orders``: r1 makes items, r2 adds a column."""
+    from storekeeper import migrate
+    from test_migrate import set_body
+
+    if not (Path(str(app.migrations)) / "orders" / "env.py").exists():
+        migrate.init(app, "orders")
+    bodies = {
+        "r1": (
+            'op.create_table("items", sa.Column("id", sa.Integer, primary_key=True))',
+            'op.drop_table("items")',
+        ),
+        "r2": (
+            'op.add_column("items", sa.Column("name", sa.String(50)))',
+            'op.drop_column("items", "name")',
+        ),
+    }
+    for rev in revisions:
+        made = migrate.revision(app, "orders", f"step {rev}", rev_id=rev)
+        assert made is not None
+        set_body(made.path, *bodies[rev])
+
+
+@pytest.fixture
+def pg_shop(project: Path, postgres_url: str) -> Iterator[tuple[Site, App, TestClient]]:
+    """App ``shop_<random>`` with a required store ``orders`` (with migrations) and an
+    optional ``notes``, nothing assigned, no default service; logged in."""
+    import uuid
+
+    from conftest import write_config
+
+    write_config(project, 'default_service = ""\n')
+    site = Site.load()
+    Site.set_default(site)
+    set_password(site.catalog, "admin", PASSWORD)
+    name = f"shop{uuid.uuid4().hex[:8]}"
+    app = App(
+        name,
+        stores=[
+            Store("notes", description="optional notes", required=False),
+            Store("orders", description="the <b>orders</b>"),
+        ],
+        migrations=str(project / "migrations"),
+        module=__name__,
+    ).bind(site)
+    try:
+        with TestClient(create_app(site, [app])) as client:
+            yield site, app, client
+    finally:
+        from storekeeper.backends import Service, backend_for, parse_service_url
+
+        backend = backend_for(Service("pg", parse_service_url(postgres_url, project)))
+        for database in backend.list(prefix=f"{name}_"):
+            backend.drop(database)
+        backend.close()
+        site.close()
+
+
+def test_add_a_service_assign_it_sync_upgrade_back_up_restore_and_drop_a_store(
+    pg_shop: tuple[Site, App, TestClient], postgres_url: str
+) -> None:
+    from sqlalchemy import make_url
+
+    site, app, client = pg_shop
+    shop = app.name
+    csrf = log_in(client)
+    url = make_url(postgres_url)
+    password = url.password
+    assert password
+    bare = url.set(password=None).render_as_string(hide_password=False)
+
+    # Required-but-unassigned first, in warning colour (class "missing").
+    apps = client.get("/apps").text
+    assert _rows(apps, "data-setting") == ["orders", "notes"]
+    assert re.search(r'<tr class="missing" data-setting="orders">', apps)
+
+    # A service: the URL without its password, the password in its own field.
+    added = client.post(
+        "/services",
+        data={"csrf": csrf, "name": "pg", "url": bare, "password": password, "do": "save"},
+    )
+    assert added.status_code == 200, added.text
+    assert "service &#39;pg&#39; added" in added.text
+    assert "PostgreSQL" in added.text  # its version, pinged
+    assert site.service("pg").url.password == password
+    for page in [added.text, client.get("/services").text, client.get("/services/pg/edit").text]:
+        assert password not in page
+
+    # Tethys' assignment: the app's drop-downs, saved with one button.
+    saved = client.post(
+        f"/apps/{shop}", data={"csrf": csrf, "setting.orders": "pg", "setting.notes": ""}
+    )
+    assert saved.status_code == 200 and f"{shop}.orders -&gt; pg" in saved.text
+    assert site.catalog.assignments() == {(shop, "orders"): "pg"}
+    assert not re.search(r'<tr class="missing"', saved.text)
+
+    _migrations(app, "r1")
+    synced = client.post(
+        "/actions", data={"csrf": csrf, "action": "sync", "target": f"{shop}.orders"}
+    )
+    assert synced.status_code == 200, synced.text
+    assert _summaries(synced.text) == ["created, at revision r1"]
+
+    _migrations(app, "r2")  # a new migration: the store is behind its head now
+    stores = client.get("/stores", params={"app": shop}).text
+    row = re.search(rf'<tr class="([^"]*)" data-store="{shop}.orders">(.*?)</tr>', stores, re.S)
+    assert row is not None and "behind" in row.group(1)
+    assert ">r1<" in row.group(2) and "r2" in row.group(2) and ">yes<" in row.group(2)
+
+    upgraded = client.post(
+        "/actions",
+        data={"csrf": csrf, "action": "upgrade", "target": f"{shop}.orders", "to": "head"},
+    )
+    assert _summaries(upgraded.text) == ["upgraded r1 -&gt; r2"]
+    behind = client.get("/stores", params={"app": shop, "state": "behind"}).text
+    assert f"{shop}.orders" not in behind
+    assert f'data-store="{shop}.orders"' in client.get("/stores", params={"state": "at head"}).text
+
+    backed = client.post(
+        "/actions", data={"csrf": csrf, "action": "backup", "target": f"{shop}.orders"}
+    )
+    (said,) = _summaries(backed.text)
+    assert said.startswith("backed up as ")
+    backup_id = said.split()[3]
+
+    page = client.get(f"/stores/{shop}/orders").text
+    assert backup_id in page and "orders_restored_" in page
+    restored = client.post(
+        "/actions",
+        data={
+            "csrf": csrf,
+            "action": "restore",
+            "target": f"{shop}.orders",
+            "backup": backup_id,
+            "as_name": "orders_copy",
+        },
+    )
+    assert _summaries(restored.text) == [f"restored {backup_id} as database {shop}_orders_copy"]
+    backend = site.backend(site.service("pg"))
+    assert backend.exists(f"{shop}_orders_copy") and backend.exists(f"{shop}_orders")
+
+    # Dropping asks for the store's name, typed.
+    refused = client.post(
+        "/actions",
+        data={"csrf": csrf, "action": "drop", "target": f"{shop}.orders", "confirm": "order"},
+    )
+    assert refused.status_code == 400 and "type the store&#39;s name" in refused.text
+    assert backend.exists(f"{shop}_orders")
+    dropped = client.post(
+        "/actions",
+        data={"csrf": csrf, "action": "drop", "target": f"{shop}.orders", "confirm": "orders"},
+    )
+    assert _summaries(dropped.text) == ["dropped"]
+    assert not backend.exists(f"{shop}_orders")
+
+    # Every action is in the history, with the user and the client's address.
+    events = site.catalog.history(shop, "orders")
+    assert [e.action for e in events][:5] == ["drop", "restore", "backup", "migrate", "sync"]
+    assert {(e.actor, e.client) for e in events[:5]} == {("admin", "testclient")}
+    history = client.get("/history", params={"app": shop, "action": "backup"}).text
+    assert backup_id in history and "testclient" in history and ">admin<" in history
+    assert "sync" not in re.sub(r"<(select|option|input)[^>]*>", "", history).split("<tbody>")[1]

@@ -457,6 +457,16 @@ class Site:
         ]
 
 
+def without_password(url: URL) -> str:
+    """``url`` as text with no password at all (for a form that must not send it back)."""
+    from sqlalchemy import URL as URLType
+
+    bare = URLType.create(
+        url.drivername, url.username, None, url.host, url.port, url.database, url.query
+    )
+    return bare.render_as_string(hide_password=False)
+
+
 def with_password(url: str, password: str) -> str:
     """``url`` (text) with ``password`` put in it, percent-encoded as URLs need."""
     from sqlalchemy import make_url
@@ -547,7 +557,7 @@ def service_report(
                 s.url.host,
                 s.url.port,
                 s.display_url,
-                s.url.set(password=None).render_as_string(hide_password=False),
+                without_password(s.url),
                 s.source,
                 s.production,
                 reachable,
