@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -352,6 +353,12 @@ def _rows(html: str, css: str) -> list[str]:
     return re.findall(rf'<tr class="[^"]*"\s+{css}="([^"]+)"', html)
 
 
+def act(client: TestClient, csrf: str, action: str, *targets: str, **options: str) -> Any:
+    """POST one action on ``targets`` as the stores page's form does."""
+    data: dict[str, Any] = {"csrf": csrf, "action": action, "target": list(targets), **options}
+    return client.post("/actions", data=data)
+
+
 def _summaries(html: str) -> list[str]:
     return [s.strip() for s in re.findall(r'class="summary">([^<]*)<', html)]
 
@@ -518,3 +525,191 @@ def test_add_a_service_assign_it_sync_upgrade_back_up_restore_and_drop_a_store(
     history = client.get("/history", params={"app": shop, "action": "backup"}).text
     assert backup_id in history and "testclient" in history and ">admin<" in history
     assert "sync" not in re.sub(r"<(select|option|input)[^>]*>", "", history).split("<tbody>")[1]
+
+
+# bad input and faults ---------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_invalid_service_url_is_refused_on_the_form_and_nothing_is_saved(
+    client: TestClient, local_site: Site
+) -> None:
+    csrf = log_in(client)
+    for url, said in [
+        ("not a url", "is not a database URL"),
+        ("postgresql://app@db.example:99999", "port"),
+        ("oracle://app@db.example", "not supported"),
+    ]:
+        response = client.post(
+            "/services",
+            data={"csrf": csrf, "name": "bad", "url": url, "password": "pw-typed-9", "do": "save"},
+        )
+        assert response.status_code == 400, url
+        assert said in response.text, url
+        assert "pw-typed-9" not in response.text  # the password is never sent back
+        assert 'class="error"' in response.text
+    assert "bad" not in local_site.catalog.services()
+
+
+def test_an_unreachable_service_is_not_saved_unless_asked_and_says_why(
+    client: TestClient, local_site: Site
+) -> None:
+    csrf = log_in(client)
+    url = f"postgresql://app@127.0.0.1:{_closed_port()}/postgres"
+    form = {"csrf": csrf, "name": "down", "url": url, "password": "pw-typed-9", "do": "save"}
+    response = client.post("/services", data=form)
+    assert response.status_code == 502
+    assert "cannot connect to service &#39;down&#39;" in response.text
+    assert "nothing was saved" in response.text and "pw-typed-9" not in response.text
+    assert "down" not in local_site.catalog.services()
+    tested = client.post("/services", data={**form, "do": "test"})
+    assert tested.status_code == 502 and "cannot connect" in tested.text
+    saved = client.post("/services", data={**form, "unreachable_ok": "yes"})
+    assert saved.status_code == 200 and "service &#39;down&#39; added" in saved.text
+    # The list shows it unreachable with the error; the page itself works.
+    row = re.search(r'data-service="down">(.*?)</tr>', saved.text, re.S)
+    assert row is not None and "unreachable: " in row.group(1) and "pw-typed-9" not in saved.text
+
+
+def test_a_wrong_password_is_said_on_the_form_never_echoed(
+    client: TestClient, postgres_url: str
+) -> None:
+    from sqlalchemy import make_url
+
+    csrf = log_in(client)
+    url = make_url(postgres_url)
+    bare = url.set(password="x").render_as_string(hide_password=False).replace(":x@", "@")
+    response = client.post(
+        "/services",
+        data={"csrf": csrf, "name": "pgw", "url": bare, "password": "Wr0ng-pass", "do": "test"},
+    )
+    assert response.status_code == 502
+    assert "password authentication failed" in response.text
+    assert "Wr0ng-pass" not in response.text
+
+
+def test_editing_a_service_with_the_password_left_empty_keeps_it(
+    client: TestClient, local_site: Site, postgres_url: str
+) -> None:
+    from sqlalchemy import make_url
+
+    url = make_url(postgres_url)
+    local_site.add_service("pg", postgres_url)
+    csrf = log_in(client)
+    edit = client.get("/services/pg/edit").text
+    shown = re.search(r'name="url" value="([^"]+)"', edit)
+    assert shown is not None and str(url.password) not in edit
+    bare = shown.group(1).replace("&#43;", "+")
+    saved = client.post(
+        "/services/pg", data={"csrf": csrf, "url": bare, "password": "", "do": "save"}
+    )
+    assert saved.status_code == 200, saved.text
+    local_site.refresh()
+    assert local_site.service("pg").url.password == url.password
+    tested = client.post("/services/pg/test", data={"csrf": csrf})
+    assert "ok: service &#39;pg&#39; reached: PostgreSQL" in tested.text
+
+
+def test_removing_a_service_in_use_is_refused_naming_the_stores(
+    client: TestClient, local_site: Site, shop: App
+) -> None:
+    local_site.add_service("other", "sqlite:///other")
+    local_site.assign("shop", "orders", "other")
+    csrf = log_in(client)
+    refused = client.post("/services/other/remove", data={"csrf": csrf})
+    assert refused.status_code == 409
+    assert "still used by shop.orders" in refused.text
+    assert "other" in local_site.catalog.services()
+    local_site.unassign("shop", "orders")
+    removed = client.post("/services/other/remove", data={"csrf": csrf})
+    assert removed.status_code == 200 and "service &#39;other&#39; removed" in removed.text
+    assert "other" not in local_site.catalog.services()
+
+
+def test_an_action_on_a_store_that_is_gone_says_so_and_does_nothing(
+    client: TestClient, local_site: Site, shop: App
+) -> None:
+    csrf = log_in(client)
+    gone = act(client, csrf, "sync", "shop.vanished", "shop.orders")
+    assert gone.status_code == 400
+    failed, done = _summaries(gone.text)
+    assert "has no store &#39;vanished&#39; (any more)" in failed
+    assert done == "created"  # the other store of the selection still ran
+    unknown = act(client, csrf, "explode", "shop.orders")
+    assert unknown.status_code == 400 and "unknown action" in unknown.text
+    assert not local_site.backend(local_site.service("local")).exists("shop_vanished")
+    page = client.get("/stores/shop/vanished")
+    assert page.status_code == 400 and "has no store" in page.text
+
+
+def test_html_and_script_in_text_fields_are_rendered_inert(local_site: Site, project: Path) -> None:
+    evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    app = App(
+        "shop",
+        stores=[Store("orders", description=evil)],
+        description=evil,
+    ).bind(local_site)
+    with TestClient(create_app(local_site, [app])) as client:
+        csrf = log_in(client)
+        assert act(client, csrf, "sync", "shop.orders").status_code == 200
+        backed = act(client, csrf, "backup", "shop.orders", note=evil)
+        assert backed.status_code == 200
+        named = client.post(
+            "/services", data={"csrf": csrf, "name": evil, "url": "sqlite:///x", "do": "save"}
+        )
+        assert named.status_code == 400
+        pages = [
+            client.get("/apps").text,
+            client.get("/history").text,
+            client.get("/history", params={"app": evil, "actor": evil}).text,
+            client.get("/stores", params={"app": evil}).text,
+            named.text,
+            client.get("/login", params={"next": evil}).text,
+        ]
+        for page in pages:
+            assert "<script>alert" not in page and "<img src=x" not in page
+        assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in pages[0]
+        assert "&lt;img src=x onerror=alert(1)&gt;" in pages[1]
+
+
+def test_a_server_that_goes_down_shows_its_stores_unreachable_and_the_rest_works(
+    local_site: Site, shop: App
+) -> None:
+    from storekeeper.testing.server import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        local_site.add_service("pgdown", server.url)
+        local_site.assign("shop", "orders", "pgdown")
+        shop.sync()
+        with TestClient(create_app(local_site, [shop])) as client:
+            csrf = log_in(client)
+            assert "pgdown" in client.get("/services").text
+            server.stop()  # the server goes down while the page is open
+
+            services = client.get("/services")
+            assert services.status_code == 200
+            row = re.search(r'data-service="pgdown">(.*?)</tr>', services.text, re.S)
+            assert row is not None and "unreachable: " in row.group(1)
+            assert "cannot connect to service &#39;pgdown&#39;" in row.group(1)
+            assert server.password not in services.text
+            local = re.search(r'data-service="local">(.*?)</tr>', services.text, re.S)
+            assert local is not None and '<td class="reachable">yes' in local.group(1)
+
+            refreshed = client.post("/stores/refresh", data={"csrf": csrf})
+            assert refreshed.status_code == 200
+            stores = client.get("/stores", params={"state": "problem"}).text
+            assert 'data-store="shop.orders"' in stores and "cannot connect" in stores
+            tried = act(client, csrf, "sync", "shop.orders")
+            assert tried.status_code == 409 and "cannot connect" in tried.text
+            for path in ["/apps", "/history", "/stores", "/stores/shop/orders"]:
+                assert client.get(path).status_code == 200, path
+    finally:
+        server.stop()
