@@ -713,3 +713,194 @@ def test_a_server_that_goes_down_shows_its_stores_unreachable_and_the_rest_works
                 assert client.get(path).status_code == 200, path
     finally:
         server.stop()
+
+
+# the stores table: from what the core recorded ----------------------------------------------
+
+
+def test_the_stores_table_holds_the_rows_of_status_json(
+    client: TestClient, local_site: Site, shop: App
+) -> None:
+    from storekeeper.provision import recorded_status, status
+
+    csrf = log_in(client)
+    assert client.get("/stores.json").json()[0]["exists"] is None  # never read yet
+    act(client, csrf, "sync", "shop.orders")
+    page = client.get("/stores.json").json()
+    assert page == [r.as_dict() for r in recorded_status([shop])]
+    (row,) = page
+    assert row["exists"] is True and row["size"] > 0 and row["last_sync"] and row["checked_at"]
+    # The live status, read from the store itself, says the same (but when it was read).
+    (live,) = [r.as_dict() for r in status([shop])]
+    assert {k: v for k, v in live.items() if k != "checked_at"} == {
+        k: v for k, v in row.items() if k != "checked_at"
+    }
+    # And storekeeper status --recorded --json prints it too.
+    import json
+
+    from storekeeper.commands import status as status_verb
+
+    class Face:
+        def select(self, names: object) -> list[App]:
+            return [shop]
+
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status_verb(Face(), apps=[], as_json=True, recorded=True)  # type: ignore[arg-type]
+    assert json.loads(out.getvalue()) == page
+
+
+def test_the_stores_table_pages_and_filters_without_connecting_to_any_store(
+    project: Path,
+) -> None:
+    from conftest import write_config
+
+    # Every store on a server that is not there: a page that connected would say so.
+    write_config(
+        project,
+        f"""
+        default_service = "gone"
+        [services]
+        gone = "postgresql://app@127.0.0.1:{_closed_port()}/postgres"
+        """,
+    )
+    site = Site.load()
+    set_password(site.catalog, "admin", PASSWORD)
+    many = App("many", stores=[Store(f"s{i:03d}") for i in range(120)]).bind(site)
+    other = App("other", stores=[Store("solo")]).bind(site)
+    try:
+        with TestClient(create_app(site, [many, other])) as client:
+            log_in(client)
+            first = client.get("/stores").text
+            assert len(re.findall(r'data-store="', first)) == 50
+            assert "121 of 121 stores, page 1 of 3" in first
+            assert "cannot connect" not in first
+            assert re.search(r'href="\?page=2" rel="next"', first)
+            last = client.get("/stores", params={"page": "3"}).text
+            assert len(re.findall(r'data-store="', last)) == 21
+            assert 'data-store="other.solo"' in last and 'rel="next"' not in last
+            only = client.get("/stores", params={"app": "other"}).text
+            assert re.findall(r'data-store="([^"]+)"', only) == ["other.solo"]
+            never = client.get("/stores", params={"state": "never read", "page": "2"}).text
+            assert "121 of 121 stores, page 2 of 3" in never
+            assert client.get("/stores", params={"state": "exists"}).text.count("data-store=") == 0
+            bad = client.get("/stores", params={"page": "two"})
+            assert bad.status_code == 400 and "is not a number" in bad.text
+    finally:
+        site.close()
+
+
+# the catalog: who and from where, and an old catalog's upgrade -----------------------------
+
+
+def test_the_command_line_records_the_system_user_and_host(local_site: Site, shop: App) -> None:
+    import getpass
+    import socket
+
+    shop.sync()
+    (event,) = local_site.catalog.history("shop", "orders")
+    assert (event.actor, event.client) == (getpass.getuser(), socket.gethostname())
+
+
+def test_an_old_catalog_at_version_1_is_upgraded_keeping_its_history(project: Path) -> None:
+    import sqlite3
+
+    from storekeeper.catalog import tables
+
+    (project / "var").mkdir()
+    with sqlite3.connect(project / "var" / "catalog.sqlite") as conn:
+        conn.executescript(
+            """
+            CREATE TABLE storekeeper_meta (key VARCHAR(64) PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO storekeeper_meta VALUES ('schema_version', '1');
+            CREATE TABLE storekeeper_services (name VARCHAR(63) PRIMARY KEY, url TEXT NOT NULL,
+                created_at DATETIME NOT NULL);
+            CREATE TABLE storekeeper_assignments (app VARCHAR(63), setting VARCHAR(63),
+                service VARCHAR(63) NOT NULL, assigned_at DATETIME NOT NULL,
+                PRIMARY KEY (app, setting));
+            CREATE TABLE storekeeper_stores (app VARCHAR(63), name VARCHAR(63),
+                service VARCHAR(63) NOT NULL, server_setting VARCHAR(63), kind VARCHAR(63),
+                created_at DATETIME NOT NULL, PRIMARY KEY (app, name));
+            CREATE TABLE storekeeper_events (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                at DATETIME NOT NULL, app VARCHAR(63) NOT NULL, store VARCHAR(63) NOT NULL,
+                action VARCHAR(32) NOT NULL, ok BOOLEAN NOT NULL, detail TEXT NOT NULL);
+            INSERT INTO storekeeper_events (at, app, store, action, ok, detail)
+                VALUES ('2026-01-02 03:04:05.000000', 'shop', 'orders', 'sync', 1, 'created');
+            """
+        )
+    site = Site.load()
+    try:
+        assert site.catalog.schema_version() == tables.SCHEMA_VERSION
+        (old,) = site.catalog.history()
+        assert (old.action, old.detail, old.actor, old.client) == ("sync", "created", None, None)
+        set_password(site.catalog, "admin", PASSWORD)
+        assert site.catalog.admin_user() is not None
+        site.catalog.record_state("shop", "orders", present=True, size=10)
+        assert site.catalog.store_states()[("shop", "orders")].size == 10
+        assert site.catalog.history()[0].actor is not None
+    finally:
+        site.close()
+
+
+# mounting it in one's own app ---------------------------------------------------------------
+
+
+def test_mounted_in_a_starlette_app_under_a_prefix(local_site: Site, shop: App) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    def hello(request: object) -> PlainTextResponse:
+        return PlainTextResponse("the app's own page")
+
+    outer = Starlette(
+        routes=[Route("/", hello), Mount("/admin", app=create_app(local_site, [shop]))]
+    )
+    with TestClient(outer) as client:
+        assert client.get("/").text == "the app's own page"
+        to_login = client.get("/admin/stores", follow_redirects=False)
+        assert to_login.headers["location"].startswith("http://testserver/admin/login")
+        form = client.get("/admin/login")
+        assert "Path=/admin" in form.headers["set-cookie"]
+        assert 'action="http://testserver/admin/login"' in form.text
+        response = client.post(
+            "/admin/login",
+            data={"user": "admin", "password": PASSWORD, "csrf": csrf_of(form.text)},
+            follow_redirects=False,
+        )
+        assert response.status_code == 303 and "Path=/admin" in response.headers["set-cookie"]
+        assert "/static/admin.css" in client.get("/admin/services").text
+        assert client.get("/admin/static/admin.css").status_code == 200
+
+
+def test_mounted_in_a_flask_app_through_wsgi(local_site: Site, shop: App) -> None:
+    from flask import Flask
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from storekeeper.admin import create_wsgi_app
+
+    flask_app = Flask(__name__)
+
+    @flask_app.get("/")
+    def index() -> str:
+        return "the app's own page"
+
+    flask_app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        flask_app.wsgi_app, {"/admin": create_wsgi_app(local_site, [shop])}
+    )
+    client = flask_app.test_client()
+    assert client.get("/").text == "the app's own page"
+    to_login = client.get("/admin/stores")
+    assert to_login.status_code == 303 and "/admin/login" in to_login.headers["location"]
+    form = client.get("/admin/login")
+    response = client.post(
+        "/admin/login",
+        data={"user": "admin", "password": PASSWORD, "csrf": csrf_of(form.text)},
+    )
+    assert response.status_code == 303, response.text
+    page = client.get("/admin/services")
+    assert page.status_code == 200 and 'data-service="local"' in page.text
+    assert page.headers["x-frame-options"] == "DENY"
