@@ -904,3 +904,115 @@ def test_mounted_in_a_flask_app_through_wsgi(local_site: Site, shop: App) -> Non
     page = client.get("/admin/services")
     assert page.status_code == 200 and 'data-service="local"' in page.text
     assert page.headers["x-frame-options"] == "DENY"
+
+
+# the apps page and the actions' seam ----------------------------------------------------------
+
+
+def test_the_apps_page_assigns_and_unassigns_with_one_button_and_refuses_an_unknown_service(
+    local_site: Site,
+) -> None:
+    from storekeeper import Kind, ServerSetting
+
+    local_site.add_service("fast", "sqlite:///fast")
+    app = App(
+        "shop",
+        stores=[Store("orders"), Store("notes", required=False)],
+        servers=[ServerSetting("tenants", description="per-tenant stores")],
+        kinds=[Kind("tenant", description="one customer's data")],
+    ).bind(local_site)
+    with TestClient(create_app(local_site, [app])) as client:
+        csrf = log_in(client)
+        page = client.get("/apps").text
+        assert _rows(page, "data-setting") == ["orders", "notes", "tenants"]
+        assert "server setting" in page and "tenant" in page and "one customer" in page
+        assert '<option value="fast"' in page and "default_service" in page
+
+        both = {"csrf": csrf, "setting.orders": "fast", "setting.tenants": "fast"}
+        saved = client.post("/apps/shop", data=both)
+        assert saved.status_code == 200
+        assert local_site.catalog.assignments() == {
+            ("shop", "orders"): "fast",
+            ("shop", "tenants"): "fast",
+        }
+        assert re.search(r'<option value="fast" selected>', saved.text)
+
+        wrong = {"csrf": csrf, "setting.orders": "", "setting.tenants": "nosuch"}
+        refused = client.post("/apps/shop", data=wrong)
+        assert refused.status_code == 400
+        assert (
+            "unknown service &#39;nosuch&#39;" in refused.text
+            and "nothing was saved" in refused.text
+        )
+        assert ("shop", "orders") in local_site.catalog.assignments()  # not half-saved
+
+        unassigned = client.post(
+            "/apps/shop", data={"csrf": csrf, "setting.orders": "", "setting.tenants": "fast"}
+        )
+        assert "shop.orders unassigned" in unassigned.text
+        assert local_site.catalog.assignments() == {("shop", "tenants"): "fast"}
+    actions = [e.action for e in local_site.catalog.history("shop")]
+    assert actions[:3] == ["unassign", "assign", "assign"]
+
+
+def test_run_action_returns_the_cores_report_and_never_raises(local_site: Site, shop: App) -> None:
+    from storekeeper.admin import run_action
+    from storekeeper.provision import StoreStatus, SyncReport
+
+    done = run_action([shop], "sync", "shop.orders", actor="ops", client="10.0.0.7")
+    assert done.ok and done.summary == "created" and done.exit_code == 0
+    assert isinstance(done.report, SyncReport)
+    assert ("action", "created") in done.rows
+    read = run_action([shop], "refresh", "shop.orders", actor="ops", client="10.0.0.7")
+    assert read.ok and isinstance(read.report, StoreStatus) and read.report.exists
+    for action, target, options, said in [
+        ("sync", "nosuch.orders", {}, "unknown app 'nosuch'"),
+        ("drop", "shop.orders", {"confirm": "ORDERS"}, "type the store's name"),
+        ("restore", "shop.orders", {}, "choose a backup"),
+        ("upgrade", "shop.orders", {}, "has no migrations"),
+        ("backup", "shop", {}, "expected APP.STORE"),
+    ]:
+        failed = run_action([shop], action, target, options, actor="ops", client="10.0.0.7")
+        assert not failed.ok and said in failed.summary, (action, failed.summary)
+    assert shop.store_exists("orders")
+    events = local_site.catalog.history("shop", "orders")
+    assert {(e.actor, e.client) for e in events} == {("ops", "10.0.0.7")}
+
+
+def test_restore_in_place_asks_for_the_stores_name(local_site: Site, shop: App) -> None:
+    from storekeeper.admin import run_action
+
+    shop.sync()
+    taken = run_action([shop], "backup", "shop.orders", actor="ops", client="here")
+    backup_id = taken.report.id
+    options = {"backup": backup_id, "in_place": "yes", "confirm": "wrong"}
+    refused = run_action([shop], "restore", "shop.orders", options, actor="ops", client="here")
+    assert not refused.ok and refused.exit_code == 2 and "nothing was changed" in refused.summary
+    options["confirm"] = "orders"
+    done = run_action([shop], "restore", "shop.orders", options, actor="ops", client="here")
+    assert done.ok and done.summary.startswith(f"restored {backup_id} in place; kept ")
+
+
+def test_a_service_added_with_the_command_line_is_in_the_drop_downs_at_once(
+    client: TestClient, local_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log_in(client)
+    assert '<option value="later"' not in client.get("/apps").text
+    # Another process (the command line) adds it while the page runs.
+    assert main(["service", "add", "later", "sqlite:///later"]) == 0
+    assert '<option value="later"' in client.get("/apps").text
+    assert 'data-service="later"' in client.get("/services").text
+
+
+def test_the_login_limit_counts_per_client_and_overall() -> None:
+    limit = LoginLimit()
+    assert (limit.per_client, limit.overall, limit.window) == (5, 50, 300.0)
+    small = LoginLimit(per_client=2, overall=3, window=600)
+    small.failed("a")
+    assert small.retry_after("a") == 0
+    small.failed("a")
+    assert small.retry_after("a") > 0 and small.retry_after("b") == 0
+    small.failed("b")  # three failures in all: every client waits now
+    assert small.retry_after("c") > 0
+    small.succeeded("a")
+    assert small.retry_after("a") > 0  # the overall count still holds
