@@ -17,7 +17,6 @@ from urllib.parse import urlencode
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -200,9 +199,6 @@ class AdminPage:
 
     def _cookie_path(self, request: Request) -> str:
         return str(request.scope.get("root_path") or "") or "/"
-
-    async def _form(self, request: Request) -> FormData:
-        return await request.form()
 
     def _acting(self, request: Request, login: Login) -> Any:
         return acting(login.user, _client(request))
