@@ -44,7 +44,20 @@ def log_in(client: TestClient, user: str = "admin", password: str = PASSWORD) ->
 
 
 @pytest.fixture
-def local_site(project: Path) -> Iterator[Site]:
+def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2id at its lowest cost: the same hashes and checks, a thousand times faster than
+    the page's parameters (about a second a hash on a loaded machine, and most tests log in).
+    The tests that do not ask for it use the real parameters."""
+    from argon2 import PasswordHasher
+
+    monkeypatch.setattr(
+        "storekeeper.admin.security._HASHER",
+        PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1),
+    )
+
+
+@pytest.fixture
+def local_site(project: Path, cheap_hashes: None) -> Iterator[Site]:
     """A site on the embedded default (SQLite in the project folder), admin password set."""
     site = Site.load()
     Site.set_default(site)
@@ -114,7 +127,9 @@ def test_storekeeper_admin_set_password_then_the_page_opens(
             log_in(client)
             assert client.get("/services").status_code == 200
         hashed = site.catalog.admin_user()
-        assert hashed is not None and hashed.password_hash.startswith("$argon2id$")
+        # Argon2id with RFC 9106's second recommended setting (argon2-cffi's default).
+        assert hashed is not None
+        assert hashed.password_hash.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
         assert PASSWORD not in hashed.password_hash
     finally:
         site.close()
@@ -387,7 +402,9 @@ def _migrations(app: App, *revisions: str) -> None:
 
 
 @pytest.fixture
-def pg_shop(project: Path, postgres_url: str) -> Iterator[tuple[Site, App, TestClient]]:
+def pg_shop(
+    project: Path, postgres_url: str, cheap_hashes: None
+) -> Iterator[tuple[Site, App, TestClient]]:
     """App ``shop_<random>`` with a required store ``orders`` (with migrations) and an
     optional ``notes``, nothing assigned, no default service; logged in."""
     import uuid
@@ -754,7 +771,7 @@ def test_the_stores_table_holds_the_rows_of_status_json(
 
 
 def test_the_stores_table_pages_and_filters_without_connecting_to_any_store(
-    project: Path,
+    project: Path, cheap_hashes: None
 ) -> None:
     from conftest import write_config
 
@@ -805,7 +822,9 @@ def test_the_command_line_records_the_system_user_and_host(local_site: Site, sho
     assert (event.actor, event.client) == (getpass.getuser(), socket.gethostname())
 
 
-def test_an_old_catalog_at_version_1_is_upgraded_keeping_its_history(project: Path) -> None:
+def test_an_old_catalog_at_version_1_is_upgraded_keeping_its_history(
+    project: Path, cheap_hashes: None
+) -> None:
     import sqlite3
 
     from storekeeper.catalog import tables
@@ -1018,7 +1037,7 @@ def test_the_login_limit_counts_per_client_and_overall() -> None:
     assert small.retry_after("a") > 0  # the overall count still holds
 
 
-def test_storekeeper_admin_serves_the_page_on_loopback(project: Path) -> None:
+def test_storekeeper_admin_serves_the_page_on_loopback(project: Path, cheap_hashes: None) -> None:
     import http.client
     import os
     import subprocess
