@@ -1076,3 +1076,81 @@ def test_storekeeper_admin_serves_the_page_on_loopback(project: Path, cheap_hash
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_an_old_postgresql_catalog_at_version_1_is_upgraded(
+    project: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, cheap_hashes: None
+) -> None:
+    import uuid
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from storekeeper.catalog import tables
+    from test_catalog import _postgres_catalog_url
+
+    url = _postgres_catalog_url(postgres_url, f"adm{uuid.uuid4().hex[:8]}")
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        # Version 1: today's tables less what the later steps add.
+        with engine.begin() as conn:
+            tables.STEPS[0](conn)
+            for table in (
+                "storekeeper_store_state",
+                "storekeeper_admin_sessions",
+                "storekeeper_admin_users",
+            ):
+                conn.exec_driver_sql(f"DROP TABLE {table}")
+            conn.exec_driver_sql("ALTER TABLE storekeeper_events DROP COLUMN actor")
+            conn.exec_driver_sql("ALTER TABLE storekeeper_events DROP COLUMN client")
+            conn.exec_driver_sql(
+                "INSERT INTO storekeeper_meta VALUES ('schema_version', '1');"
+                "INSERT INTO storekeeper_events (at, app, store, action, ok, detail) "
+                "VALUES (now(), 'shop', 'orders', 'sync', true, 'created')"
+            )
+        monkeypatch.setenv("STOREKEEPER_CATALOG", url)
+        site = Site.load()
+        try:
+            assert site.catalog.schema_version() == tables.SCHEMA_VERSION
+            (old,) = site.catalog.history()
+            assert (old.action, old.actor) == ("sync", None)
+            set_password(site.catalog, "admin", PASSWORD)
+            site.catalog.record_state("shop", "orders", present=False)
+            assert site.catalog.store_states()[("shop", "orders")].present is False
+        finally:
+            site.close()
+    finally:
+        engine.dispose()
+        import psycopg
+        from sqlalchemy import make_url
+
+        database = make_url(url).database
+        admin = make_url(postgres_url).set(drivername="postgresql", database="postgres")
+        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_stores_made_at_run_time_are_in_the_table_and_filtered_by_kind(
+    local_site: Site,
+) -> None:
+    from storekeeper import Kind, ServerSetting
+
+    app = App(
+        "saas",
+        stores=[Store("main")],
+        servers=[ServerSetting("tenants")],
+        kinds=[Kind("tenant"), Kind("archive")],
+    ).bind(local_site)
+    local_site.assign("saas", "tenants", "local")
+    for name, kind in [("acme", "tenant"), ("beta", "tenant"), ("old", "archive")]:
+        app.create_store(name, kind=kind)
+    with TestClient(create_app(local_site, [app])) as client:
+        csrf = log_in(client)
+        tenants = client.get("/stores", params={"kind": "tenant"}).text
+        assert re.findall(r'data-store="([^"]+)"', tenants) == ["saas.acme", "saas.beta"]
+        assert ">yes<" in tenants  # create_store recorded that they exist
+        dropped = act(client, csrf, "drop", "saas.old", confirm="old")
+        assert _summaries(dropped.text) == ["dropped"]
+        every = client.get("/stores.json").json()
+        assert [r["store"] for r in every] == ["main", "acme", "beta"]
+        assert [r["kind"] for r in every] == [None, "tenant", "tenant"]
