@@ -494,6 +494,8 @@ def test_add_a_service_assign_it_sync_upgrade_back_up_restore_and_drop_a_store(
         data={"csrf": csrf, "action": "upgrade", "target": f"{shop}.orders", "to": "head"},
     )
     assert _summaries(upgraded.text) == ["upgraded r1 -&gt; r2"]
+    again = act(client, csrf, "upgrade", f"{shop}.orders", to="head")
+    assert _summaries(again.text) == ["at r2, no change"]
     behind = client.get("/stores", params={"app": shop, "state": "behind"}).text
     assert f"{shop}.orders" not in behind
     assert f'data-store="{shop}.orders"' in client.get("/stores", params={"state": "at head"}).text
@@ -537,8 +539,9 @@ def test_add_a_service_assign_it_sync_upgrade_back_up_restore_and_drop_a_store(
 
     # Every action is in the history, with the user and the client's address.
     events = site.catalog.history(shop, "orders")
-    assert [e.action for e in events][:5] == ["drop", "restore", "backup", "migrate", "sync"]
-    assert {(e.actor, e.client) for e in events[:5]} == {("admin", "testclient")}
+    actions = ["drop", "restore", "backup", "migrate", "migrate", "sync"]
+    assert [e.action for e in events][:6] == actions
+    assert {(e.actor, e.client) for e in events[:6]} == {("admin", "testclient")}
     history = client.get("/history", params={"app": shop, "action": "backup"}).text
     assert backup_id in history and "testclient" in history and ">admin<" in history
     assert "sync" not in re.sub(r"<(select|option|input)[^>]*>", "", history).split("<tbody>")[1]
