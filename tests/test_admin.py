@@ -755,22 +755,36 @@ def test_the_stores_table_holds_the_rows_of_status_json(
     assert {k: v for k, v in live.items() if k != "checked_at"} == {
         k: v for k, v in row.items() if k != "checked_at"
     }
-    # And storekeeper status --recorded --json prints it too.
+
+
+def test_storekeeper_status_recorded_prints_what_the_catalog_recorded(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
-    from storekeeper.commands import status as status_verb
+    from conftest import write_app, write_config
 
-    class Face:
-        def select(self, names: object) -> list[App]:
-            return [shop]
+    spec = write_app(project, "shopx")
+    write_config(project, f'apps = ["{spec}"]\n')
+    import sys
 
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        status_verb(Face(), apps=[], as_json=True, recorded=True)  # type: ignore[arg-type]
-    assert json.loads(out.getvalue()) == page
+    sys.path.insert(0, str(project))
+    try:
+        assert main(["status", "shopx", "--recorded", "--json"]) == 0
+        (never,) = json.loads(capsys.readouterr().out)
+        assert (never["exists"], never["checked_at"]) == (None, None)
+        assert main(["sync", "shopx"]) == 0
+        capsys.readouterr()
+        assert main(["status", "shopx", "--recorded", "--json"]) == 0
+        (recorded,) = json.loads(capsys.readouterr().out)
+        assert main(["status", "shopx", "--json"]) == 0
+        (live,) = json.loads(capsys.readouterr().out)
+    finally:
+        sys.path.remove(str(project))
+    assert recorded["exists"] is True and recorded["checked_at"] is not None
+    # The size as measured at the end of the sync (SQLite's write-ahead log still beside it).
+    assert recorded["size"] > 0 and live["size"] > 0
+    assert {**recorded, "checked_at": None, "size": None} == {**live, "size": None}
 
 
 def test_the_stores_table_pages_and_filters_without_connecting_to_any_store(
