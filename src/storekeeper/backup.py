@@ -448,6 +448,12 @@ def record_backup(app: App, taken: Backup, pin: str | None = None) -> Backup:
         ok=True,
         detail=f"{taken.id} ({taken.size} bytes, {how}) {taken.note}".strip(),
     )
+    app.site.catalog.record_state(
+        app.name,
+        taken.store,
+        revision=taken.revision,
+        backed_up_at=datetime.fromisoformat(taken.taken_at),
+    )
     return _recorded(app, taken, pin)
 
 
@@ -832,6 +838,14 @@ def restore(
                 _sqlite_copy(plain, live)
     app.site.catalog.record(
         app.name, store, "restore", ok=True, detail=f"{item.id}; kept {kept or 'nothing'}"
+    )
+    app.site.catalog.record_state(
+        app.name,
+        store,
+        present=True,
+        size=backend.size(database),
+        revision=item.revision,
+        checked_at=_now(),
     )
     log.info("%s.%s: restored %s", app.name, store, item.id)
     hint = _older_revision(app, store, item, f"storekeeper upgrade {app.name}.{store}")

@@ -130,6 +130,12 @@ def _lock_timeout(_ctx: click.Context, _param: click.Parameter, value: str | Non
 
 OPTIONS: dict[str, Decorator] = {
     "json": click.option("--json", "as_json", is_flag=True, help="machine-readable output"),
+    "recorded": click.option(
+        "--recorded",
+        is_flag=True,
+        help="as last recorded in the catalog by sync, upgrade, backup and the admin page's "
+        "refresh, without connecting to the stores",
+    ),
     "lock_timeout": click.option(
         "--lock-timeout",
         metavar="SECONDS",
@@ -319,12 +325,13 @@ def _on_terminal(stream: Any) -> bool:
         return False
 
 
-def status(face: Face, *, apps: Sequence[str], as_json: bool) -> int:
+def status(face: Face, *, apps: Sequence[str], as_json: bool, recorded: bool = False) -> int:
     """Every store of the apps named (all when none): its service, whether it exists, its
-    size (and revision)."""
-    from .provision import status
+    size (and revision); with ``recorded``, as the catalog last recorded it (no connection
+    to the stores: what the admin page shows)."""
+    from .provision import recorded_status, status
 
-    rows = status(face.select(apps))
+    rows = (recorded_status if recorded else status)(face.select(apps))
     if as_json:
         report.emit_json([r.as_dict() for r in rows])
     else:
@@ -834,6 +841,48 @@ def restore(
     return 0
 
 
+def admin_serve(
+    face: Face,
+    *,
+    host: str,
+    port: int,
+    allow_remote: bool,
+    certfile: str | None,
+    keyfile: str | None,
+) -> int:
+    """Serve the admin page (127.0.0.1 unless ``host``; beyond loopback only with
+    ``allow_remote`` and TLS)."""
+    from .admin import require_extra
+
+    require_extra()
+    from .admin.serve import check_bind, serve
+
+    check_bind(host, allow_remote=allow_remote, certfile=certfile, keyfile=keyfile)
+    return serve(
+        face.site,
+        face.apps,
+        host=host,
+        port=port,
+        allow_remote=allow_remote,
+        certfile=certfile,
+        keyfile=keyfile,
+    )
+
+
+def admin_set_password(face: Face, *, user: str, password_stdin: bool) -> int:
+    """Set the admin page's user and password (kept as an Argon2 hash in the catalog); every
+    session of the page ends."""
+    from .admin import require_extra
+
+    require_extra()
+    from .admin.security import set_password
+    from .admin.serve import read_new_password
+
+    set_password(face.site.catalog, user, read_new_password(password_stdin))
+    say(f"admin password of {user!r} set in the catalog ({face.site.catalog.display_url})")
+    return 0
+
+
 # the table ------------------------------------------------------------------------------
 
 
@@ -864,7 +913,9 @@ VERBS: dict[str, Verb] = {
         ["store", "refresh", "first_time", "yes", "no_backup", "json", "lock_timeout"],
         "apps",
     ),
-    "status": Verb(status, "every store: its service, whether it exists, size", ["json"], "apps"),
+    "status": Verb(
+        status, "every store: its service, whether it exists, size", ["recorded", "json"], "apps"
+    ),
     "revision": Verb(
         revision,
         "new migration for a store or kind (Alembic)",
