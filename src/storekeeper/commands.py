@@ -199,14 +199,15 @@ OPTIONS: dict[str, Decorator] = {
         "--replica",
         "replicas",
         multiple=True,
-        metavar="SERVICE",
-        help="a streaming replica of SERVICE that the store reads from (repeatable)",
+        metavar="NAME",
+        help="service NAME, a streaming replica of SERVICE, is one the store reads from "
+        "(repeatable)",
     ),
     "remove_replica": click.option(
         "--remove-replica",
         "remove_replicas",
         multiple=True,
-        metavar="SERVICE",
+        metavar="NAME",
         help="stop reading the store from this replica (repeatable)",
     ),
     "old_key_file": click.option(
