@@ -11,9 +11,10 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy.dialects.postgresql  # noqa: F401 - see below
@@ -213,3 +214,97 @@ if TYPE_CHECKING:
     # Below the fixtures that use them, so the module's head stays as the core tests need it.
     from storekeeper import App
     from storekeeper.testing.redis import RedisServer
+
+
+# the admin page in a real browser -------------------------------------------------------
+
+#: Debian's Chromium (`make chromium` installs it); Playwright never downloads a browser here.
+CHROMIUM = "/usr/bin/chromium"
+#: A quiet, sandbox-free headless Chromium that calls no Google service.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextmanager
+def serve_asgi(asgi_app: Any) -> Iterator[str]:
+    """Serve ``asgi_app`` with uvicorn in a thread on a free loopback port; yields its base URL.
+
+    The socket is bound and listening before the thread starts, so the first request is
+    queued by the kernel until uvicorn takes it: no waiting for the server to come up.
+    """
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(asgi_app, log_level="warning", access_log=False, lifespan="on")
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="admin-uvicorn", daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Callable[..., Any]]:
+    """Opens a Chromium of its own (a new, empty user data folder: no cookie, no cache) for
+    each call, ``chromium(**context_options)`` → a Playwright ``BrowserContext``; all are
+    closed at the end of the module."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    opened: list[Any] = []
+    folders: list[tempfile.TemporaryDirectory[str]] = []
+    with sync_playwright() as playwright:
+
+        def open_browser(**options: Any) -> Any:
+            folder = tempfile.TemporaryDirectory(prefix="storekeeper-chromium-")
+            folders.append(folder)
+            context = playwright.chromium.launch_persistent_context(
+                folder.name,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1280, "height": 800},
+                **options,
+            )
+            context.set_default_timeout(20_000)
+            opened.append(context)
+            return context
+
+        try:
+            yield open_browser
+        finally:
+            for context in opened:
+                context.close()
+            for folder in folders:
+                folder.cleanup()
+
+
+@pytest.fixture
+def page(chromium: Callable[..., Any]) -> Iterator[Any]:
+    """A page of a Chromium of its own (no cookie of another test's)."""
+    context = chromium()
+    yield context.pages[0] if context.pages else context.new_page()
+    context.close()

@@ -230,31 +230,49 @@ def print_sync(report: SyncReport) -> None:
         say("no stores to sync")
         return
     print_synced(report.results)
+    for line in sync_errors(report):
+        warn(line)
+    say(sync_line(report))
+
+
+def sync_errors(report: SyncReport) -> list[str]:
+    """The ``error: ...`` line of each store ``sync`` failed on."""
+    lines = []
     for r in report.failed:
         label = f"{r.app}.{r.store}"
-        warn(f"error: {r.error if label in r.error else f'{label}: {r.error}'}")
+        lines.append(f"error: {r.error if label in r.error else f'{label}: {r.error}'}")
+    return lines
+
+
+def sync_line(report: SyncReport) -> str:
+    """The line closing what ``sync`` did: counts by outcome, or that nothing changed."""
     counts: dict[str, int] = {}
     for r in report.results:
         if r.ok:
             counts[r.action] = counts.get(r.action, 0) + 1
     done = ", ".join(f"{n} {action}" for action, n in counts.items())
     if report.failed:
-        say(f"sync: {done + ', ' if done else ''}{len(report.failed)} failed")
-    elif report.changed:
-        say(f"synced: {done}")
-    else:
-        say(f"no changes: all {len(report.results)} stores are up to date")
+        return f"sync: {done + ', ' if done else ''}{len(report.failed)} failed"
+    if report.changed:
+        return f"synced: {done}"
+    return f"no changes: all {len(report.results)} stores are up to date"
+
+
+#: The columns of :func:`synced_rows`.
+SYNCED_HEADERS = ("store", "service", "seconds", "result")
+
+
+def synced_rows(results: Sequence[StoreResult]) -> list[tuple[str, ...]]:
+    """The rows of the table of what ``sync`` did, store by store (every face's)."""
+    return [
+        (f"{r.app}.{r.store}", r.service or "-", f"{r.seconds:.2f}", r.action if r.ok else "FAILED")
+        for r in results
+    ]
 
 
 def print_synced(results: Sequence[StoreResult]) -> None:
     """The table of what ``sync`` did, store by store."""
-    show_table(
-        [
-            (f"{r.app}.{r.store}", r.service, f"{r.seconds:.2f}", r.action if r.ok else "FAILED")
-            for r in results
-        ],
-        ["store", "service", "seconds", "result"],
-    )
+    show_table(synced_rows(results), SYNCED_HEADERS)
 
 
 def _revision_cell(row: Any) -> str | None:
@@ -357,32 +375,50 @@ def print_fanout(report: FanoutReport, action: str) -> None:
         say(f"no stores to {action}")
         return
     print_migrated(report.results)
-    for r in report.failed:
-        warn(f"error: {r.app}.{r.store}: {r.error}")
+    for line in fanout_errors(report):
+        warn(line)
+    say(fanout_line(report, action))
+
+
+def fanout_errors(report: FanoutReport) -> list[str]:
+    """The ``error: ...`` line of each failed store, and the stores not run after one."""
+    lines = [f"error: {r.app}.{r.store}: {r.error}" for r in report.failed]
     if report.not_run:
-        warn(
+        lines.append(
             f"not run after the failure ({len(report.not_run)}): {', '.join(report.not_run)}; "
             "pass --continue-on-error to go on past failures"
         )
+    return lines
+
+
+def fanout_line(report: FanoutReport, action: str) -> str:
+    """The line closing a run over many stores: how many went well, failed, were not run."""
     ok = len(report.results) - len(report.failed)
-    say(f"{action}: {ok} ok, {len(report.failed)} failed, {len(report.not_run)} not run")
+    return f"{action}: {ok} ok, {len(report.failed)} failed, {len(report.not_run)} not run"
+
+
+#: The columns of :func:`migrated_rows`.
+MIGRATED_HEADERS = ("store", "from", "to", "seconds", "result")
+
+
+def migrated_rows(results: Sequence[MigrateResult]) -> list[tuple[str, ...]]:
+    """The rows of the table of what ``upgrade``, ``downgrade`` or ``stamp`` did (every
+    face's)."""
+    return [
+        (
+            f"{r.app}.{r.store}",
+            r.before or "base",
+            r.after or "base",
+            f"{r.seconds:.2f}",
+            ("ok" if r.changed else "up to date") if r.ok else "FAILED",
+        )
+        for r in results
+    ]
 
 
 def print_migrated(results: Sequence[MigrateResult]) -> None:
     """The table of what ``upgrade``, ``downgrade`` or ``stamp`` did, store by store."""
-    show_table(
-        [
-            (
-                f"{r.app}.{r.store}",
-                r.before or "base",
-                r.after or "base",
-                f"{r.seconds:.2f}",
-                ("ok" if r.changed else "up to date") if r.ok else "FAILED",
-            )
-            for r in results
-        ],
-        ["store", "from", "to", "seconds", "result"],
-    )
+    show_table(migrated_rows(results), MIGRATED_HEADERS)
 
 
 def print_current(rows: Sequence[RevisionState]) -> None:
@@ -418,31 +454,43 @@ def print_backups(found: Sequence[Backup], target: str) -> None:
     if not found:
         say(f"{target}: no backups yet")
         return
-    show_table(
-        [
-            (
-                b.id,
-                b.taken_at[:19].replace("T", " "),
-                b.revision or "-",
-                human_size(b.size),
-                b.sha256[:12],
-                b.note,
-            )
-            for b in found
-        ],
-        ["id", "when (UTC)", "revision", "size", "sha256", "note"],
-    )
+    show_table(backup_rows(found), BACKUP_HEADERS)
+
+
+#: The columns of :func:`backup_rows`.
+BACKUP_HEADERS = ("id", "when (UTC)", "revision", "size", "sha256", "note")
+
+
+def backup_rows(found: Sequence[Backup]) -> list[tuple[str, ...]]:
+    """The rows of the backups table (every face's)."""
+    return [
+        (
+            b.id,
+            b.taken_at[:19].replace("T", " "),
+            b.revision or "-",
+            human_size(b.size) or "-",
+            b.sha256[:12],
+            b.note,
+        )
+        for b in found
+    ]
 
 
 def print_restored(restored: RestoreReport) -> None:
     """What a restore did, in a line or two."""
+    for line in restored_lines(restored):
+        say(line)
+
+
+def restored_lines(restored: RestoreReport) -> list[str]:
+    """What a restore did, in a line or two (every face's)."""
     where = f"{restored.app}.{restored.store}"
-    if restored.in_place:
-        say(f"{where}: restored backup {restored.backup} into {restored.database}")
-        if restored.kept_as:
-            say(f"the database it replaced is kept as {restored.kept_as}")
-    else:
-        say(f"{where}: backup {restored.backup} restored as database {restored.database}")
+    if not restored.in_place:
+        return [f"{where}: backup {restored.backup} restored as database {restored.database}"]
+    lines = [f"{where}: restored backup {restored.backup} into {restored.database}"]
+    if restored.kept_as:
+        lines.append(f"the database it replaced is kept as {restored.kept_as}")
+    return lines
 
 
 #: What ``check`` says to do about a drift, by :attr:`storekeeper.migrate.Checked.action`.
