@@ -12,6 +12,7 @@ import pytest
 
 from conftest import write_config
 from storekeeper import config
+from storekeeper.catalog import tables
 from storekeeper.config import BUILTIN, Sourced
 from storekeeper.errors import ConfigError, InvalidName
 from storekeeper.site import Site
@@ -199,7 +200,7 @@ def test_storekeeper_catalog_overrides_the_files_catalog(
     assert cfg.catalog == Sourced("sqlite:///env_catalog.sqlite", "env STOREKEEPER_CATALOG")
     site = Site(cfg)
     try:
-        assert site.catalog.schema_version() == 1
+        assert site.catalog.schema_version() == tables.SCHEMA_VERSION
         assert (project / "env_catalog.sqlite").is_file()
         assert not (project / "file_catalog.sqlite").exists()
     finally:

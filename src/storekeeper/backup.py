@@ -220,6 +220,7 @@ def backup(app: App, store: str, *, note: str = "") -> Backup:
     app.site.catalog.record(
         app.name, store, "backup", ok=True, detail=f"{backup_id} ({size} bytes) {note}".strip()
     )
+    app.site.catalog.record_state(app.name, store, revision=revision, backed_up_at=taken)
     log.info("%s.%s: backed up as %s", app.name, store, target)
     return result
 
@@ -372,6 +373,14 @@ def restore(
             _sqlite_copy(path, live)
     app.site.catalog.record(
         app.name, store, "restore", ok=True, detail=f"{item.id}; kept {kept or 'nothing'}"
+    )
+    app.site.catalog.record_state(
+        app.name,
+        store,
+        present=True,
+        size=backend.size(database),
+        revision=item.revision,
+        checked_at=_now(),
     )
     log.info("%s.%s: restored %s", app.name, store, item.id)
     return RestoreReport(app.name, store, item.id, database, item.revision, kept or None, True)

@@ -200,6 +200,8 @@ def build_cli() -> click.Group:
     for each in groups.values():
         group.add_command(each)
 
+    group.add_command(_admin_group())
+
     @group.command("demo", help="run the bundled stream gages app end to end")
     @_common
     def demo_command(config: str | None, app: tuple[str, ...], env: str | None) -> int:
@@ -208,6 +210,76 @@ def build_cli() -> click.Group:
         return face.run(demo)
 
     return group
+
+
+def _admin_group() -> click.Group:
+    """``storekeeper admin`` (serves the page) and ``storekeeper admin set-password``."""
+    from .admin.serve import DEFAULT_HOST, DEFAULT_PORT
+
+    @click.group(
+        "admin",
+        invoke_without_command=True,
+        help="serve the admin page (on 127.0.0.1 unless --host); first set its password with "
+        "'storekeeper admin set-password'",
+        short_help="serve the admin page on 127.0.0.1",
+    )
+    @click.option("--host", default=DEFAULT_HOST, show_default=True, help="address to listen on")
+    @click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="port")
+    @click.option(
+        "--allow-remote",
+        is_flag=True,
+        help="allow a --host beyond loopback (needs --certfile and --keyfile)",
+    )
+    @click.option("--certfile", metavar="PATH", help="TLS certificate (PEM)")
+    @click.option("--keyfile", metavar="PATH", help="TLS private key (PEM)")
+    @_common
+    def admin(
+        config: str | None,
+        app: tuple[str, ...],
+        env: str | None,
+        host: str,
+        port: int,
+        allow_remote: bool,
+        certfile: str | None,
+        keyfile: str | None,
+    ) -> int | None:
+        face = _face()
+        face.take(config, app, env)
+        if click.get_current_context().invoked_subcommand is not None:
+            return None
+        return face.run(
+            lambda: commands.admin_serve(
+                face,
+                host=host,
+                port=port,
+                allow_remote=allow_remote,
+                certfile=certfile,
+                keyfile=keyfile,
+            )
+        )
+
+    @admin.command(
+        "set-password",
+        help="set the admin page's user and password (an Argon2 hash in the catalog; every "
+        "session ends); asked twice on a terminal, else read from standard input",
+    )
+    @click.option("--user", default="admin", show_default=True, help="the admin user's name")
+    @click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+    @_common
+    def set_password(
+        config: str | None,
+        app: tuple[str, ...],
+        env: str | None,
+        user: str,
+        password_stdin: bool,
+    ) -> int:
+        face = _face()
+        face.take(config, app, env)
+        return face.run(
+            lambda: commands.admin_set_password(face, user=user, password_stdin=password_stdin)
+        )
+
+    return admin
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -653,6 +653,48 @@ def restore(
     return 0
 
 
+def admin_serve(
+    face: Face,
+    *,
+    host: str,
+    port: int,
+    allow_remote: bool,
+    certfile: str | None,
+    keyfile: str | None,
+) -> int:
+    """Serve the admin page (127.0.0.1 unless ``host``; beyond loopback only with
+    ``allow_remote`` and TLS)."""
+    from .admin import require_extra
+
+    require_extra()
+    from .admin.serve import check_bind, serve
+
+    check_bind(host, allow_remote=allow_remote, certfile=certfile, keyfile=keyfile)
+    return serve(
+        face.site,
+        face.apps,
+        host=host,
+        port=port,
+        allow_remote=allow_remote,
+        certfile=certfile,
+        keyfile=keyfile,
+    )
+
+
+def admin_set_password(face: Face, *, user: str, password_stdin: bool) -> int:
+    """Set the admin page's user and password (kept as an Argon2 hash in the catalog); every
+    session of the page ends."""
+    from .admin import require_extra
+
+    require_extra()
+    from .admin.security import set_password
+    from .admin.serve import read_new_password
+
+    set_password(face.site.catalog, user, read_new_password(password_stdin))
+    say(f"admin password of {user!r} set in the catalog ({face.site.catalog.display_url})")
+    return 0
+
+
 # the table ------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import logging
 import time
@@ -23,7 +24,7 @@ from .errors import (
     StorekeeperError,
     exit_code_of,
 )
-from .migrate.commands import migrate_database, revision_state
+from .migrate.commands import migrate_database, revision_state, script_directory
 from .migrate.scripts import Scripts, kind_scripts, store_scripts
 from .migrate.templates import clone_from_template
 from .naming import check_identifier, physical_name
@@ -269,7 +270,20 @@ def _record_synced(plan: _Plan, result: StoreResult) -> None:
         detail += f", at revision {result.revision or 'base'}" + (
             " (from the template)" if result.from_template else ""
         )
-    plan.app.site.catalog.record(plan.app.name, plan.store, "sync", ok=True, detail=detail)
+    site = plan.app.site
+    site.catalog.record(plan.app.name, plan.store, "sync", ok=True, detail=detail)
+    now = _utcnow()
+    site.catalog.record_state(
+        plan.app.name,
+        plan.store,
+        service=plan.placement.service.name,
+        database=plan.placement.database,
+        present=True,
+        size=site.backend(plan.placement.service).size(plan.placement.database),
+        revision=result.revision,
+        checked_at=now,
+        synced_at=now,
+    )
     log.info(
         "%s.%s on service %s: %s", plan.app.name, plan.store, plan.placement.service.name, detail
     )
@@ -543,6 +557,12 @@ def drop_store(app: App, name: str) -> bool:
         existed = _drop_database(app, name, backend, placement.database)
         site.remove_runtime_store(app.name, name)
     site.catalog.record(app.name, name, "drop", ok=True, detail="dropped" if existed else "absent")
+    if name in {s.name for s in app.stores}:
+        site.catalog.record_state(
+            app.name, name, present=False, size=None, revision=None, checked_at=_utcnow()
+        )
+    else:
+        site.catalog.forget_state(app.name, name)
     log.info("%s.%s on service %s: dropped", app.name, name, placement.service.name)
     return existed
 
@@ -574,34 +594,64 @@ class StoreStatus:
     revision: str | None = None
     head: str | None = None
     migration_state: str | None = None
+    #: When it was last backed up, and when what this row says was read from the store
+    #: itself (``None``: never; a live ``status`` reads it now).
+    last_backup: str | None = None
+    checked_at: str | None = None
+    #: The kind a store made at run time was made from.
+    kind: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
 
 
-def status(apps: Sequence[App]) -> list[StoreStatus]:
-    """Every store of ``apps``: where it lives, whether it exists, its size, its last sync."""
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _when(at: dt.datetime | None) -> str | None:
+    return at.strftime("%Y-%m-%d %H:%M:%S") if at else None
+
+
+def _row(app: App, name: str, declared: set[str], last: dict[tuple[str, str], Any]) -> StoreStatus:
+    record = None if name in declared else app.site.runtime_store(app.name, name)
+    return StoreStatus(
+        app.name,
+        name,
+        "declared" if name in declared else "run time",
+        None,
+        None,
+        None,
+        None,
+        _when(last.get((app.name, name))),
+        last_backup=None,
+        kind=record.kind if record else None,
+    )
+
+
+def status(
+    apps: Sequence[App], *, record: bool = False, stores: Sequence[str] | None = None
+) -> list[StoreStatus]:
+    """Every store of ``apps`` (or those called ``stores``): where it lives, whether it
+    exists, its size, its last sync, read from the stores themselves. With ``record`` what
+    was read is written to the catalog's store state (what :func:`recorded_status` gives;
+    the admin page's refresh)."""
     rows: list[StoreStatus] = []
     if not apps:
         return rows
     site = apps[0].site
     last = site.catalog.last_events("sync")
+    backed_up = site.catalog.last_events("backup")
+    now = _utcnow()
     for app in apps:
         declared = {s.name for s in app.stores}
         for name in app.list_stores():
-            origin = "declared" if name in declared else "run time"
-            synced = last.get((app.name, name))
-            row = StoreStatus(
-                app.name,
-                name,
-                origin,
-                None,
-                None,
-                None,
-                None,
-                synced.strftime("%Y-%m-%d %H:%M:%S") if synced else None,
-            )
+            if stores is not None and name not in stores:
+                continue
+            row = _row(app, name, declared, last)
+            row.last_backup = _when(backed_up.get((app.name, name)))
+            row.checked_at = _when(now)
             try:
                 placement = place(app, name)
                 row.service, row.database = placement.service.name, placement.database
@@ -614,5 +664,82 @@ def status(apps: Sequence[App]) -> list[StoreStatus]:
                     row.migration_state = state.state
             except StorekeeperError as exc:
                 row.problem = str(exc)
+            if record:
+                site.catalog.record_state(
+                    app.name,
+                    name,
+                    service=row.service,
+                    database=row.database,
+                    present=row.exists,
+                    size=row.size,
+                    revision=row.revision,
+                    problem=row.problem,
+                    checked_at=now,
+                )
             rows.append(row)
     return rows
+
+
+def recorded_status(apps: Sequence[App]) -> list[StoreStatus]:
+    """The rows of :func:`status` from what the catalog recorded about each store (by every
+    sync, migration, backup, drop and refresh), without connecting to any store: fast for a
+    page of a thousand stores. Heads come from the script directories (files)."""
+    rows: list[StoreStatus] = []
+    if not apps:
+        return rows
+    site = apps[0].site
+    states = site.catalog.store_states()
+    heads: dict[str, str | None] = {}
+    for app in apps:
+        declared = {s.name for s in app.stores}
+        for name in app.list_stores():
+            state = states.get((app.name, name))
+            row = _row(app, name, declared, {})
+            try:
+                placement = place(app, name)
+                row.service, row.database = placement.service.name, placement.database
+            except StorekeeperError as exc:
+                row.problem = str(exc)
+            if state is not None:
+                row.exists, row.size, row.revision = state.present, state.size, state.revision
+                row.problem = row.problem or state.problem
+                row.last_sync, row.last_backup = _when(state.synced_at), _when(state.backed_up_at)
+                row.checked_at = _when(state.checked_at)
+                if state.service is not None and state.service != row.service and row.service:
+                    row.problem = row.problem or (
+                        f"last seen on service {state.service!r}, now assigned to "
+                        f"{row.service!r}: refresh to read it there"
+                    )
+                    row.exists = row.size = row.revision = None
+            _recorded_revision_state(app, name, row, heads)
+            rows.append(row)
+    return rows
+
+
+def _recorded_revision_state(
+    app: App, name: str, row: StoreStatus, heads: dict[str, str | None]
+) -> None:
+    """Fill ``row``'s head and migration state from the script directory (read once per
+    directory) and the recorded revision."""
+    scripts = store_scripts(app, name)
+    if not scripts.exists:
+        return
+    key = str(scripts.path)
+    if key not in heads:
+        try:
+            heads[key] = ",".join(sorted(migrate_heads(scripts))) or None
+        except StorekeeperError as exc:
+            heads[key] = None
+            row.problem = row.problem or str(exc)
+    row.head = heads[key]
+    if not row.exists:
+        row.migration_state = "no database" if row.exists is False else None
+    elif row.revision == row.head:
+        row.migration_state = "at head"
+    else:
+        row.migration_state = "behind"
+
+
+def migrate_heads(scripts: Scripts) -> list[str]:
+    """The head revisions of a script directory, read from its files."""
+    return list(script_directory(scripts).get_heads())

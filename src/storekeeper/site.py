@@ -12,7 +12,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,14 +21,15 @@ from . import forks
 from .backends import Backend, Service, backend_for, parse_service_url
 from .catalog import Catalog, RuntimeStore
 from .config import BUILTIN, Config, Sourced
-from .errors import BadInput, NotAssigned, NotFound
+from .errors import BadInput, NotAssigned, NotFound, StorekeeperError
 from .naming import check_identifier, format_database_name, physical_name
-from .secret import masked_repr
+from .secret import mask, masked_repr
 
 if TYPE_CHECKING:
     from sqlalchemy import URL, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from .declarations import ServerSetting, Store
     from .declare import App
 
 LOCAL_SERVICE = "local"
@@ -207,6 +208,39 @@ class Site:
         self._services = None
         return self.service(name)
 
+    def update_service(self, name: str, url: str) -> Service:
+        """Change the URL of catalog service ``name``; a URL given without a password keeps
+        the password the service had (forms never show it, so they leave it out)."""
+        check_identifier(name, "service")
+        old = self.service(name)
+        if old.source != "catalog":
+            raise BadInput(
+                f"service {name!r} comes from {old.source}, not the catalog; change it there"
+            )
+        parsed = parse_service_url(url, self.config.root, what=f"URL of service {name!r}")
+        if parsed.password is None and old.url.password is not None:
+            url = with_password(url, old.url.password)
+        return self.add_service(name, url, replace=True)
+
+    def ping_url(self, name: str, url: str) -> str:
+        """Connect to the server at ``url`` (a service not saved yet, or saved) and say its
+        version; raises :class:`BadInput` for a bad URL and
+        :class:`~storekeeper.errors.ServiceUnavailable` when it cannot be reached."""
+        check_identifier(name, "service")
+        parsed = parse_service_url(url, self.config.root, what=f"URL of service {name!r}")
+        backend = backend_for(Service(name, parsed, "catalog"))
+        try:
+            return backend.ping()
+        finally:
+            backend.close()
+
+    def refresh(self) -> None:
+        """Read services, assignments and stores made at run time from the catalog again on
+        next use (a long-running face, like the admin page, sees what the CLI changed)."""
+        self._services = None
+        self._assignments = None
+        self._runtime = None
+
     def remove_service(self, name: str, *, force: bool = False) -> None:
         """Remove a service from the catalog; refuses while assignments use it."""
         check_identifier(name, "service")
@@ -246,6 +280,15 @@ class Site:
         self.catalog.assign(app, setting, service)
         self._assignments = None
         return found
+
+    def unassign(self, app: str, setting: str) -> bool:
+        """Remove the catalog's assignment of ``app.setting`` (the store then uses what the
+        configuration file or the default service says); returns whether there was one."""
+        check_identifier(app, "app")
+        check_identifier(setting, "store or setting")
+        removed = self.catalog.unassign(app, setting)
+        self._assignments = None
+        return removed
 
     def runtime_store(self, app: str, name: str) -> RuntimeStore | None:
         """The catalog's record of a store made at run time, if there is one."""
@@ -404,7 +447,175 @@ class Site:
         ]
 
 
+def with_password(url: str, password: str) -> str:
+    """``url`` (text) with ``password`` put in it, percent-encoded as URLs need."""
+    from sqlalchemy import make_url
+
+    return make_url(url.strip()).set(password=password).render_as_string(hide_password=False)
+
+
 # reports: what the site says about itself (URLs as masked strings, never URL objects) ---
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One service as the admin page shows it: where it is, whether it answers, what is on it."""
+
+    name: str
+    dialect: str
+    host: str | None
+    port: int | None
+    #: The URL with its password masked; the URL without its password, for an edit form.
+    url: str
+    url_without_password: str
+    source: str
+    production: bool
+    #: ``None`` when not asked (``ping=False``).
+    reachable: bool | None
+    version: str | None
+    error: str
+    #: ``app.store`` of every store placed on it (assigned, by default, or made at run time).
+    stores: tuple[str, ...]
+    #: ``app.setting`` of the explicit assignments that name it.
+    assigned: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def _ping(site: Site, service: Service) -> tuple[bool, str | None, str]:
+    from .errors import StorekeeperError
+
+    try:
+        return True, site.backend(service).ping(), ""
+    except StorekeeperError as exc:
+        return False, None, str(exc)
+    except Exception as exc:  # a driver's surprise: the page still shows the others
+        return False, None, mask(f"{type(exc).__name__}: {exc}", service.url.password)
+
+
+def service_report(
+    site: Site, apps: Sequence[App], *, ping: bool = True, wait: float = 10.0
+) -> list[ServiceStatus]:
+    """Every service: host, port, masked URL, the stores on it, and (``ping``) its version or
+    why it cannot be reached. Services are pinged at once, each given ``wait`` seconds."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Timeout
+
+    services = site.services()
+    on: dict[str, list[str]] = {name: [] for name in services}
+    for app in apps:
+        for name in app.list_stores():
+            try:
+                where = place(app, name).service.name
+            except StorekeeperError:
+                continue
+            on.setdefault(where, []).append(f"{app.name}.{name}")
+    assigned: dict[str, list[str]] = {}
+    for (app_name, setting), chosen in site.assignments().items():
+        assigned.setdefault(chosen.value, []).append(f"{app_name}.{setting}")
+    answers: dict[str, tuple[bool | None, str | None, str]] = {
+        n: (None, None, "") for n in services
+    }
+    if ping and services:
+        pool = ThreadPoolExecutor(max_workers=min(8, len(services)))
+        futures = {n: pool.submit(_ping, site, s) for n, s in services.items()}
+        for name, future in futures.items():
+            try:
+                answers[name] = future.result(timeout=wait)
+            except Timeout:
+                answers[name] = (False, None, f"no answer from service {name!r} in {wait:g} s")
+        pool.shutdown(wait=False, cancel_futures=True)
+    rows = []
+    for name, s in services.items():
+        reachable, version, error = answers[name]
+        rows.append(
+            ServiceStatus(
+                name,
+                s.url.get_backend_name(),
+                s.url.host,
+                s.url.port,
+                s.display_url,
+                s.url.set(password=None).render_as_string(hide_password=False),
+                s.source,
+                s.production,
+                reachable,
+                version,
+                error,
+                tuple(sorted(on.get(name, []))),
+                tuple(sorted(assigned.get(name, []))),
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class SettingStatus:
+    """One store or server setting of an app, with the service plugged into it."""
+
+    app: str
+    name: str
+    #: ``store`` or ``server``.
+    kind: str
+    description: str
+    required: bool
+    #: The service it uses (``None``: none), and where that choice comes from (``catalog``,
+    #: a file, ``default_service (...)``).
+    service: str | None
+    source: str | None
+    #: Whether the catalog holds an assignment for it (which the page can remove).
+    in_catalog: bool
+
+    @property
+    def missing(self) -> bool:
+        """Required, and no service to use: sync refuses it until it is assigned."""
+        return self.required and self.service is None
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    """An app as the admin page's assignment form shows it."""
+
+    name: str
+    description: str
+    #: Required-but-unassigned settings first, then the others in declared order.
+    settings: tuple[SettingStatus, ...]
+    #: Kinds, each with the stores made from it at run time.
+    kinds: tuple[tuple[str, str, tuple[str, ...]], ...]
+
+
+def app_report(site: Site, apps: Sequence[App]) -> list[AppStatus]:
+    """Each app's stores and server settings with their services, and its kinds."""
+    explicit = site.assignments()
+    found = []
+    for app in apps:
+        settings = []
+        items: list[tuple[Store | ServerSetting, str]] = [(s, "store") for s in app.stores]
+        items += [(s, "server") for s in app.servers]
+        for item, kind in items:
+            chosen = site.assignment(app.name, item.name)
+            source = explicit.get((app.name, item.name))
+            settings.append(
+                SettingStatus(
+                    app.name,
+                    item.name,
+                    kind,
+                    item.description,
+                    item.required,
+                    chosen.value if chosen else None,
+                    chosen.source if chosen else None,
+                    source is not None and source.source == "catalog",
+                )
+            )
+        settings.sort(key=lambda s: not s.missing)  # stable: declared order within each
+        made = site.catalog.runtime_stores(app.name)
+        kinds = tuple(
+            (k.name, k.description, tuple(r.name for r in made if r.kind == k.name))
+            for k in app.kinds
+        )
+        found.append(AppStatus(app.name, app.description, tuple(settings), kinds))
+    return found
 
 
 @dataclass(frozen=True)

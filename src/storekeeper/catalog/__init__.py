@@ -7,8 +7,12 @@ Its schema carries a version, so later releases can change it (see :mod:`.tables
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
-from collections.abc import Sequence
+import getpass
+import socket
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from sqlalchemy import (
     make_url,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
@@ -34,7 +39,35 @@ from ..errors import ConfigError, ServiceUnavailable
 from ..secret import decrypt, encrypt, mask, mask_url
 from . import tables as t
 
-__all__ = ["Catalog", "Event", "RuntimeStore"]
+__all__ = ["AdminSession", "AdminUser", "Catalog", "Event", "RuntimeStore", "StoreState", "acting"]
+
+#: Who is acting and from where, recorded with every history entry (see :func:`acting`).
+_ACTOR: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "storekeeper_actor", default=None
+)
+
+
+@contextlib.contextmanager
+def acting(actor: str, client: str) -> Iterator[None]:
+    """Record ``actor`` (a user) and ``client`` (an address) with every history entry written
+    in this context: the admin page says who clicked and from where. Outside it, entries name
+    the operating system's user and this host."""
+    token = _ACTOR.set((actor[:63], client[:255]))
+    try:
+        yield
+    finally:
+        _ACTOR.reset(token)
+
+
+def _actor() -> tuple[str, str]:
+    given = _ACTOR.get()
+    if given is not None:
+        return given
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = "?"
+    return user[:63], socket.gethostname()[:255]
 
 
 # Advisory lock key held while a PostgreSQL catalog's schema is made or upgraded.
@@ -87,7 +120,7 @@ class RuntimeStore:
 
 @dataclass(frozen=True)
 class Event:
-    """One entry of a store's history."""
+    """One entry of the history: what was done to which store, when, by whom, from where."""
 
     at: dt.datetime
     app: str
@@ -95,6 +128,48 @@ class Event:
     action: str
     ok: bool
     detail: str
+    actor: str | None = None
+    client: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What the core last knew about a store (written by sync, migrations, backups, drops and
+    refreshes; read by the admin page instead of connecting to every store)."""
+
+    app: str
+    store: str
+    service: str | None
+    database: str | None
+    present: bool | None
+    size: int | None
+    revision: str | None
+    problem: str
+    checked_at: dt.datetime | None
+    synced_at: dt.datetime | None
+    migrated_at: dt.datetime | None
+    backed_up_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class AdminUser:
+    """The admin page's user: a name and an Argon2 hash of the password."""
+
+    name: str
+    password_hash: str
+    changed_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AdminSession:
+    """A session of the admin page, found by the SHA-256 of its cookie's token."""
+
+    token_hash: str
+    user: str
+    client: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
 
 
 class Catalog:
@@ -334,29 +409,83 @@ class Catalog:
     # history --------------------------------------------------------------------------
 
     def record(self, app: str, store: str, action: str, ok: bool = True, detail: str = "") -> None:
-        """Add an entry to a store's history (details are masked)."""
+        """Add an entry to the history (details are masked), naming who acts from where
+        (see :func:`acting`)."""
+        actor, client = _actor()
         with self.engine.begin() as conn:
             conn.execute(
                 insert(t.events).values(
-                    at=_now(), app=app, store=store, action=action, ok=ok, detail=mask(detail)
+                    at=_now(),
+                    app=app,
+                    store=store,
+                    action=action[:32],
+                    ok=ok,
+                    detail=mask(detail),
+                    actor=actor,
+                    client=client,
                 )
             )
 
     def history(
-        self, app: str | None = None, store: str | None = None, limit: int = 100
+        self,
+        app: str | None = None,
+        store: str | None = None,
+        limit: int = 100,
+        *,
+        action: str | None = None,
+        actor: str | None = None,
+        ok: bool | None = None,
+        offset: int = 0,
     ) -> list[Event]:
-        """The newest entries first."""
+        """The newest entries first, of those matching every filter given."""
         if self._absent():
             return []
-        query = select(t.events).order_by(t.events.c.id.desc()).limit(limit)
-        if app is not None:
-            query = query.where(t.events.c.app == app)
-        if store is not None:
-            query = query.where(t.events.c.store == store)
+        query = self._history_filter(select(t.events), app, store, action, actor, ok).order_by(
+            t.events.c.id.desc()
+        )
         with self.engine.connect() as conn:
             return [
-                Event(r.at, r.app, r.store, r.action, r.ok, r.detail) for r in conn.execute(query)
+                Event(r.at, r.app, r.store, r.action, r.ok, r.detail, r.actor, r.client, r.id)
+                for r in conn.execute(query.limit(limit).offset(offset))
             ]
+
+    def history_count(
+        self,
+        app: str | None = None,
+        store: str | None = None,
+        *,
+        action: str | None = None,
+        actor: str | None = None,
+        ok: bool | None = None,
+    ) -> int:
+        """How many entries :meth:`history` has with these filters (for its pages)."""
+        if self._absent():
+            return 0
+        query = self._history_filter(
+            select(func.count()).select_from(t.events), app, store, action, actor, ok
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    @staticmethod
+    def _history_filter(
+        query: Any,
+        app: str | None,
+        store: str | None,
+        action: str | None,
+        actor: str | None,
+        ok: bool | None,
+    ) -> Any:
+        for column, value in (
+            (t.events.c.app, app),
+            (t.events.c.store, store),
+            (t.events.c.action, action),
+            (t.events.c.actor, actor),
+            (t.events.c.ok, ok),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        return query
 
     def last_events(self, action: str) -> dict[tuple[str, str], dt.datetime]:
         """When ``action`` last succeeded for each ``(app, store)``."""
@@ -369,3 +498,128 @@ class Catalog:
         )
         with self.engine.connect() as conn:
             return {(a, s): at for a, s, at in conn.execute(query)}
+
+    # what the core last knew about each store ----------------------------------------
+
+    def record_state(self, app: str, store: str, **values: Any) -> None:
+        """Write what is now known about ``app.store`` (columns of ``storekeeper_store_state``:
+        ``present``, ``size``, ``revision``, ``synced_at``...); the others are kept."""
+        unknown = set(values) - set(t.store_state.c.keys())
+        if unknown:
+            raise TypeError(f"no such store state: {', '.join(sorted(unknown))}")
+        row = {"app": app, "store": store, "problem": "", **values}
+        if "problem" in row:
+            row["problem"] = mask(str(row["problem"]))
+        with self.engine.begin() as conn:
+            _insert(conn, t.store_state, row, replace=[k for k in row if k not in ("app", "store")])
+
+    def store_states(self) -> dict[tuple[str, str], StoreState]:
+        """What was last known about every store, by ``(app, store)``."""
+        if self._absent():
+            return {}
+        with self.engine.connect() as conn:
+            return {
+                (r.app, r.store): StoreState(**r._mapping)
+                for r in conn.execute(select(t.store_state))
+            }
+
+    def forget_state(self, app: str, store: str) -> None:
+        """Forget what was known about ``app.store`` (a store made at run time, dropped)."""
+        if self._absent():
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(t.store_state).where(
+                    (t.store_state.c.app == app) & (t.store_state.c.store == store)
+                )
+            )
+
+    # the admin page's user, sessions and signing key ---------------------------------
+
+    def admin_user(self) -> AdminUser | None:
+        """The admin page's user, or ``None`` before ``storekeeper admin set-password``."""
+        if self._absent():
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.admin_users).order_by(t.admin_users.c.name)).first()
+        return AdminUser(**row._mapping) if row is not None else None
+
+    def set_admin_user(self, name: str, password_hash: str) -> None:
+        """Make ``name`` the one admin user with this password hash, ending every session."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(t.admin_sessions))
+            conn.execute(delete(t.admin_users))
+            conn.execute(
+                insert(t.admin_users).values(
+                    name=name, password_hash=password_hash, changed_at=_now()
+                )
+            )
+
+    def rehash_admin_user(self, name: str, password_hash: str) -> None:
+        """Replace the stored hash of the same password (when its parameters are outdated)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t.admin_users)
+                .where(t.admin_users.c.name == name)
+                .values(password_hash=password_hash)
+            )
+
+    def add_admin_session(
+        self, token_hash: str, user: str, client: str, expires_at: dt.datetime
+    ) -> None:
+        """Keep a new session (and forget the expired ones)."""
+        now = _now()
+        with self.engine.begin() as conn:
+            conn.execute(delete(t.admin_sessions).where(t.admin_sessions.c.expires_at <= now))
+            conn.execute(
+                insert(t.admin_sessions).values(
+                    token_hash=token_hash,
+                    user=user,
+                    client=client[:255],
+                    created_at=now,
+                    expires_at=expires_at,
+                )
+            )
+
+    def admin_session(self, token_hash: str) -> AdminSession | None:
+        """The session whose token has this hash, unless it expired or its user is gone."""
+        if self._absent():
+            return None
+        query = (
+            select(t.admin_sessions)
+            .join(t.admin_users, t.admin_users.c.name == t.admin_sessions.c.user)
+            .where(t.admin_sessions.c.token_hash == token_hash)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        found = AdminSession(**row._mapping)
+        expires = found.expires_at
+        if expires.tzinfo is None:  # SQLite gives naive datetimes back
+            expires = expires.replace(tzinfo=dt.UTC)
+        return found if expires > _now() else None
+
+    def end_admin_session(self, token_hash: str) -> None:
+        """Forget a session (logout)."""
+        if self._absent():
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(t.admin_sessions).where(t.admin_sessions.c.token_hash == token_hash)
+            )
+
+    def setting(self, key: str) -> str | None:
+        """A value kept in the catalog's own table (the admin page's signing key)."""
+        if self._absent():
+            return None
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.meta.c.value).where(t.meta.c.key == key)).scalar()
+
+    def setting_or_default(self, key: str, default: str) -> str:
+        """The value kept under ``key``; the first caller's ``default`` is kept when none is
+        (two processes starting at once agree on one)."""
+        with self.engine.begin() as conn:
+            _insert(conn, t.meta, {"key": key, "value": default}, replace=())
+            value = conn.execute(select(t.meta.c.value).where(t.meta.c.key == key)).scalar()
+        return str(value)

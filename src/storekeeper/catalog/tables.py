@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Connection,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    inspect,
 )
 
 metadata = MetaData()
@@ -66,12 +68,82 @@ events = Table(
     Column("action", String(32), nullable=False),
     Column("ok", Boolean, nullable=False),
     Column("detail", Text, nullable=False, default=""),
+    # Who did it and from where: the admin page's user and client address, or the operating
+    # system's user and host for the command line and apps (see Catalog.acting).
+    Column("actor", String(63)),
+    Column("client", String(255)),
 )
 
+# What the core last knew about each store, written by every sync, migration, backup,
+# restore and drop, and by a refresh that reads the stores themselves: the admin page's
+# stores table renders from this, not from a connection per store per page view.
+store_state = Table(
+    "storekeeper_store_state",
+    metadata,
+    Column("app", String(63), primary_key=True),
+    Column("store", String(63), primary_key=True),
+    Column("service", String(63)),
+    Column("database", String(255)),
+    Column("present", Boolean),
+    Column("size", BigInteger),
+    Column("revision", String(255)),
+    # Why the store could not be read at checked_at ("" when it could).
+    Column("problem", Text, nullable=False, default=""),
+    Column("checked_at", DateTime(timezone=True)),
+    Column("synced_at", DateTime(timezone=True)),
+    Column("migrated_at", DateTime(timezone=True)),
+    Column("backed_up_at", DateTime(timezone=True)),
+)
+
+# The admin page's one user: the password only as an Argon2 hash.
+admin_users = Table(
+    "storekeeper_admin_users",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("password_hash", Text, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+)
+
+# The admin page's sessions, kept on the server: the cookie holds a random token, the
+# catalog only its SHA-256, so a copy of the catalog opens no session.
+admin_sessions = Table(
+    "storekeeper_admin_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user", String(63), nullable=False),
+    Column("client", String(255), nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+
+def _step_event_actors(conn: Connection) -> None:
+    """The history's who and from where (the admin page)."""
+    have = {c["name"] for c in inspect(conn).get_columns(events.name)}
+    for column in (events.c.actor, events.c.client):
+        if column.name not in have:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {events.name} ADD COLUMN {column.name} {kind}")
+
+
+def _step_store_state(conn: Connection) -> None:
+    """What the core last knew about each store (the admin page's stores table)."""
+    store_state.create(conn, checkfirst=True)
+
+
+def _step_admin_accounts(conn: Connection) -> None:
+    """The admin page's user and its sessions."""
+    admin_users.create(conn, checkfirst=True)
+    admin_sessions.create(conn, checkfirst=True)
+
+
 #: The schema version this code writes. Bump it and add a step to change the schema.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 4
 
 #: STEPS[n] takes a catalog at version n to n + 1. Version 0 is an empty database.
 STEPS: dict[int, Callable[[Connection], None]] = {
     0: lambda conn: metadata.create_all(conn),
+    1: _step_event_actors,
+    2: _step_store_state,
+    3: _step_admin_accounts,
 }

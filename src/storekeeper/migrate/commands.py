@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -542,7 +543,13 @@ def record_migration(app: App, result: MigrateResult) -> None:
         if result.ok
         else result.error
     )
-    app.site.catalog.record(app.name, result.store, "migrate", ok=result.ok, detail=detail)
+    catalog = app.site.catalog
+    catalog.record(app.name, result.store, "migrate", ok=result.ok, detail=detail)
+    if result.ok:
+        now = datetime.now(UTC)
+        catalog.record_state(
+            app.name, result.store, revision=result.after, checked_at=now, migrated_at=now
+        )
 
 
 def _store_action(app: App, store: str, action: str, to: str) -> MigrateResult:
