@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 #: What a job is doing: ``queued`` (no worker free yet), ``running``, ``waiting`` (for a
 #: store's lock), then ``done`` (every store went well) or ``failed`` (some did not).
 STATES = ("queued", "running", "waiting", "done", "failed")
+#: The actions the page runs as jobs (the others are quick, or need their form's answer).
+BACKGROUND = ("sync", "upgrade", "backup")
 #: The beginning of the line a backend logs while it waits for a store's lock.
 WAITING = "waiting for the lock on "
 

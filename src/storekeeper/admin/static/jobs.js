@@ -29,7 +29,7 @@
       done.textContent = job.done + "/" + job.total;
     }
     if (waiting) {
-      waiting.textContent = job.waiting ? "waiting for the store's lock: " + job.waiting : "";
+      waiting.textContent = job.waiting || "";
       waiting.hidden = !job.waiting;
     }
   }
