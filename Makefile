@@ -86,6 +86,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/fanout.py $(if $(QUICK),--quick,)
 	$(BIN)/python bench/provision.py $(if $(QUICK),--quick,)
 	$(BIN)/python bench/web.py $(if $(QUICK),--quick,)
+	$(BIN)/python bench/admin.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .grimp_cache
