@@ -130,6 +130,12 @@ def _lock_timeout(_ctx: click.Context, _param: click.Parameter, value: str | Non
 
 OPTIONS: dict[str, Decorator] = {
     "json": click.option("--json", "as_json", is_flag=True, help="machine-readable output"),
+    "recorded": click.option(
+        "--recorded",
+        is_flag=True,
+        help="as last recorded in the catalog by sync, upgrade, backup and the admin page's "
+        "refresh, without connecting to the stores",
+    ),
     "lock_timeout": click.option(
         "--lock-timeout",
         metavar="SECONDS",
@@ -285,12 +291,13 @@ def _on_terminal(stream: Any) -> bool:
         return False
 
 
-def status(face: Face, *, apps: Sequence[str], as_json: bool) -> int:
+def status(face: Face, *, apps: Sequence[str], as_json: bool, recorded: bool = False) -> int:
     """Every store of the apps named (all when none): its service, whether it exists, its
-    size (and revision)."""
-    from .provision import status
+    size (and revision); with ``recorded``, as the catalog last recorded it (no connection
+    to the stores: what the admin page shows)."""
+    from .provision import recorded_status, status
 
-    rows = status(face.select(apps))
+    rows = (recorded_status if recorded else status)(face.select(apps))
     if as_json:
         report.emit_json([r.as_dict() for r in rows])
     else:
@@ -724,7 +731,9 @@ VERBS: dict[str, Verb] = {
         ["store", "refresh", "first_time", "yes", "json", "lock_timeout"],
         "apps",
     ),
-    "status": Verb(status, "every store: its service, whether it exists, size", ["json"], "apps"),
+    "status": Verb(
+        status, "every store: its service, whether it exists, size", ["recorded", "json"], "apps"
+    ),
     "revision": Verb(
         revision,
         "new migration for a store or kind (Alembic)",

@@ -677,6 +677,17 @@ def status(
                     checked_at=now,
                 )
             rows.append(row)
+    if record:
+        problems = sum(1 for r in rows if r.problem)
+        said = f"{len(rows)} store(s) read" + (f", {problems} with problems" if problems else "")
+        one = rows[0] if len(rows) == 1 else None
+        site.catalog.record(
+            one.app if one else "",
+            one.store if one else "",
+            "refresh",
+            ok=not problems,
+            detail=said,
+        )
     return rows
 
 

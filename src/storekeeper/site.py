@@ -206,6 +206,12 @@ class Site:
                 f"storekeeper service remove {name}"
             )
         self._services = None
+        self.catalog.record(
+            "",
+            "",
+            "service update" if replace else "service add",
+            detail=f"{name}: {service.display_url}",
+        )
         return self.service(name)
 
     def update_service(self, name: str, url: str) -> Service:
@@ -258,6 +264,7 @@ class Site:
                 )
             self.service(name)
         self._services = None
+        self.catalog.record("", "", "service remove", detail=name)
 
     # assignments ----------------------------------------------------------------------
 
@@ -279,6 +286,7 @@ class Site:
         found = self.service(service)
         self.catalog.assign(app, setting, service)
         self._assignments = None
+        self.catalog.record(app, setting, "assign", detail=f"{app}.{setting} -> {service}")
         return found
 
     def unassign(self, app: str, setting: str) -> bool:
@@ -288,6 +296,8 @@ class Site:
         check_identifier(setting, "store or setting")
         removed = self.catalog.unassign(app, setting)
         self._assignments = None
+        if removed:
+            self.catalog.record(app, setting, "unassign", detail=f"{app}.{setting}")
         return removed
 
     def runtime_store(self, app: str, name: str) -> RuntimeStore | None:
@@ -447,6 +457,16 @@ class Site:
         ]
 
 
+def without_password(url: URL) -> str:
+    """``url`` as text with no password at all (for a form that must not send it back)."""
+    from sqlalchemy import URL as URLType
+
+    bare = URLType.create(
+        url.drivername, url.username, None, url.host, url.port, url.database, url.query
+    )
+    return bare.render_as_string(hide_password=False)
+
+
 def with_password(url: str, password: str) -> str:
     """``url`` (text) with ``password`` put in it, percent-encoded as URLs need."""
     from sqlalchemy import make_url
@@ -537,7 +557,7 @@ def service_report(
                 s.url.host,
                 s.url.port,
                 s.display_url,
-                s.url.set(password=None).render_as_string(hide_password=False),
+                without_password(s.url),
                 s.source,
                 s.production,
                 reachable,

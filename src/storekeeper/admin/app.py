@@ -337,7 +337,9 @@ class AdminPage:
             raise BadInput(
                 f"service {name!r} comes from {service.source}, not the catalog; change it there"
             )
-        url = service.url.set(password=None).render_as_string(hide_password=False)
+        from ..site import without_password
+
+        url = without_password(service.url)
         return self.render(
             request,
             "service_form.html",
