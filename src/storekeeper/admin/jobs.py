@@ -80,6 +80,11 @@ class Job:
     summary: Summary | None = None
     finished: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _ended: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job is over (or ``timeout`` seconds pass); whether it is over."""
+        return self._ended.wait(timeout)
 
     @property
     def over(self) -> bool:
@@ -284,3 +289,4 @@ class JobRunner:
                 ok = bool(job.results) and all(r.ok for r in job.results)
                 job.state = "done" if ok and len(job.results) == total else "failed"
                 job.current, job.waiting, job.finished = None, None, time.time()
+            job._ended.set()
