@@ -641,7 +641,10 @@ class AdminPage:
         """A background job's page: its progress (live with JavaScript, else the page reloads
         itself) and, once over, the summary the command line prints."""
         job = self.jobs.get(request.path_params["job_id"])
-        return self.render(request, "job.html", login, job=job)
+        status = 200
+        if job.over and any(not r.ok for r in job.results):  # as the actions' page says it
+            status = 400 if all(r.exit_code == 2 for r in job.results if not r.ok) else 409
+        return self.render(request, "job.html", login, status, job=job)
 
     async def job_json(self, request: Request, login: Login) -> Response:
         """A job's state and its progress lines from number ``since`` on (what jobs.js polls)."""
