@@ -1035,3 +1035,44 @@ def test_the_login_limit_counts_per_client_and_overall() -> None:
     assert small.retry_after("c") > 0
     small.succeeded("a")
     assert small.retry_after("a") > 0  # the overall count still holds
+
+
+def test_storekeeper_admin_serves_the_page_on_loopback(project: Path) -> None:
+    import http.client
+    import os
+    import subprocess
+    import time
+
+    from conftest import CLI
+
+    site = Site.load()
+    set_password(site.catalog, "admin", PASSWORD)
+    site.close()
+    port = _closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOREKEEPER_")}
+    server = subprocess.Popen(
+        [*CLI, "admin", "--port", str(port)],
+        cwd=project,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        said = server.stderr.readline()  # printed before it listens
+        assert f"storekeeper admin on http://127.0.0.1:{port}/" in said
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/stores")
+                response = conn.getresponse()
+                break
+            except ConnectionRefusedError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert response.status == 303 and "/login" in str(response.getheader("location"))
+        conn.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

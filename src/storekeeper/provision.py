@@ -595,7 +595,7 @@ class StoreStatus:
     head: str | None = None
     migration_state: str | None = None
     #: When it was last backed up, and when what this row says was read from the store
-    #: itself (``None``: never; a live ``status`` reads it now).
+    #: itself (``None`` in a live ``status``, which reads it now; in a recorded one: never).
     last_backup: str | None = None
     checked_at: str | None = None
     #: The kind a store made at run time was made from.
@@ -651,7 +651,6 @@ def status(
                 continue
             row = _row(app, name, declared, last)
             row.last_backup = _when(backed_up.get((app.name, name)))
-            row.checked_at = _when(now)
             try:
                 placement = place(app, name)
                 row.service, row.database = placement.service.name, placement.database

@@ -145,7 +145,10 @@ class AdminPage:
         """``endpoint`` behind the login, and for a POST behind the session's CSRF token."""
 
         async def guarded(request: Request) -> Response:
-            login = await run_in_threadpool(self.sessions.find, request.cookies.get(COOKIE))
+            try:
+                login = await run_in_threadpool(self.sessions.find, request.cookies.get(COOKIE))
+            except ServiceUnavailable as exc:  # the catalog itself is down
+                return self.refuse(request, 503, str(exc))
             if login is None:
                 if request.method in ("GET", "HEAD"):
                     target = str(request.url_for("login"))
