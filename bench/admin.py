@@ -7,8 +7,10 @@ about each one). The contenders, in one process, on the same recorded state:
 - the page: ``GET /stores`` (its first page of 50 rows, logged in) through the admin page's
   ASGI app (``storekeeper.admin.create_app``) with httpx2's ``ASGITransport``, so the number
   is the login check, the catalog read, the filters and the HTML, and no network stack;
-- the verb: ``storekeeper.provision.recorded_status(apps)``, the rows ``status`` shows from
-  the recorded state (all of them: the page reads them all to filter and count).
+- the verb: ``storekeeper.provision.recorded_status(apps)``, the rows ``status --recorded``
+  shows (all of them: the page reads them all to filter and count), read fresh from the
+  catalog as a ``status`` command reads them (``site.refresh()`` first, as the page does on
+  every request, so that it sees what the command line changed meanwhile).
 
 Contenders alternate within each round; each figure is the median over rounds of the mean
 time per call. Ends with ``ratio stores_page_vs_status_verb VALUE`` (page / verb).
@@ -95,6 +97,7 @@ def admin_bench(rounds: int, ops: int) -> dict[str, float]:
                 return loop.run_until_complete(http.get("/stores"))
 
             def verb() -> object:
+                site.refresh()
                 return recorded_status(apps)
 
             return compare({"page": page, "verb": verb}, rounds, ops)

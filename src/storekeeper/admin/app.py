@@ -539,11 +539,12 @@ class AdminPage:
         pages = max(1, math.ceil(len(shown) / PER_PAGE))
         page = min(page, pages)
         query = {k: v for k, v in chosen.items() if v}
+        on_page = shown[(page - 1) * PER_PAGE : page * PER_PAGE]
         return self.render(
             request,
             "stores.html",
             login,
-            rows=shown[(page - 1) * PER_PAGE : page * PER_PAGE],
+            rows=on_page,
             total=len(shown),
             every=len(rows),
             page=page,
@@ -557,7 +558,7 @@ class AdminPage:
             services=sorted({r.service for r in rows if r.service}),
             states=STATES,
             actions=[a for a in ACTIONS if a not in ("restore", "drop")],
-            states_of={f"{r.app}.{r.store}": sorted(_state_of(r)) for r in shown},
+            states_of={f"{r.app}.{r.store}": sorted(_state_of(r)) for r in on_page},
         )
 
     async def stores_json(self, request: Request, login: Login) -> Response:
