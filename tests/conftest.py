@@ -216,6 +216,74 @@ if TYPE_CHECKING:
     from storekeeper.testing.redis import RedisServer
 
 
+# migrations written by hand, and one that waits for the test ------------------------------
+
+MIGRATION = '''"""{revision}"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = {revision!r}
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+{body}
+
+
+def downgrade():
+    pass
+'''
+
+
+def write_migration(scripts: Path, revision: str, down: str | None, body: str) -> None:
+    """Write migration ``revision`` (after ``down``) into the script directory ``scripts``;
+    ``body`` is its ``upgrade()``'s lines, indented by four spaces."""
+    (scripts / "versions" / f"{revision}.py").write_text(
+        MIGRATION.format(revision=revision, down=down, body=body)
+    )
+
+
+class Gate:
+    """A handshake with code running elsewhere (a migration in a server's thread), by two
+    FIFOs in ``folder``: :attr:`body` (lines for a migration's ``upgrade()``) says it has
+    begun by opening ``entered``, then waits until :meth:`release` opens ``release``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.entered, self.released = folder / "entered", folder / "release"
+        os.mkfifo(self.entered)
+        os.mkfifo(self.released)
+        self.body = (
+            f"    with open({str(self.entered)!r}, 'w') as said:\n"
+            "        said.write('in')\n"
+            f"    with open({str(self.released)!r}) as gate:\n"
+            "        gate.read()\n"
+        )
+
+    def wait_entered(self, timeout: float = 60) -> None:
+        """Block until the code has opened ``entered`` (it is inside, waiting)."""
+        import threading
+
+        done = threading.Event()
+
+        def read() -> None:
+            with open(self.entered) as fifo:
+                fifo.read()
+            done.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        assert done.wait(timeout), f"nothing reached the gate in {timeout} s"
+
+    def release(self) -> None:
+        """Let the code go on (nothing happens when nobody waits at the gate)."""
+        try:
+            fd = os.open(self.released, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # nobody waiting: nothing to let go
+            return
+        os.close(fd)
+
+
 # the admin page in a real browser -------------------------------------------------------
 
 #: Debian's Chromium (`make chromium` installs it); Playwright never downloads a browser here.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import Column, Integer, MetaData, String, Table, make_url
 
-from conftest import ROOT, serve_asgi
+from conftest import ROOT, Gate, serve_asgi, write_migration
 from storekeeper import App, Store
 from storekeeper.admin import create_app, set_password
 from storekeeper.migrate.commands import init
@@ -40,26 +39,6 @@ Table(
     Column("note", String(200)),
 )
 
-MIGRATION = '''"""{message}"""
-import os
-
-import sqlalchemy as sa
-from alembic import op
-
-revision = {revision!r}
-down_revision = {down!r}
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-{body}
-
-
-def downgrade():
-    pass
-'''
-
 #: The first migration: the orders table as the models have it (minus the note column).
 CREATE = """    op.create_table(
         "orders",
@@ -68,19 +47,6 @@ CREATE = """    op.create_table(
     )"""
 #: The second: the note column, shipped after the store was made.
 ADD_NOTE = """    op.add_column("orders", sa.Column("note", sa.String(200)))"""
-#: A migration that holds its store's lock until the test lets it go: it says it has begun
-#: by opening ``entered`` (a FIFO the test reads), then waits until the test opens ``release``.
-GATED = """    with open({entered!r}, "w") as said:
-        said.write("in\\n")
-    with open({release!r}) as gate:
-        gate.read()
-    op.create_index("orders_item", "orders", ["item"])"""
-
-
-def write_migration(folder: Path, revision: str, down: str | None, body: str) -> None:
-    (folder / "versions" / f"{revision}.py").write_text(
-        MIGRATION.format(message=revision, revision=revision, down=down, body=body)
-    )
 
 
 @dataclass
@@ -285,28 +251,6 @@ def test_a_job_page_without_javascript_reloads_itself_into_its_summary(
     context.close()
 
 
-def _read_fifo(path: Path, timeout: float = 60) -> None:
-    """Wait until something opens the FIFO ``path`` for writing and closes it."""
-    done = threading.Event()
-
-    def read() -> None:
-        with open(path) as fifo:
-            fifo.read()
-        done.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    assert done.wait(timeout), f"nothing wrote to {path} in {timeout} s"
-
-
-def _let_go(path: Path) -> None:
-    """Open the FIFO ``path`` for writing (and close it), if someone waits to read it."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:  # nobody waiting: nothing to let go
-        return
-    os.close(fd)
-
-
 def test_two_admins_upgrading_one_store_one_waits_for_its_lock_and_the_page_says_so(
     chromium: Callable[..., Any], admin: Admin, postgres_url: str, tmp_path: Path
 ) -> None:
@@ -314,19 +258,14 @@ def test_two_admins_upgrading_one_store_one_waits_for_its_lock_and_the_page_says
     first, second = chromium().pages[0], chromium().pages[0]
     log_in(first, admin)
     log_in(second, admin)
-    entered, release = tmp_path / "entered", tmp_path / "release"
-    os.mkfifo(entered)
-    os.mkfifo(release)
-    write_migration(
-        admin.scripts,
-        "r3_index",
-        "r2_note",
-        GATED.format(entered=str(entered), release=str(release)),
-    )
+    # The new migration holds the store's lock (inside it) until the test lets it go.
+    gate = Gate(tmp_path)
+    index = '    op.create_index("orders_item", "orders", ["item"])'
+    write_migration(admin.scripts, "r3_index", "r2_note", gate.body + index)
     try:
         first.goto(f"{admin.url}/stores/shop/orders_db")
         first.get_by_role("button", name="Upgrade", exact=True).click()
-        _read_fifo(entered)  # the first upgrade is inside its migration, holding the lock
+        gate.wait_entered()  # the first upgrade is inside its migration, holding the lock
 
         second.goto(f"{admin.url}/stores/shop/orders_db")
         second.get_by_role("button", name="Upgrade", exact=True).click()
@@ -337,7 +276,7 @@ def test_two_admins_upgrading_one_store_one_waits_for_its_lock_and_the_page_says
         expect(first.locator("#job-state")).to_have_text("running")
         shot(second, "lock-wait")
     finally:
-        _let_go(release)
+        gate.release()
     job_over(first)
     expect(first.locator("#job-summary")).to_contain_text("r3_index")
     job_over(second)  # then it had the lock, and found the store at head

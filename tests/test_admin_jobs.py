@@ -4,13 +4,12 @@ input before starting, and the runner keeps only its last jobs."""
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import Gate, write_migration
 from storekeeper import App, Store
 from storekeeper.admin.jobs import JobRunner
 from storekeeper.errors import BadInput, NotFound
@@ -99,48 +98,6 @@ def test_the_polled_state_gives_only_the_new_lines(runner: JobRunner) -> None:
     assert whole["summary"]["lines"] == ["synced: 1 created"]
 
 
-MIGRATION = '''"""{revision}"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = {revision!r}
-down_revision = {down!r}
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-{body}
-
-
-def downgrade():
-    pass
-'''
-GATE = """    with open({entered!r}, "w") as said:
-        said.write("in\\n")
-    with open({release!r}) as gate:
-        gate.read()
-"""
-
-
-def _migration(scripts: Path, revision: str, down: str | None, body: str) -> None:
-    (scripts / "versions" / f"{revision}.py").write_text(
-        MIGRATION.format(revision=revision, down=down, body=body)
-    )
-
-
-def _read_fifo(path: Path, timeout: float = 60) -> None:
-    done = threading.Event()
-
-    def read() -> None:
-        with open(path) as fifo:
-            fifo.read()
-        done.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    assert done.wait(timeout), f"nothing wrote to {path} in {timeout} s"
-
-
 def test_two_jobs_upgrading_two_stores_at_once_both_end_at_their_head(
     project: Path,
 ) -> None:
@@ -158,25 +115,22 @@ def test_two_jobs_upgrading_two_stores_at_once_both_end_at_their_head(
     ).bind(site)
     for store in ("orders", "stock"):
         init(app, store)
-        _migration(
+        write_migration(
             project / "m" / store,
             "r1",
             None,
             '    op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))',
         )
     app.sync()
-    entered, release = project / "entered", project / "release"
-    os.mkfifo(entered)
-    os.mkfifo(release)
-    gated = GATE.format(entered=str(entered), release=str(release))
-    _migration(
-        project / "m" / "orders", "r2", "r1", gated + '    op.create_index("t_id", "t", ["id"])'
+    gate = Gate(project)
+    write_migration(
+        project / "m" / "orders", "r2", "r1", gate.body + '    op.create_index("t_id", "t", ["id"])'
     )
-    _migration(project / "m" / "stock", "r2", "r1", '    op.create_index("t_id", "t", ["id"])')
+    write_migration(project / "m" / "stock", "r2", "r1", '    op.create_index("t_id", "t", ["id"])')
     runner = JobRunner([app], workers=2)
     try:
         first = runner.submit("upgrade", ["shop.orders"], actor="a", client="::1")
-        _read_fifo(entered)  # the first is inside its migration
+        gate.wait_entered()  # the first is inside its migration
         second = runner.submit("upgrade", ["shop.stock"], actor="b", client="::1")
         # the second either ran meanwhile (the defect) or says it waits for the first
         while not second.over and not any(
@@ -184,8 +138,7 @@ def test_two_jobs_upgrading_two_stores_at_once_both_end_at_their_head(
         ):
             second.wait(0.05)
     finally:
-        fd = os.open(release, os.O_WRONLY | os.O_NONBLOCK)
-        os.close(fd)
+        gate.release()
     assert first.wait(60) and second.wait(60)
     assert (first.state, second.state) == ("done", "done"), (first.lines, second.lines)
     assert revision_state(app, "orders").state == revision_state(app, "stock").state == "at head"
