@@ -141,10 +141,15 @@ def run_on_store(page: Page, admin: Admin, action: str) -> None:
     expect(page).to_have_url(re.compile(r"/jobs/[\w-]+$"))
 
 
-def job_over(page: Page) -> None:
-    """Wait for the job on the page to end well (the page reloads itself into its summary)."""
+def job_over(page: Page, *in_table: str, last: str | None = None) -> None:
+    """Wait for the job on the page to end well (the page reloads itself into its summary);
+    its summary table holds each of ``in_table``, its last line ``last``."""
     expect(page.locator("#job-summary, .job-last").first).to_be_visible()
     expect(page.locator("#job-state")).to_have_text("done")
+    for text in in_table:
+        expect(page.locator("#job-summary")).to_contain_text(text)
+    if last is not None:
+        expect(page.locator(".job-last")).to_contain_text(last)
 
 
 def test_the_admin_page_end_to_end(page: Page, admin: Admin, postgres_url: str) -> None:
@@ -179,10 +184,7 @@ def test_the_admin_page_end_to_end(page: Page, admin: Admin, postgres_url: str) 
 
     # Sync it in the background: the job ends in the table `storekeeper sync` prints.
     run_on_store(page, admin, "Sync")
-    job_over(page)
-    expect(page.locator("#job-summary")).to_contain_text("shop.orders_db")
-    expect(page.locator("#job-summary")).to_contain_text("created")
-    expect(page.locator(".job-last")).to_contain_text("synced: 1 created")
+    job_over(page, "shop.orders_db", "created", last="synced: 1 created")
     page.get_by_role("link", name="Back to the stores").click()
     expect(store_row(page).locator("td.exists")).to_have_text("yes")
     expect(store_row(page)).to_contain_text("r1_orders")
@@ -194,18 +196,14 @@ def test_the_admin_page_end_to_end(page: Page, admin: Admin, postgres_url: str) 
     expect(store_row(page)).to_contain_text("behind")
     shot(page, "stores")
     run_on_store(page, admin, "Upgrade")
-    job_over(page)
-    expect(page.locator("#job-summary")).to_contain_text("r1_orders")
-    expect(page.locator("#job-summary")).to_contain_text("r2_note")
-    expect(page.locator(".job-last")).to_contain_text("upgrade: 1 ok, 0 failed, 0 not run")
+    job_over(page, "r1_orders", "r2_note", last="upgrade: 1 ok, 0 failed, 0 not run")
     shot(page, "job")
     page.get_by_role("link", name="Back to the stores").click()
     expect(store_row(page)).to_contain_text("at head")
 
     # Back it up: the job's table is the one `storekeeper backups` prints.
     run_on_store(page, admin, "Backup")
-    job_over(page)
-    expect(page.locator("#job-summary")).to_contain_text("r2_note")
+    job_over(page, "r2_note", last="backup: 1 ok, 0 failed")
     backup_id = page.locator("#job-summary tbody tr td").first.inner_text()
 
     # Restore it beside the store (--as, the default), from the store's page.
@@ -246,8 +244,8 @@ def test_a_job_page_without_javascript_reloads_itself_into_its_summary(
     made(admin, postgres_url)
     log_in(page, admin)
     run_on_store(page, admin, "Backup")
-    job_over(page)  # reached only through the page's own <meta http-equiv="refresh">
-    expect(page.locator(".job-last")).to_contain_text("backup: 1 ok, 0 failed")
+    # reached only through the page's own <meta http-equiv="refresh">
+    job_over(page, last="backup: 1 ok, 0 failed")
     context.close()
 
 
@@ -277,7 +275,5 @@ def test_two_admins_upgrading_one_store_one_waits_for_its_lock_and_the_page_says
         shot(second, "lock-wait")
     finally:
         gate.release()
-    job_over(first)
-    expect(first.locator("#job-summary")).to_contain_text("r3_index")
-    job_over(second)  # then it had the lock, and found the store at head
-    expect(second.locator("#job-summary")).to_contain_text("up to date")
+    job_over(first, "r3_index", last="upgrade: 1 ok")
+    job_over(second, "up to date", last="upgrade: 1 ok")  # had the lock then: at head
