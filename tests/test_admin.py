@@ -44,7 +44,20 @@ def log_in(client: TestClient, user: str = "admin", password: str = PASSWORD) ->
 
 
 @pytest.fixture
-def local_site(project: Path) -> Iterator[Site]:
+def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2id at its lowest cost: the same hashes and checks, a thousand times faster than
+    the page's parameters (about a second a hash on a loaded machine, and most tests log in).
+    The tests that do not ask for it use the real parameters."""
+    from argon2 import PasswordHasher
+
+    monkeypatch.setattr(
+        "storekeeper.admin.security._HASHER",
+        PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1),
+    )
+
+
+@pytest.fixture
+def local_site(project: Path, cheap_hashes: None) -> Iterator[Site]:
     """A site on the embedded default (SQLite in the project folder), admin password set."""
     site = Site.load()
     Site.set_default(site)
@@ -114,7 +127,9 @@ def test_storekeeper_admin_set_password_then_the_page_opens(
             log_in(client)
             assert client.get("/services").status_code == 200
         hashed = site.catalog.admin_user()
-        assert hashed is not None and hashed.password_hash.startswith("$argon2id$")
+        # Argon2id with RFC 9106's second recommended setting (argon2-cffi's default).
+        assert hashed is not None
+        assert hashed.password_hash.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
         assert PASSWORD not in hashed.password_hash
     finally:
         site.close()
@@ -399,7 +414,9 @@ def _migrations(app: App, *revisions: str) -> None:
 
 
 @pytest.fixture
-def pg_shop(project: Path, postgres_url: str) -> Iterator[tuple[Site, App, TestClient]]:
+def pg_shop(
+    project: Path, postgres_url: str, cheap_hashes: None
+) -> Iterator[tuple[Site, App, TestClient]]:
     """App ``shop_<random>`` with a required store ``orders`` (with migrations) and an
     optional ``notes``, nothing assigned, no default service; logged in."""
     import uuid
@@ -493,6 +510,8 @@ def test_add_a_service_assign_it_sync_upgrade_back_up_restore_and_drop_a_store(
         ),
     )
     assert _summaries(upgraded.text) == ["upgraded r1 -&gt; r2"]
+    again = act(client, csrf, "upgrade", f"{shop}.orders", to="head")
+    assert _summaries(again.text) == ["at r2, no change"]
     behind = client.get("/stores", params={"app": shop, "state": "behind"}).text
     assert f"{shop}.orders" not in behind
     assert f'data-store="{shop}.orders"' in client.get("/stores", params={"state": "at head"}).text
@@ -539,8 +558,9 @@ def test_add_a_service_assign_it_sync_upgrade_back_up_restore_and_drop_a_store(
 
     # Every action is in the history, with the user and the client's address.
     events = site.catalog.history(shop, "orders")
-    assert [e.action for e in events][:5] == ["drop", "restore", "backup", "migrate", "sync"]
-    assert {(e.actor, e.client) for e in events[:5]} == {("admin", "testclient")}
+    actions = ["drop", "restore", "backup", "migrate", "migrate", "sync"]
+    assert [e.action for e in events][:6] == actions
+    assert {(e.actor, e.client) for e in events[:6]} == {("admin", "testclient")}
     history = client.get("/history", params={"app": shop, "action": "backup"}).text
     assert backup_id in history and "testclient" in history and ">admin<" in history
     assert "sync" not in re.sub(r"<(select|option|input)[^>]*>", "", history).split("<tbody>")[1]
@@ -754,26 +774,40 @@ def test_the_stores_table_holds_the_rows_of_status_json(
     assert {k: v for k, v in live.items() if k != "checked_at"} == {
         k: v for k, v in row.items() if k != "checked_at"
     }
-    # And storekeeper status --recorded --json prints it too.
+
+
+def test_storekeeper_status_recorded_prints_what_the_catalog_recorded(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
-    from storekeeper.commands import status as status_verb
+    from conftest import write_app, write_config
 
-    class Face:
-        def select(self, names: object) -> list[App]:
-            return [shop]
+    spec = write_app(project, "shopx")
+    write_config(project, f'apps = ["{spec}"]\n')
+    import sys
 
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        status_verb(Face(), apps=[], as_json=True, recorded=True)  # type: ignore[arg-type]
-    assert json.loads(out.getvalue()) == page
+    sys.path.insert(0, str(project))
+    try:
+        assert main(["status", "shopx", "--recorded", "--json"]) == 0
+        (never,) = json.loads(capsys.readouterr().out)
+        assert (never["exists"], never["checked_at"]) == (None, None)
+        assert main(["sync", "shopx"]) == 0
+        capsys.readouterr()
+        assert main(["status", "shopx", "--recorded", "--json"]) == 0
+        (recorded,) = json.loads(capsys.readouterr().out)
+        assert main(["status", "shopx", "--json"]) == 0
+        (live,) = json.loads(capsys.readouterr().out)
+    finally:
+        sys.path.remove(str(project))
+    assert recorded["exists"] is True and recorded["checked_at"] is not None
+    # The size as measured at the end of the sync (SQLite's write-ahead log still beside it).
+    assert recorded["size"] > 0 and live["size"] > 0
+    assert {**recorded, "checked_at": None, "size": None} == {**live, "size": None}
 
 
 def test_the_stores_table_pages_and_filters_without_connecting_to_any_store(
-    project: Path,
+    project: Path, cheap_hashes: None
 ) -> None:
     from conftest import write_config
 
@@ -824,7 +858,9 @@ def test_the_command_line_records_the_system_user_and_host(local_site: Site, sho
     assert (event.actor, event.client) == (getpass.getuser(), socket.gethostname())
 
 
-def test_an_old_catalog_at_version_1_is_upgraded_keeping_its_history(project: Path) -> None:
+def test_an_old_catalog_at_version_1_is_upgraded_keeping_its_history(
+    project: Path, cheap_hashes: None
+) -> None:
     import sqlite3
 
     from storekeeper.catalog import tables
@@ -1037,7 +1073,7 @@ def test_the_login_limit_counts_per_client_and_overall() -> None:
     assert small.retry_after("a") > 0  # the overall count still holds
 
 
-def test_storekeeper_admin_serves_the_page_on_loopback(project: Path) -> None:
+def test_storekeeper_admin_serves_the_page_on_loopback(project: Path, cheap_hashes: None) -> None:
     import http.client
     import os
     import subprocess
@@ -1076,3 +1112,81 @@ def test_storekeeper_admin_serves_the_page_on_loopback(project: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_an_old_postgresql_catalog_at_version_1_is_upgraded(
+    project: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, cheap_hashes: None
+) -> None:
+    import uuid
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from storekeeper.catalog import tables
+    from test_catalog import _postgres_catalog_url
+
+    url = _postgres_catalog_url(postgres_url, f"adm{uuid.uuid4().hex[:8]}")
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        # Version 1: today's tables less what the later steps add.
+        with engine.begin() as conn:
+            tables.STEPS[0](conn)
+            for table in (
+                "storekeeper_store_state",
+                "storekeeper_admin_sessions",
+                "storekeeper_admin_users",
+            ):
+                conn.exec_driver_sql(f"DROP TABLE {table}")
+            conn.exec_driver_sql("ALTER TABLE storekeeper_events DROP COLUMN actor")
+            conn.exec_driver_sql("ALTER TABLE storekeeper_events DROP COLUMN client")
+            conn.exec_driver_sql(
+                "INSERT INTO storekeeper_meta VALUES ('schema_version', '1');"
+                "INSERT INTO storekeeper_events (at, app, store, action, ok, detail) "
+                "VALUES (now(), 'shop', 'orders', 'sync', true, 'created')"
+            )
+        monkeypatch.setenv("STOREKEEPER_CATALOG", url)
+        site = Site.load()
+        try:
+            assert site.catalog.schema_version() == tables.SCHEMA_VERSION
+            (old,) = site.catalog.history()
+            assert (old.action, old.actor) == ("sync", None)
+            set_password(site.catalog, "admin", PASSWORD)
+            site.catalog.record_state("shop", "orders", present=False)
+            assert site.catalog.store_states()[("shop", "orders")].present is False
+        finally:
+            site.close()
+    finally:
+        engine.dispose()
+        import psycopg
+        from sqlalchemy import make_url
+
+        database = make_url(url).database
+        admin = make_url(postgres_url).set(drivername="postgresql", database="postgres")
+        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_stores_made_at_run_time_are_in_the_table_and_filtered_by_kind(
+    local_site: Site,
+) -> None:
+    from storekeeper import Kind, ServerSetting
+
+    app = App(
+        "saas",
+        stores=[Store("main")],
+        servers=[ServerSetting("tenants")],
+        kinds=[Kind("tenant"), Kind("archive")],
+    ).bind(local_site)
+    local_site.assign("saas", "tenants", "local")
+    for name, kind in [("acme", "tenant"), ("beta", "tenant"), ("old", "archive")]:
+        app.create_store(name, kind=kind)
+    with TestClient(create_app(local_site, [app])) as client:
+        csrf = log_in(client)
+        tenants = client.get("/stores", params={"kind": "tenant"}).text
+        assert re.findall(r'data-store="([^"]+)"', tenants) == ["saas.acme", "saas.beta"]
+        assert ">yes<" in tenants  # create_store recorded that they exist
+        dropped = act(client, csrf, "drop", "saas.old", confirm="old")
+        assert _summaries(dropped.text) == ["dropped"]
+        every = client.get("/stores.json").json()
+        assert [r["store"] for r in every] == ["main", "acme", "beta"]
+        assert [r["kind"] for r in every] == [None, "tenant", "tenant"]

@@ -268,3 +268,12 @@ def test_a_catalog_on_another_dialect_is_refused_by_name(project: Path) -> None:
     assert "SQLite or PostgreSQL" in message
     assert "mysql://app:***@db.example/catalog" in message
     assert "s3cretpw" not in message
+
+
+def test_the_records_read_by_position_match_their_tables_columns() -> None:
+    import dataclasses
+
+    from storekeeper.catalog import RuntimeStore, StoreState
+
+    for record, table in [(RuntimeStore, tables.stores), (StoreState, tables.store_state)]:
+        assert [f.name for f in dataclasses.fields(record)] == [c.name for c in table.columns]

@@ -700,9 +700,11 @@ def recorded_status(apps: Sequence[App]) -> list[StoreStatus]:
     site = apps[0].site
     states = site.catalog.store_states()
     heads: dict[str, str | None] = {}
+    scripts: dict[tuple[str, str | None], Scripts | None] = {}
     for app in apps:
         declared = {s.name for s in app.stores}
-        for name in app.list_stores():
+        made = [r.name for r in site.runtime_stores(app.name) if r.name not in declared]
+        for name in [s.name for s in app.stores] + made:
             state = states.get((app.name, name))
             row = _row(app, name, declared, {})
             try:
@@ -721,18 +723,22 @@ def recorded_status(apps: Sequence[App]) -> list[StoreStatus]:
                         f"{row.service!r}: refresh to read it there"
                     )
                     row.exists = row.size = row.revision = None
-            _recorded_revision_state(app, name, row, heads)
+            # A kind's stores share their kind's script directory: looked at once.
+            key = (app.name, name if name in declared else f"kind:{row.kind}")
+            if key not in scripts:
+                found = store_scripts(app, name)
+                scripts[key] = found if found.exists else None
+            _recorded_revision_state(scripts[key], row, heads)
             rows.append(row)
     return rows
 
 
 def _recorded_revision_state(
-    app: App, name: str, row: StoreStatus, heads: dict[str, str | None]
+    scripts: Scripts | None, row: StoreStatus, heads: dict[str, str | None]
 ) -> None:
     """Fill ``row``'s head and migration state from the script directory (read once per
     directory) and the recorded revision."""
-    scripts = store_scripts(app, name)
-    if not scripts.exists:
+    if scripts is None:
         return
     key = str(scripts.path)
     if key not in heads:

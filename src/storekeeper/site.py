@@ -311,6 +311,13 @@ class Site:
             record = self._runtime.get((app, name))
         return record
 
+    def runtime_stores(self, app: str | None = None) -> list[RuntimeStore]:
+        """Stores made at run time (of ``app``, or all), read from the catalog once until
+        :meth:`refresh` or a change through this site."""
+        if self._runtime is None:
+            self._runtime = {(r.app, r.name): r for r in self.catalog.runtime_stores()}
+        return [r for r in self._runtime.values() if app is None or r.app == app]
+
     def add_runtime_store(
         self, app: str, name: str, service: str, server: str | None, kind: str | None
     ) -> None:

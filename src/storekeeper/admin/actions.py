@@ -100,8 +100,9 @@ def _upgrade(app: App, store: str, options: Mapping[str, str]) -> tuple[Any, boo
     (result,) = ran.results
     if not result.ok:
         return ran, False, result.error, result.exit_code
-    moved = f"{result.before or 'base'} -> {result.after or 'base'}"
-    return ran, True, f"upgraded {moved}" if result.changed else f"at {moved[-12:]}, no change", 0
+    if not result.changed:
+        return ran, True, f"at {result.after or 'base'}, no change", 0
+    return ran, True, f"upgraded {result.before or 'base'} -> {result.after or 'base'}", 0
 
 
 def _backup(app: App, store: str, options: Mapping[str, str]) -> tuple[Any, bool, str, int]:

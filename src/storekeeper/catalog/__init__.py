@@ -108,7 +108,8 @@ def _insert(
 
 @dataclass(frozen=True)
 class RuntimeStore:
-    """A store made at run time with ``app.create_store``."""
+    """A store made at run time with ``app.create_store`` (the columns of
+    ``storekeeper_stores``, in order)."""
 
     app: str
     name: str
@@ -136,7 +137,8 @@ class Event:
 @dataclass(frozen=True)
 class StoreState:
     """What the core last knew about a store (written by sync, migrations, backups, drops and
-    refreshes; read by the admin page instead of connecting to every store)."""
+    refreshes; read by the admin page instead of connecting to every store). Its fields are
+    the columns of ``storekeeper_store_state``, in order."""
 
     app: str
     store: str
@@ -377,7 +379,9 @@ class Catalog:
         if app is not None:
             query = query.where(t.stores.c.app == app)
         with self.engine.connect() as conn:
-            return [RuntimeStore(**row._mapping) for row in conn.execute(query)]
+            # By position (the table's columns are the record's fields, in order): a
+            # thousand stores are read on every view of the admin page's stores table.
+            return [RuntimeStore(*row) for row in conn.execute(query)]
 
     def add_runtime_store(
         self, app: str, name: str, service: str, server_setting: str | None, kind: str | None
@@ -518,10 +522,8 @@ class Catalog:
         if self._absent():
             return {}
         with self.engine.connect() as conn:
-            return {
-                (r.app, r.store): StoreState(**r._mapping)
-                for r in conn.execute(select(t.store_state))
-            }
+            rows = conn.execute(select(t.store_state))
+            return {(r.app, r.store): StoreState(*r) for r in rows}
 
     def forget_state(self, app: str, store: str) -> None:
         """Forget what was known about ``app.store`` (a store made at run time, dropped)."""
