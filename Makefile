@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench postgres-binaries redis-binaries clean
+.PHONY: demo test lint typecheck pytest bench postgres-binaries redis-binaries chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ demo: $(VENV)/.demo-installed
 
 ## Lint, type-check and run the whole suite against real PostgreSQL and SQLite.
 ## With no STOREKEEPER_TEST_POSTGRES_URL, the suite starts a throwaway PostgreSQL cluster.
-test: $(VENV)/.test-installed postgres-binaries redis-binaries lint typecheck pytest
+test: $(VENV)/.test-installed postgres-binaries redis-binaries chromium lint typecheck pytest
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests bench examples
@@ -62,6 +62,19 @@ redis-binaries:
 	   exit 2; \
 	 fi
 
+# The admin page's browser tests drive Debian's Chromium through Playwright (never a browser
+# Playwright downloads): install the chromium package when we can.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	 elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	   echo "installing Chromium (apt-get install chromium)"; \
+	   DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	 else \
+	   echo "/usr/bin/chromium not found: install Chromium (Debian: apt-get install chromium)" >&2; \
+	   exit 2; \
+	 fi
+
 ## Benchmarks (see bench/); QUICK=1 for the short runs.
 $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,bench]" -e examples/gauges
@@ -75,6 +88,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/web.py $(if $(QUICK),--quick,)
 	$(BIN)/python bench/backup.py $(if $(QUICK),--quick,)
 	$(BIN)/python bench/drivers.py $(if $(QUICK),--quick,)
+	$(BIN)/python bench/admin.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .grimp_cache

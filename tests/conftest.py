@@ -11,9 +11,10 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy.dialects.postgresql  # noqa: F401 - see below
@@ -225,3 +226,165 @@ if TYPE_CHECKING:
     # Below the fixtures that use them, so the module's head stays as the core tests need it.
     from storekeeper import App
     from storekeeper.testing.redis import RedisServer
+
+
+# migrations written by hand, and one that waits for the test ------------------------------
+
+MIGRATION = '''"""{revision}"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = {revision!r}
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+{body}
+
+
+def downgrade():
+    pass
+'''
+
+
+def write_migration(scripts: Path, revision: str, down: str | None, body: str) -> None:
+    """Write migration ``revision`` (after ``down``) into the script directory ``scripts``;
+    ``body`` is its ``upgrade()``'s lines, indented by four spaces."""
+    (scripts / "versions" / f"{revision}.py").write_text(
+        MIGRATION.format(revision=revision, down=down, body=body)
+    )
+
+
+class Gate:
+    """A handshake with code running elsewhere (a migration in a server's thread), by two
+    FIFOs in ``folder``: :attr:`body` (lines for a migration's ``upgrade()``) says it has
+    begun by opening ``entered``, then waits until :meth:`release` opens ``release``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.entered, self.released = folder / "entered", folder / "release"
+        os.mkfifo(self.entered)
+        os.mkfifo(self.released)
+        self.body = (
+            f"    with open({str(self.entered)!r}, 'w') as said:\n"
+            "        said.write('in')\n"
+            f"    with open({str(self.released)!r}) as gate:\n"
+            "        gate.read()\n"
+        )
+
+    def wait_entered(self, timeout: float = 60) -> None:
+        """Block until the code has opened ``entered`` (it is inside, waiting)."""
+        import threading
+
+        done = threading.Event()
+
+        def read() -> None:
+            with open(self.entered) as fifo:
+                fifo.read()
+            done.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        assert done.wait(timeout), f"nothing reached the gate in {timeout} s"
+
+    def release(self) -> None:
+        """Let the code go on (nothing happens when nobody waits at the gate)."""
+        try:
+            fd = os.open(self.released, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # nobody waiting: nothing to let go
+            return
+        os.close(fd)
+
+
+# the admin page in a real browser -------------------------------------------------------
+
+#: Debian's Chromium (`make chromium` installs it); Playwright never downloads a browser here.
+CHROMIUM = "/usr/bin/chromium"
+#: A quiet, sandbox-free headless Chromium that calls no Google service.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextmanager
+def serve_asgi(asgi_app: Any) -> Iterator[str]:
+    """Serve ``asgi_app`` with uvicorn in a thread on a free loopback port; yields its base URL.
+
+    The socket is bound and listening before the thread starts, so the first request is
+    queued by the kernel until uvicorn takes it: no waiting for the server to come up.
+    """
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(asgi_app, log_level="warning", access_log=False, lifespan="on")
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="admin-uvicorn", daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Callable[..., Any]]:
+    """Opens a Chromium of its own (a new, empty user data folder: no cookie, no cache) for
+    each call, ``chromium(**context_options)`` → a Playwright ``BrowserContext``; all are
+    closed at the end of the module."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    opened: list[Any] = []
+    folders: list[tempfile.TemporaryDirectory[str]] = []
+    with sync_playwright() as playwright:
+
+        def open_browser(**options: Any) -> Any:
+            folder = tempfile.TemporaryDirectory(prefix="storekeeper-chromium-")
+            folders.append(folder)
+            context = playwright.chromium.launch_persistent_context(
+                folder.name,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1280, "height": 800},
+                **options,
+            )
+            context.set_default_timeout(20_000)
+            opened.append(context)
+            return context
+
+        try:
+            yield open_browser
+        finally:
+            for context in opened:
+                context.close()
+            for folder in folders:
+                folder.cleanup()
+
+
+@pytest.fixture
+def page(chromium: Callable[..., Any]) -> Iterator[Any]:
+    """A page of a Chromium of its own (no cookie of another test's)."""
+    context = chromium()
+    yield context.pages[0] if context.pages else context.new_page()
+    context.close()

@@ -369,9 +369,21 @@ def _rows(html: str, css: str) -> list[str]:
 
 
 def act(client: TestClient, csrf: str, action: str, *targets: str, **options: str) -> Any:
-    """POST one action on ``targets`` as the stores page's form does."""
+    """POST one action on ``targets`` as the stores page's form does (for a background job:
+    its page once it is over)."""
     data: dict[str, Any] = {"csrf": csrf, "action": action, "target": list(targets), **options}
-    return client.post("/actions", data=data)
+    return finished(client, client.post("/actions", data=data))
+
+
+def finished(client: TestClient, response: Any) -> Any:
+    """The page of the background job ``response`` landed on, once the job is over (sync,
+    upgrade and backup run as jobs); any other response as it is."""
+    found = re.search(r"/jobs/([\w-]+)$", str(response.url))
+    if found is None:
+        return response
+    job = client.app.state.page.jobs.get(found.group(1))  # type: ignore[attr-defined]
+    assert job.wait(120), job.lines
+    return client.get(f"/jobs/{job.id}")
 
 
 def _summaries(html: str) -> list[str]:
@@ -477,8 +489,9 @@ def test_add_a_service_assign_it_sync_upgrade_back_up_restore_and_drop_a_store(
     assert not re.search(r'<tr class="missing"', saved.text)
 
     _migrations(app, "r1")
-    synced = client.post(
-        "/actions", data={"csrf": csrf, "action": "sync", "target": f"{shop}.orders"}
+    synced = finished(
+        client,
+        client.post("/actions", data={"csrf": csrf, "action": "sync", "target": f"{shop}.orders"}),
     )
     assert synced.status_code == 200, synced.text
     assert _summaries(synced.text) == ["created, at revision r1"]
@@ -489,9 +502,12 @@ def test_add_a_service_assign_it_sync_upgrade_back_up_restore_and_drop_a_store(
     assert row is not None and "behind" in row.group(1)
     assert ">r1<" in row.group(2) and "r2" in row.group(2) and ">yes<" in row.group(2)
 
-    upgraded = client.post(
-        "/actions",
-        data={"csrf": csrf, "action": "upgrade", "target": f"{shop}.orders", "to": "head"},
+    upgraded = finished(
+        client,
+        client.post(
+            "/actions",
+            data={"csrf": csrf, "action": "upgrade", "target": f"{shop}.orders", "to": "head"},
+        ),
     )
     assert _summaries(upgraded.text) == ["upgraded r1 -&gt; r2"]
     again = act(client, csrf, "upgrade", f"{shop}.orders", to="head")
@@ -500,8 +516,11 @@ def test_add_a_service_assign_it_sync_upgrade_back_up_restore_and_drop_a_store(
     assert f"{shop}.orders" not in behind
     assert f'data-store="{shop}.orders"' in client.get("/stores", params={"state": "at head"}).text
 
-    backed = client.post(
-        "/actions", data={"csrf": csrf, "action": "backup", "target": f"{shop}.orders"}
+    backed = finished(
+        client,
+        client.post(
+            "/actions", data={"csrf": csrf, "action": "backup", "target": f"{shop}.orders"}
+        ),
     )
     (said,) = _summaries(backed.text)
     assert said.startswith("backed up as ")

@@ -230,39 +230,68 @@ def print_sync(report: SyncReport) -> None:
         say("no stores to sync")
         return
     print_synced(report.results)
+    for line in sync_errors(report):
+        warn(line)
+    say(sync_line(report))
+
+
+def sync_errors(report: SyncReport) -> list[str]:
+    """The ``error: ...`` line of each store ``sync`` failed on."""
+    lines = []
     for r in report.failed:
         label = f"{r.app}.{r.store}"
-        warn(f"error: {r.error if label in r.error else f'{label}: {r.error}'}")
+        lines.append(f"error: {r.error if label in r.error else f'{label}: {r.error}'}")
+    return lines
+
+
+def sync_line(report: SyncReport) -> str:
+    """The line closing what ``sync`` did: counts by outcome, or that nothing changed."""
     counts: dict[str, int] = {}
     for r in report.results:
         if r.ok:
             counts[r.action] = counts.get(r.action, 0) + 1
     done = ", ".join(f"{n} {action}" for action, n in counts.items())
     if report.failed:
-        say(f"sync: {done + ', ' if done else ''}{len(report.failed)} failed")
-    elif report.changed:
-        say(f"synced: {done}")
-    else:
-        say(f"no changes: all {len(report.results)} stores are up to date")
+        return f"sync: {done + ', ' if done else ''}{len(report.failed)} failed"
+    if report.changed:
+        return f"synced: {done}"
+    return f"no changes: all {len(report.results)} stores are up to date"
+
+
+#: The columns of :func:`synced_rows`.
+SYNCED_HEADERS = ("store", "service", "seconds", "result")
+
+
+def _backed_up(results: Sequence[Any]) -> bool:
+    """Whether any store of a run was backed up before migrating (its tables then have a
+    ``backup`` column)."""
+    return any(getattr(r, "backup", None) for r in results)
+
+
+def synced_headers(results: Sequence[StoreResult]) -> tuple[str, ...]:
+    """The columns of :func:`synced_rows` for ``results``."""
+    return SYNCED_HEADERS + (("backup",) if _backed_up(results) else ())
+
+
+def synced_rows(results: Sequence[StoreResult]) -> list[tuple[str, ...]]:
+    """The rows of the table of what ``sync`` did, store by store (every face's)."""
+    backed_up = _backed_up(results)
+    return [
+        (
+            f"{r.app}.{r.store}",
+            r.service or "-",
+            f"{r.seconds:.2f}",
+            r.action if r.ok else "FAILED",
+            *([r.backup or "-"] if backed_up else []),
+        )
+        for r in results
+    ]
 
 
 def print_synced(results: Sequence[StoreResult]) -> None:
     """The table of what ``sync`` did, store by store (with the automatic backups taken
     before migrating, when there were some)."""
-    backed_up = any(r.backup for r in results)
-    show_table(
-        [
-            (
-                f"{r.app}.{r.store}",
-                r.service,
-                f"{r.seconds:.2f}",
-                r.action if r.ok else "FAILED",
-                *([r.backup] if backed_up else []),
-            )
-            for r in results
-        ],
-        ["store", "service", "seconds", "result", *(["backup"] if backed_up else [])],
-    )
+    show_table(synced_rows(results), synced_headers(results))
 
 
 def _revision_cell(row: Any) -> str | None:
@@ -378,35 +407,58 @@ def print_fanout(report: FanoutReport, action: str) -> None:
         say(f"no stores to {action}")
         return
     print_migrated(report.results)
-    for r in report.failed:
-        warn(f"error: {r.app}.{r.store}: {r.error}")
+    for line in fanout_errors(report):
+        warn(line)
+    say(fanout_line(report, action))
+
+
+def fanout_errors(report: FanoutReport) -> list[str]:
+    """The ``error: ...`` line of each failed store, and the stores not run after one."""
+    lines = [f"error: {r.app}.{r.store}: {r.error}" for r in report.failed]
     if report.not_run:
-        warn(
+        lines.append(
             f"not run after the failure ({len(report.not_run)}): {', '.join(report.not_run)}; "
             "pass --continue-on-error to go on past failures"
         )
+    return lines
+
+
+def fanout_line(report: FanoutReport, action: str) -> str:
+    """The line closing a run over many stores: how many went well, failed, were not run."""
     ok = len(report.results) - len(report.failed)
-    say(f"{action}: {ok} ok, {len(report.failed)} failed, {len(report.not_run)} not run")
+    return f"{action}: {ok} ok, {len(report.failed)} failed, {len(report.not_run)} not run"
+
+
+#: The columns of :func:`migrated_rows`.
+MIGRATED_HEADERS = ("store", "from", "to", "seconds", "result")
+
+
+def migrated_rows(results: Sequence[MigrateResult]) -> list[tuple[str, ...]]:
+    """The rows of the table of what ``upgrade``, ``downgrade`` or ``stamp`` did (every
+    face's)."""
+    backed_up = _backed_up(results)
+    return [
+        (
+            f"{r.app}.{r.store}",
+            r.before or "base",
+            r.after or "base",
+            f"{r.seconds:.2f}",
+            ("ok" if r.changed else "up to date") if r.ok else "FAILED",
+            *([r.backup or "-"] if backed_up else []),
+        )
+        for r in results
+    ]
+
+
+def migrated_headers(results: Sequence[MigrateResult]) -> tuple[str, ...]:
+    """The columns of :func:`migrated_rows` for ``results``."""
+    return MIGRATED_HEADERS + (("backup",) if _backed_up(results) else ())
 
 
 def print_migrated(results: Sequence[MigrateResult]) -> None:
     """The table of what ``upgrade``, ``downgrade`` or ``stamp`` did, store by store, with the
     backup taken automatically before each (when some were)."""
-    backed_up = any(r.backup for r in results)
-    show_table(
-        [
-            (
-                f"{r.app}.{r.store}",
-                r.before or "base",
-                r.after or "base",
-                f"{r.seconds:.2f}",
-                ("ok" if r.changed else "up to date") if r.ok else "FAILED",
-                *([r.backup] if backed_up else []),
-            )
-            for r in results
-        ],
-        ["store", "from", "to", "seconds", "result", *(["backup"] if backed_up else [])],
-    )
+    show_table(migrated_rows(results), migrated_headers(results))
 
 
 def print_current(rows: Sequence[RevisionState]) -> None:
@@ -442,22 +494,28 @@ def print_backups(found: Sequence[Backup], target: str) -> None:
     if not found:
         say(f"{target}: no backups yet")
         return
-    show_table(
-        [
-            (
-                f"{b.app}.{b.store}",
-                b.id,
-                b.taken_at[:19].replace("T", " "),
-                b.revision or "-",
-                human_size(b.size),
-                b.sha256[:12],
-                f"pinned ({b.reason})" if b.pinned else "-",
-                b.note,
-            )
-            for b in found
-        ],
-        ["store", "id", "when (UTC)", "revision", "size", "sha256", "pinned", "note"],
-    )
+    show_table(backup_rows(found), BACKUP_HEADERS)
+
+
+#: The columns of :func:`backup_rows`.
+BACKUP_HEADERS = ("store", "id", "when (UTC)", "revision", "size", "sha256", "pinned", "note")
+
+
+def backup_rows(found: Sequence[Backup]) -> list[tuple[str, ...]]:
+    """The rows of the backups table (every face's)."""
+    return [
+        (
+            f"{b.app}.{b.store}",
+            b.id,
+            b.taken_at[:19].replace("T", " "),
+            b.revision or "-",
+            human_size(b.size) or "-",
+            b.sha256[:12],
+            f"pinned ({b.reason})" if b.pinned else "-",
+            b.note,
+        )
+        for b in found
+    ]
 
 
 def print_pruned(pruned: Sequence[PruneReport]) -> None:
@@ -537,15 +595,22 @@ def print_backup_run(run: BackupRun) -> None:
 
 def print_restored(restored: RestoreReport) -> None:
     """What a restore did, in a line or two."""
+    for line in restored_lines(restored):
+        (warn if line.startswith("hint: ") else say)(line)
+
+
+def restored_lines(restored: RestoreReport) -> list[str]:
+    """What a restore did, in a line or two (every face's)."""
     where = f"{restored.app}.{restored.store}"
-    if restored.in_place:
-        say(f"{where}: restored backup {restored.backup} into {restored.database}")
-        if restored.kept_as:
-            say(f"the database it replaced is kept as {restored.kept_as}")
+    if not restored.in_place:
+        lines = [f"{where}: backup {restored.backup} restored as database {restored.database}"]
     else:
-        say(f"{where}: backup {restored.backup} restored as database {restored.database}")
+        lines = [f"{where}: restored backup {restored.backup} into {restored.database}"]
+        if restored.kept_as:
+            lines.append(f"the database it replaced is kept as {restored.kept_as}")
     if restored.hint:
-        warn(f"hint: {restored.hint}")
+        lines.append(f"hint: {restored.hint}")
+    return lines
 
 
 #: What ``check`` says to do about a drift, by :attr:`storekeeper.migrate.Checked.action`.

@@ -26,6 +26,7 @@ from starlette.templating import Jinja2Templates
 from ..catalog import acting
 from ..errors import BadInput, ServiceUnavailable, StorekeeperError
 from .actions import ACTIONS, ActionResult, find_app, run_action
+from .jobs import BACKGROUND, JobRunner
 from .security import (
     COOKIE,
     LOGIN_COOKIE,
@@ -94,6 +95,7 @@ class AdminPage:
         self.secure = secure
         self.sessions = Sessions(site.catalog, lifetime=lifetime)
         self.limit = login_limit or LoginLimit()
+        self.jobs = JobRunner(self.apps)
         env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -133,6 +135,8 @@ class AdminPage:
             Route("/stores/{app}/{store}", g(self.store), name="store"),
             Route("/actions", g(self.actions), methods=["POST"], name="actions"),
             Route("/history", g(self.history), name="history"),
+            Route("/jobs/{job_id}.json", g(self.job_json), name="job_json"),
+            Route("/jobs/{job_id}", g(self.job), name="job"),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 
@@ -531,11 +535,12 @@ class AdminPage:
         pages = max(1, math.ceil(len(shown) / PER_PAGE))
         page = min(page, pages)
         query = {k: v for k, v in chosen.items() if v}
+        on_page = shown[(page - 1) * PER_PAGE : page * PER_PAGE]
         return self.render(
             request,
             "stores.html",
             login,
-            rows=shown[(page - 1) * PER_PAGE : page * PER_PAGE],
+            rows=on_page,
             total=len(shown),
             every=len(rows),
             page=page,
@@ -549,7 +554,7 @@ class AdminPage:
             services=sorted({r.service for r in rows if r.service}),
             states=STATES,
             actions=[a for a in ACTIONS if a not in ("restore", "drop")],
-            states_of={f"{r.app}.{r.store}": sorted(_state_of(r)) for r in shown},
+            states_of={f"{r.app}.{r.store}": sorted(_state_of(r)) for r in on_page},
             # One url_for, not one per row: a route lookup per link was a third of the render.
             store_url=str(request.url_for("store", app="A", store="S"))[: -len("A/S")],
         )
@@ -616,6 +621,11 @@ class AdminPage:
         options = {k: str(v) for k, v in form.items() if k not in ("csrf", "action", "target")}
         if not targets:
             raise BadInput("choose at least one store; nothing was done")
+        if action in BACKGROUND:  # long: a job, whose page shows its progress
+            job = self.jobs.submit(
+                action, targets, options, actor=login.user, client=_client(request)
+            )
+            return RedirectResponse(str(request.url_for("job", job_id=job.id)), status_code=303)
 
         def work() -> list[ActionResult]:
             return [
@@ -628,6 +638,24 @@ class AdminPage:
         if any(not r.ok for r in results):
             status = 400 if all(r.exit_code == 2 for r in results if not r.ok) else 409
         return self.render(request, "actions.html", login, status, action=action, results=results)
+
+    async def job(self, request: Request, login: Login) -> Response:
+        """A background job's page: its progress (live with JavaScript, else the page reloads
+        itself) and, once over, the summary the command line prints."""
+        job = self.jobs.get(request.path_params["job_id"])
+        status = 200
+        if job.over and any(not r.ok for r in job.results):  # as the actions' page says it
+            status = 400 if all(r.exit_code == 2 for r in job.results if not r.ok) else 409
+        return self.render(request, "job.html", login, status, job=job)
+
+    async def job_json(self, request: Request, login: Login) -> Response:
+        """A job's state and its progress lines from number ``since`` on (what jobs.js polls)."""
+        job = self.jobs.get(request.path_params["job_id"])
+        try:
+            since = int(request.query_params.get("since", "0"))
+        except ValueError:
+            raise BadInput(f"since {request.query_params.get('since')!r} is not a number") from None
+        return JSONResponse(job.as_dict(since))
 
     async def history(self, request: Request, login: Login) -> Response:
         q = request.query_params

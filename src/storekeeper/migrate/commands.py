@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -494,6 +496,40 @@ def _will_move(directory: ScriptDirectory, action: str, to: str, at: tuple[str, 
     return wanted != set(at)
 
 
+log = logging.getLogger("storekeeper")
+
+#: Alembic keeps its ``context`` and ``op`` in module globals, set up and torn down by each
+#: run: in one process (the admin page's worker threads) one migration runs at a time.
+#: Taken after the store's lock, so a run waiting for a store's lock holds it up for nobody.
+_ALEMBIC = threading.Lock()
+
+
+def _new_turns_in_child() -> None:
+    # A fork (upgrade --jobs N) copies the lock as it was: held, if another thread was
+    # migrating. The child's own migrations start from a free one.
+    global _ALEMBIC
+    _ALEMBIC = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_turns_in_child)
+
+
+@contextlib.contextmanager
+def _alembic_turn(label: str) -> Iterator[None]:
+    """This thread's turn to run Alembic; says so when it has to wait for another thread."""
+    if not _ALEMBIC.acquire(blocking=False):
+        log.warning(
+            "%s: waiting for another migration in this process to finish (Alembic runs one "
+            "at a time per process)",
+            label,
+        )
+        _ALEMBIC.acquire()
+    try:
+        yield
+    finally:
+        _ALEMBIC.release()
+
+
 def migrate_database(
     backend: Backend,
     database: str,
@@ -584,7 +620,8 @@ def _run_move(
     move = {"upgrade": command.upgrade, "downgrade": command.downgrade, "stamp": command.stamp}
     binding = Binding(connection, scripts.metadata, on_version_apply=applied)
     try:
-        move[action](alembic_config(scripts, binding), to)
+        with _alembic_turn(label):
+            move[action](alembic_config(scripts, binding), to)
     except (CommandError, RevisionError) as exc:
         raise BadRevision(f"cannot {action} {label} to {to!r}: {exc}") from None
     except Exception as exc:
