@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench postgres-binaries redis-binaries chromium clean
+.PHONY: demo test lint typecheck pytest bench screenshots postgres-binaries redis-binaries chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,10 @@ chromium:
 	   echo "/usr/bin/chromium not found: install Chromium (Debian: apt-get install chromium)" >&2; \
 	   exit 2; \
 	 fi
+
+## The README's pictures of the admin page (docs/admin-*.png), made by its browser tests.
+screenshots: $(VENV)/.test-installed postgres-binaries chromium
+	STOREKEEPER_SCREENSHOTS=docs $(BIN)/pytest tests/test_admin_browser.py
 
 ## Benchmarks (see bench/); QUICK=1 for the short runs.
 $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed

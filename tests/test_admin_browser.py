@@ -26,7 +26,9 @@ from storekeeper.site import Site
 pytestmark = pytest.mark.slow
 
 PASSWORD = "correct horse battery staple"
-DOCS = ROOT / "docs"
+#: Where the screenshots go: the README's pictures (docs/) with `make screenshots`, else a
+#: folder of the run's own, so that `make test` leaves the work tree as it found it.
+DOCS = Path(os.environ.get("STOREKEEPER_SCREENSHOTS") or ROOT / "var" / "screenshots")
 #: The test server's service, as the admin adds it on the page.
 SERVICE = "pg"
 
@@ -113,8 +115,8 @@ def made(admin: Admin, postgres_url: str) -> None:
 
 
 def shot(page: Page, name: str) -> None:
-    """Save the README's screenshot ``docs/admin-<name>.png``."""
-    DOCS.mkdir(exist_ok=True)
+    """Save the screenshot ``admin-<name>.png`` (the README's, with ``make screenshots``)."""
+    DOCS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(DOCS / f"admin-{name}.png"), full_page=True)
 
 
