@@ -65,6 +65,20 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     Site.set_default(None)
 
 
+@pytest.fixture
+def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2id at its lowest cost: the same hashes and checks, a thousand times faster than
+    the page's parameters (about a second a hash on a loaded machine, and most tests log in).
+    The tests that do not ask for it use the real parameters
+    (tests/test_admin.py's log_in helper logs in to the page)."""
+    from argon2 import PasswordHasher
+
+    monkeypatch.setattr(
+        "storekeeper.admin.security._HASHER",
+        PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1),
+    )
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def dialect(request: pytest.FixtureRequest) -> str:
     """Each test using it runs once on SQLite and once on PostgreSQL."""

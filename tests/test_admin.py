@@ -44,19 +44,6 @@ def log_in(client: TestClient, user: str = "admin", password: str = PASSWORD) ->
 
 
 @pytest.fixture
-def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Argon2id at its lowest cost: the same hashes and checks, a thousand times faster than
-    the page's parameters (about a second a hash on a loaded machine, and most tests log in).
-    The tests that do not ask for it use the real parameters."""
-    from argon2 import PasswordHasher
-
-    monkeypatch.setattr(
-        "storekeeper.admin.security._HASHER",
-        PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1),
-    )
-
-
-@pytest.fixture
 def local_site(project: Path, cheap_hashes: None) -> Iterator[Site]:
     """A site on the embedded default (SQLite in the project folder), admin password set."""
     site = Site.load()

@@ -56,6 +56,31 @@ def test_a_catalog_newer_than_the_code_says_to_upgrade_storekeeper(project: Path
         assert conn.execute("SELECT value FROM storekeeper_meta").fetchall() == [(newer,)]
 
 
+def test_a_version_6_catalog_gets_the_store_states_replicas_column(project: Path) -> None:
+    site = Site.load()
+    site.catalog.record_state("shop", "orders", present=True, size=10)
+    site.close()
+    with sqlite3.connect(project / "var" / "catalog.sqlite") as conn:  # as version 6 left it
+        conn.execute("ALTER TABLE storekeeper_store_state DROP COLUMN replicas")
+        conn.execute("UPDATE storekeeper_meta SET value = '6' WHERE key = 'schema_version'")
+    site = Site.load()
+    try:
+        assert site.catalog.schema_version() == tables.SCHEMA_VERSION
+        kept = site.catalog.store_states()[("shop", "orders")]
+        assert (kept.size, kept.replicas) == (10, None)
+        found = {"service": "pg_r1", "state": "down", "lag": None, "replayed": None}
+        problem = f"cannot connect to {PG_URL_WITH_SECRET}"
+        site.catalog.record_state("shop", "orders", replicas=[{**found, "problem": problem}])
+        (replica,) = site.catalog.store_states()[("shop", "orders")].replicas or []
+        assert replica == {**found, "problem": replica["problem"]}
+        assert "s3cretpw" not in replica["problem"] and "db.example" in replica["problem"]
+    finally:
+        site.close()
+    with sqlite3.connect(project / "var" / "catalog.sqlite") as conn:
+        (raw,) = conn.execute("SELECT replicas FROM storekeeper_store_state").fetchone()
+    assert "s3cretpw" not in raw
+
+
 def test_with_a_secret_key_urls_are_encrypted_at_rest(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -427,6 +427,58 @@ def test_service_test_and_status_show_a_real_replica_and_its_lag(
         APP.bind(None)
 
 
+def test_a_refresh_records_the_replica_and_its_lag_for_the_admin_page(
+    project: Path, primary: PostgresServer, replica: PostgresStandby, cheap_hashes: None
+) -> None:
+    from starlette.testclient import TestClient
+
+    from storekeeper.admin import create_app, set_password
+    from storekeeper.provision import recorded_status, status
+    from test_admin import PASSWORD, log_in
+
+    site = replica_config(project, primary, ("pg_r1", replica.url))
+    wait_replayed(replica, primary_position(primary))
+    set_password(site.catalog, "admin", PASSWORD)
+    try:
+        with TestClient(create_app(site, [APP])) as client:
+            csrf = log_in(client)
+            # Nothing read yet: nothing recorded about the replica, no column for it.
+            assert recorded_status([APP])[0].replicas == []
+            assert "replicas (lag)" not in client.get("/stores").text
+            refreshed = client.post("/stores/refresh", data={"csrf": csrf})
+            assert refreshed.status_code == 200
+            (row,) = recorded_status([APP])
+            (shown,) = row.replicas
+            assert (shown.service, shown.state) == ("pg_r1", "streaming")
+            assert shown.lag is not None and shown.lag >= 0
+            assert parse_lsn(shown.replayed or "") > 0
+            # The same shape as the live status' rows (status --recorded --json and --json).
+            (live,) = status([APP])
+            assert [r.keys() for r in row.as_dict()["replicas"]] == [
+                r.keys() for r in live.as_dict()["replicas"]
+            ]
+            assert client.get("/stores.json").json()[0]["replicas"] == [shown.as_dict()]
+            page = client.get("/stores").text
+            assert "<th>replicas (lag)</th>" in page
+            assert f'<span class="replica streaming">pg_r1 {shown.lag:.1f} s</span>' in page
+            one = client.get(f"/stores/{APP.name}/main_db").text
+            assert (
+                '<tr class="replica streaming" data-replica="pg_r1"><td>pg_r1</td>'
+                f"<td>streaming</td><td>{shown.lag:.1f} s</td>"
+            ) in one
+        site.close()
+        # The store without its replica: after a refresh, no column and no list.
+        site = replica_config(project, primary)
+        with TestClient(create_app(site, [APP])) as client:
+            client.post("/stores/refresh", data={"csrf": log_in(client)})
+            assert recorded_status([APP])[0].replicas == []
+            assert "replicas (lag)" not in client.get("/stores").text
+            assert "<h2>Replicas</h2>" not in client.get(f"/stores/{APP.name}/main_db").text
+    finally:
+        APP.bind(None)
+        site.close()
+
+
 # naming replicas: the file, the command line, Python -----------------------------------
 
 # Services that nothing here connects to: naming replicas is checked without a server.

@@ -725,6 +725,7 @@ def status(
                     size=row.size,
                     revision=row.revision,
                     problem=row.problem,
+                    replicas=[r.as_dict() for r in row.replicas],
                     checked_at=now,
                 )
             rows.append(row)
@@ -771,12 +772,14 @@ def recorded_status(apps: Sequence[App]) -> list[StoreStatus]:
                 row.problem = row.problem or state.problem
                 row.last_sync = _when(state.synced_at)
                 row.checked_at = _when(state.checked_at)
+                row.replicas = [ReplicaStatus(**r) for r in state.replicas or ()]
                 if state.service is not None and state.service != row.service and row.service:
                     row.problem = row.problem or (
                         f"last seen on service {state.service!r}, now assigned to "
                         f"{row.service!r}: refresh to read it there"
                     )
                     row.exists = row.size = row.revision = None
+                    row.replicas = []
             # A kind's stores share their kind's script directory: looked at once.
             key = (app.name, name if name in declared else f"kind:{row.kind}")
             if key not in scripts:

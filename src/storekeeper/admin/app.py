@@ -555,6 +555,8 @@ class AdminPage:
             states=STATES,
             actions=[a for a in ACTIONS if a not in ("restore", "drop")],
             states_of={f"{r.app}.{r.store}": sorted(_state_of(r)) for r in on_page},
+            # A "replicas (lag)" column only when some store has replicas (as `status` has).
+            replicated=any(r.replicas for r in rows),
             # One url_for, not one per row: a route lookup per link was a third of the render.
             store_url=str(request.url_for("store", app="A", store="S"))[: -len("A/S")],
         )

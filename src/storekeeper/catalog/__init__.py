@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import datetime as dt
 import getpass
+import json
 import secrets
 import socket
 from collections.abc import Iterator, Sequence
@@ -165,6 +166,9 @@ class StoreState:
     synced_at: dt.datetime | None
     migrated_at: dt.datetime | None
     backed_up_at: dt.datetime | None
+    #: The store's replicas as the last refresh found them (``service``, ``state``, ``lag``,
+    #: ``replayed``, ``problem`` each); ``None`` when never read.
+    replicas: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -671,13 +675,18 @@ class Catalog:
 
     def record_state(self, app: str, store: str, **values: Any) -> None:
         """Write what is now known about ``app.store`` (columns of ``storekeeper_store_state``:
-        ``present``, ``size``, ``revision``, ``synced_at``...); the others are kept."""
+        ``present``, ``size``, ``revision``, ``synced_at``, ``replicas`` (a list of dicts)...);
+        the others are kept."""
         unknown = set(values) - set(t.store_state.c.keys())
         if unknown:
             raise TypeError(f"no such store state: {', '.join(sorted(unknown))}")
         row = {"app": app, "store": store, "problem": "", **values}
         if "problem" in row:
             row["problem"] = mask(str(row["problem"]))
+        if row.get("replicas") is not None:
+            row["replicas"] = json.dumps(
+                [{**r, "problem": mask(str(r.get("problem") or ""))} for r in row["replicas"]]
+            )
         with self.engine.begin() as conn:
             _insert(conn, t.store_state, row, replace=[k for k in row if k not in ("app", "store")])
 
@@ -687,7 +696,15 @@ class Catalog:
             return {}
         with self.engine.connect() as conn:
             rows = conn.execute(select(t.store_state))
-            return {(r.app, r.store): StoreState(*r) for r in rows}
+            return {
+                (r.app, r.store): StoreState(
+                    **{
+                        **r._asdict(),
+                        "replicas": None if r.replicas is None else json.loads(r.replicas),
+                    }
+                )
+                for r in rows
+            }
 
     def forget_state(self, app: str, store: str) -> None:
         """Forget what was known about ``app.store`` (a store made at run time, dropped)."""

@@ -131,6 +131,9 @@ store_state = Table(
     Column("synced_at", DateTime(timezone=True)),
     Column("migrated_at", DateTime(timezone=True)),
     Column("backed_up_at", DateTime(timezone=True)),
+    # The store's read replicas as the last refresh found them: JSON, a list of
+    # {service, state, lag, replayed, problem} (problems masked); NULL when never read.
+    Column("replicas", Text),
 )
 
 # The admin page's one user: the password only as an Argon2 hash.
@@ -176,8 +179,18 @@ def _step_admin_accounts(conn: Connection) -> None:
     admin_sessions.create(conn, checkfirst=True)
 
 
+def _step_store_state_replicas(conn: Connection) -> None:
+    """Version 6 -> 7: each store's replicas' state and lag as a refresh found them (the admin
+    page's "replicas (lag)" column)."""
+    have = {c["name"] for c in inspect(conn).get_columns(store_state.name)}
+    column = store_state.c.replicas
+    if column.name not in have:
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {store_state.name} ADD COLUMN {column.name} {kind}")
+
+
 #: The schema version this code writes. Bump it and add a step to change the schema.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: STEPS[n] takes a catalog at version n to n + 1. Version 0 is an empty database.
 STEPS: dict[int, Callable[[Connection], None]] = {
@@ -187,4 +200,5 @@ STEPS: dict[int, Callable[[Connection], None]] = {
     3: _step_event_actors,
     4: _step_store_state,
     5: _step_admin_accounts,
+    6: _step_store_state_replicas,
 }
