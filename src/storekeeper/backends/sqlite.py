@@ -332,6 +332,28 @@ class SqliteBackend(Backend):
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
+        begin_before_savepoint(engine)
+
+
+def begin_before_savepoint(engine: Engine) -> Engine:
+    """Make a SAVEPOINT on ``engine`` open inside a transaction, so that its RELEASE does not
+    commit. pysqlite (legacy transaction control) begins a transaction only before
+    INSERT/UPDATE/DELETE; a SAVEPOINT before any of those (a driver's batch, a session's own
+    ``begin_nested()``) would itself begin one, and its RELEASE would commit the unit of work
+    so far, out of reach of its rollback. This BEGINs first, only then: the rest (when reads
+    begin, how writers wait for the lock) stays as pysqlite does it. Nothing to do when the
+    connection's transactions are taken over (:func:`take_over_transactions`) or AUTOCOMMIT
+    (pysqlite's ``isolation_level`` is None). Sync pysqlite and aiosqlite alike (``engine``
+    is an async engine's ``sync_engine``). Returns ``engine``."""
+
+    @event.listens_for(engine, "savepoint")
+    def _on_savepoint(conn: Any, _name: str) -> None:
+        driver = conn.connection.driver_connection
+        if driver.isolation_level is not None and not driver.in_transaction:
+            conn.exec_driver_sql("BEGIN")
+
+    return engine
+
 
 def take_over_transactions(engine: Engine, *, foreign_keys: bool = False) -> Engine:
     """Make SQLAlchemy, not pysqlite, begin and end ``engine``'s transactions (SQLAlchemy's
