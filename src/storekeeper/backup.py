@@ -332,15 +332,31 @@ def _writing(folder: Path, partial: Path, what: str) -> Iterator[None]:
         raise
 
 
+def _copy_hashed(source: IO[bytes], out: IO[bytes], digest: Any) -> None:
+    """Copy ``source`` into ``out`` a chunk at a time, hashing what is written."""
+    while chunk := source.read(_CHUNK):
+        out.write(chunk)
+        digest.update(chunk)
+
+
 def _stream_tool(
-    argv: list[str], env: dict[str, str], out: IO[bytes], data_key: bytes, digest: Any, what: str
+    argv: list[str],
+    env: dict[str, str],
+    out: IO[bytes],
+    data_key: bytes | None,
+    digest: Any,
+    what: str,
 ) -> None:
-    """Run ``argv`` (pg_dump to standard output), encrypting what it writes into ``out``."""
+    """Run ``argv`` (pg_dump to standard output), writing what it writes into ``out`` (encrypted
+    with ``data_key`` when one is given) and hashing it as it goes."""
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=errors)
         assert proc.stdout is not None
         try:
-            crypto.encrypt_stream(proc.stdout, out, data_key, on_write=digest.update)
+            if data_key is None:
+                _copy_hashed(proc.stdout, out, digest)
+            else:
+                crypto.encrypt_stream(proc.stdout, out, data_key, on_write=digest.update)
         except BaseException:
             proc.kill()
             proc.wait()
@@ -381,13 +397,14 @@ def _dump_postgres(
     data_key: bytes | None,
     what: str,
 ) -> tuple[ClientProgram, str | None]:
-    """pg_dump ``database`` into ``partial``; the running SHA-256 when it was encrypted."""
+    """pg_dump ``database`` into ``partial``; the SHA-256 of what was written, taken as it was
+    written (custom format: streamed from pg_dump's output, so the file is not read again),
+    or ``None`` for the directory format (a folder pg_dump writes itself)."""
     tool = client_program("pg_dump", backend.server_version)
     args, env = _libpq(backend.database_url(database))
     argv = [tool.path, f"--format={fmt}", "--no-owner", *args]
     if fmt == "directory":
         argv.append(f"--jobs={jobs}")
-    if data_key is None:
         _run_tool([*argv, f"--file={partial}"], env, what)
         return tool, None
     digest = hashlib.sha256()
